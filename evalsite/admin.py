@@ -1,0 +1,195 @@
+from django.contrib import admin, messages
+from django.db.models import Count
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from evalsite.models import Comparison, Dataset, Job, JobMetric, Policy, Prompt, Sample, Task
+
+admin.site.site_header = "RLAIF workbench"
+admin.site.site_title = "RLAIF workbench"
+admin.site.index_title = "Research console"
+
+
+@admin.register(Task)
+class TaskAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "response_noun"]
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin):
+    list_display = ["name", "split", "task", "n_prompts", "n_comparisons", "source", "licence", "created_at"]
+    list_filter = ["task", "split"]
+    search_fields = ["name", "source"]
+    readonly_fields = ["import_job", "created_at"]
+    change_list_template = "admin/evalsite/dataset/change_list.html"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            _n_prompts=Count("prompts", distinct=True), _n_comparisons=Count("prompts__comparisons", distinct=True)
+        )
+
+    @admin.display(description="prompts", ordering="_n_prompts")
+    def n_prompts(self, obj):
+        return obj._n_prompts
+
+    @admin.display(description="comparisons", ordering="_n_comparisons")
+    def n_comparisons(self, obj):
+        return obj._n_comparisons
+
+    def get_urls(self):
+        from evalsite.importjobs import import_view
+
+        return [
+            path("import/", self.admin_site.admin_view(import_view), name="evalsite_dataset_import"),
+        ] + super().get_urls()
+
+
+@admin.register(Prompt)
+class PromptAdmin(admin.ModelAdmin):
+    list_display = ["external_id", "dataset", "short_context", "has_reference", "created_at"]
+    list_filter = ["dataset"]
+    search_fields = ["external_id", "context"]
+    list_select_related = ["dataset"]
+    show_full_result_count = False
+
+    @admin.display(description="context")
+    def short_context(self, obj):
+        return obj.context[:120]
+
+    @admin.display(boolean=True, description="reference")
+    def has_reference(self, obj):
+        return bool(obj.reference)
+
+
+@admin.register(Policy)
+class PolicyAdmin(admin.ModelAdmin):
+    list_display = ["name", "kind", "base_model", "parent", "job", "reward_source", "created_at"]
+    list_filter = ["kind"]
+    search_fields = ["name", "base_model"]
+    raw_id_fields = ["parent", "job"]
+
+
+@admin.register(Sample)
+class SampleAdmin(admin.ModelAdmin):
+    list_display = ["id", "policy", "prompt", "index", "token_count", "created_at"]
+    list_filter = ["policy"]
+    raw_id_fields = ["prompt", "job"]
+    list_select_related = ["policy", "prompt"]
+    show_full_result_count = False
+
+
+@admin.register(Comparison)
+class ComparisonAdmin(admin.ModelAdmin):
+    list_display = ["id", "prompt", "human_preference", "human_source", "judge_preference", "judge_name"]
+    list_filter = ["human_preference", "human_source", "judge_name", "prompt__dataset"]
+    raw_id_fields = ["prompt", "sample_a", "sample_b", "job"]
+    readonly_fields = ["key"]
+    list_select_related = ["prompt"]
+    show_full_result_count = False
+
+
+class JobMetricInline(admin.TabularInline):
+    model = JobMetric
+    extra = 0
+    can_delete = False
+    readonly_fields = ["step", "values", "created_at"]
+    max_num = 0
+
+
+def _progress_bar(job):
+    pct = round(job.progress * 100)
+    return format_html(
+        '<span class="job-progress" data-job-id="{}" data-status="{}">'
+        '<progress max="100" value="{}" aria-label="progress"></progress> '
+        '<span class="job-pct">{}%</span></span>',
+        job.pk, job.status, pct, pct,
+    )
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ["id", "name", "kind", "status_badge", "progress_bar", "message", "created_at", "duration_s"]
+    list_filter = ["status", "kind"]
+    search_fields = ["name", "kind", "message", "celery_task_id"]
+    actions = ["cancel_jobs", "resume_jobs"]
+    change_form_template = "admin/evalsite/job/change_form.html"
+    change_list_template = "admin/evalsite/job/change_list.html"
+    readonly_fields = [
+        "kind", "name", "status", "progress", "message", "params", "result", "error", "log",
+        "celery_task_id", "worker", "attempts", "cancel_requested", "parent", "created_by",
+        "created_at", "started_at", "finished_at", "heartbeat_at",
+    ]
+    fieldsets = [
+        (None, {"fields": ["kind", "name", "status", "progress", "message", "error"]}),
+        ("Parameters and result", {"fields": ["params", "result"]}),
+        ("Log", {"fields": ["log"]}),
+        ("Execution", {"classes": ["collapse"], "fields": [
+            "celery_task_id", "worker", "attempts", "cancel_requested", "parent", "created_by",
+            "created_at", "started_at", "finished_at", "heartbeat_at",
+        ]}),
+    ]
+
+    def has_add_permission(self, request):
+        return False  # jobs are started from the forms of what they produce (import, labeling, ...)
+
+    def changelist_view(self, request, extra_context=None):
+        Job.objects.fail_stale()
+        return super().changelist_view(request, extra_context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        Job.objects.fail_stale()
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj):
+        return format_html('<span class="job-status job-status-{}">{}</span>', obj.status, obj.get_status_display())
+
+    @admin.display(description="progress", ordering="progress")
+    def progress_bar(self, obj):
+        return _progress_bar(obj)
+
+    @admin.display(description="seconds")
+    def duration_s(self, obj):
+        d = obj.duration
+        return None if d is None else round(d.total_seconds(), 1)
+
+    @admin.action(description="Cancel selected jobs")
+    def cancel_jobs(self, request, queryset):
+        n = 0
+        for job in queryset.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]):
+            job.request_cancel()
+            n += 1
+        self.message_user(request, f"Cancel requested for {n} job(s); running jobs stop at their next step.")
+
+    @admin.action(description="Resume selected failed/cancelled jobs")
+    def resume_jobs(self, request, queryset):
+        n = sum(1 for job in queryset if job.resume())
+        self.message_user(request, f"{n} job(s) queued again.")
+
+    def get_urls(self):
+        return [
+            path("<int:pk>/cancel/", self.admin_site.admin_view(self.cancel_view), name="evalsite_job_cancel"),
+            path("<int:pk>/resume/", self.admin_site.admin_view(self.resume_view), name="evalsite_job_resume"),
+        ] + super().get_urls()
+
+    def cancel_view(self, request, pk):
+        job = get_object_or_404(Job, pk=pk)
+        if request.method == "POST":
+            status = job.request_cancel()
+            messages.info(request, f"Job #{pk}: cancel requested ({status}).")
+        return HttpResponseRedirect(reverse("admin:evalsite_job_change", args=[pk]))
+
+    def resume_view(self, request, pk):
+        job = get_object_or_404(Job, pk=pk)
+        if request.method == "POST":
+            if job.resume():
+                messages.info(request, f"Job #{pk} queued again.")
+            else:
+                messages.error(request, f"Job #{pk} is {job.status}; only failed or cancelled jobs can be resumed.")
+        return HttpResponseRedirect(reverse("admin:evalsite_job_change", args=[pk]))
+
+
+# Admin registrations of the human-evaluation module live beside its code.
+from evalsite.humaneval import admin as _humaneval_admin  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""Human evaluation: rounds, the annotator queue, blinded ranking pages (issue: human evaluation)."""

@@ -1,0 +1,261 @@
+"""The job runtime: a registry of job kinds and the context each job function gets.
+
+A job kind is a plain function ``fn(ctx) -> dict`` registered with ``@job_kind(...)``.
+It reads ``ctx.params``, reports ``ctx.progress(fraction, message)`` as it goes (which
+is also where a cancel request stops it), appends to ``ctx.log``, stores per-step
+``ctx.metric(step, ...)`` and returns a JSON-able result. Resumable kinds keep their
+checkpoints in ``ctx.work_dir`` and look there first.
+
+``Job.submit`` creates and queues a job; the Celery task ``evalsite.run_job`` calls
+:func:`execute`. Everything a job writes to the database it writes in its own
+transactions, so a failed or killed job keeps the work it finished.
+"""
+import logging
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connection
+from django.utils import timezone
+
+log = logging.getLogger(__name__)
+
+
+class JobCancelled(Exception):
+    """Raised inside a job at its next step after a cancel request."""
+
+
+class JobError(Exception):
+    """An expected failure with a message for the user (bad file, missing model, ...).
+
+    Shown as the job's error without a traceback.
+    """
+
+
+@dataclass
+class JobKind:
+    name: str
+    func: Callable
+    label: str
+    resumable: bool = False
+    validator: Callable | None = None
+    description: str = ""
+
+    def validate(self, params):
+        """Return cleaned params or raise ValidationError with a message per bad field."""
+        if self.validator is None:
+            return params
+        cleaned = self.validator(params)
+        return params if cleaned is None else cleaned
+
+
+_REGISTRY: dict[str, JobKind] = {}
+
+
+def job_kind(name, *, label=None, resumable=False, validator=None):
+    """Register ``fn(ctx)`` as the implementation of job kind ``name``."""
+
+    def register(func):
+        _REGISTRY[name] = JobKind(
+            name=name, func=func, label=label or name.replace("_", " "), resumable=resumable,
+            validator=validator, description=(func.__doc__ or "").strip(),
+        )
+        return func
+
+    return register
+
+
+def _load_job_modules():
+    # Job kinds are registered in each app's tasks module; import them all once.
+    from importlib import import_module
+
+    from django.apps import apps
+
+    for app in apps.get_app_configs():
+        module = f"{app.name}.tasks"
+        try:
+            import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+
+
+def get_kind(name) -> JobKind:
+    if name not in _REGISTRY:
+        _load_job_modules()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValidationError(f"Unknown job kind {name!r}; known kinds: {', '.join(sorted(all_kinds()))}.")
+
+
+def all_kinds():
+    _load_job_modules()
+    return dict(_REGISTRY)
+
+
+@dataclass
+class JobContext:
+    job: "object"
+    params: dict = field(default_factory=dict)
+    _cancel: threading.Event = field(default_factory=threading.Event)
+    _last_write: float = 0.0
+    _last_fraction: float = -1.0
+
+    # Progress writes are throttled: a tight loop may call progress() thousands of times.
+    MIN_WRITE_INTERVAL = 0.5
+
+    @property
+    def job_id(self):
+        return self.job.pk
+
+    @property
+    def work_dir(self) -> Path:
+        """Per-job folder for checkpoints and outputs; survives retries and resumes."""
+        d = Path(settings.CHECKPOINTS_DIR) / f"job-{self.job.pk}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def check_cancelled(self):
+        if self._cancel.is_set():
+            raise JobCancelled()
+
+    def progress(self, fraction, message=None, *, force=False):
+        """Report progress in [0, 1]; stops the job here if a cancel was requested."""
+        from evalsite.models import Job
+
+        self.check_cancelled()
+        fraction = min(1.0, max(0.0, float(fraction)))
+        now = time.monotonic()
+        if force or message is not None or now - self._last_write >= self.MIN_WRITE_INTERVAL:
+            fields = {"progress": fraction, "heartbeat_at": timezone.now()}
+            if message is not None:
+                fields["message"] = str(message)[:500]
+            Job.objects.filter(pk=self.job.pk).update(**fields)
+            cancel = Job.objects.filter(pk=self.job.pk).values_list("cancel_requested", flat=True).first()
+            if cancel:
+                self._cancel.set()
+            self._last_write = now
+            self.check_cancelled()
+
+    def log(self, text):
+        log.info("job %s: %s", self.job.pk, text)
+        self.job.append_log(str(text))
+
+    def metric(self, step, **values):
+        """Store one step's metrics (replacing that step's row if a resume repeats it)."""
+        from evalsite.models import JobMetric
+
+        JobMetric.objects.update_or_create(job_id=self.job.pk, step=step, defaults={"values": values})
+
+    def set_result(self, **values):
+        """Merge values into the job's result while it runs (e.g. ids of finished artifacts)."""
+        from evalsite.models import Job
+
+        job = Job.objects.get(pk=self.job.pk)
+        job.result = {**job.result, **values}
+        Job.objects.filter(pk=job.pk).update(result=job.result)
+        self.job.result = job.result
+
+
+class _Heartbeat(threading.Thread):
+    """Writes the job's heartbeat and picks up cancel requests, even during long steps."""
+
+    def __init__(self, ctx):
+        super().__init__(daemon=True, name=f"job-{ctx.job.pk}-heartbeat")
+        self.ctx = ctx
+        self.stop = threading.Event()
+
+    def run(self):
+        from evalsite.models import Job
+
+        try:
+            while not self.stop.wait(settings.JOB_HEARTBEAT_SECONDS):
+                Job.objects.filter(pk=self.ctx.job.pk).update(heartbeat_at=timezone.now())
+                if Job.objects.filter(pk=self.ctx.job.pk, cancel_requested=True).exists():
+                    self.ctx._cancel.set()
+        except Exception:  # the main thread's outcome matters more than a missed beat
+            log.exception("heartbeat for job %s failed", self.ctx.job.pk)
+        finally:
+            connection.close()
+
+
+def execute(job_id, task_id=None, hostname=""):
+    """Run job ``job_id`` to completion in this process. Returns its final status.
+
+    Only a delivery whose task id matches the job's current one (or any, when ``task_id``
+    is None) claims it, so duplicate or stale broker messages are no-ops.
+    """
+    from evalsite.models import Job
+
+    # (Celery's Django fix-up closes stale database connections around each task.)
+    now = timezone.now()
+    claim = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED)
+    if task_id is not None:
+        claim = claim.filter(celery_task_id=task_id)
+    worker = f"{hostname or 'local'} pid {os.getpid()}"
+    from django.db.models import F
+
+    if not claim.update(
+        status=Job.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker,
+        attempts=F("attempts") + 1, message="started",
+    ):
+        log.info("job %s not claimed (not queued, or superseded message %s)", job_id, task_id)
+        return Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
+
+    job = Job.objects.get(pk=job_id)
+    ctx = JobContext(job=job, params=dict(job.params))
+    heartbeat = _Heartbeat(ctx)
+    heartbeat.start()
+    status, fields = Job.Status.FAILED, {}
+    try:
+        kind = get_kind(job.kind)
+        if job.attempts > 1:
+            ctx.log(f"attempt {job.attempts}" + (" (resuming from checkpoint)" if kind.resumable else ""))
+        result = kind.func(ctx) or {}
+        status = Job.Status.SUCCEEDED
+        fields = {"progress": 1.0, "result": {**Job.objects.get(pk=job_id).result, **result},
+                  "message": "done"}
+    except JobCancelled:
+        status, fields = Job.Status.CANCELLED, {"message": "cancelled"}
+        ctx.log("cancelled at the user's request")
+    except (JobError, ValidationError) as e:
+        text = "; ".join(e.messages) if isinstance(e, ValidationError) else str(e)
+        status, fields = Job.Status.FAILED, {"error": text, "message": "failed"}
+        ctx.log(f"failed: {text}")
+    except Exception as e:
+        status, fields = Job.Status.FAILED, {"error": f"{type(e).__name__}: {e}", "message": "failed"}
+        ctx.log(traceback.format_exc())
+    finally:
+        heartbeat.stop.set()
+        heartbeat.join(timeout=5)
+    Job.objects.filter(pk=job_id).update(status=status, finished_at=timezone.now(), **fields)
+    return status
+
+
+def fail_orphans_of(hostname):
+    """At worker start: jobs this worker was running when it died are failed, resumable ones requeued."""
+    from evalsite.models import Job
+
+    orphans = list(Job.objects.filter(status=Job.Status.RUNNING, worker__startswith=f"{hostname} pid "))
+    for job in orphans:
+        Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
+            status=Job.Status.FAILED, finished_at=timezone.now(), message="worker lost",
+            error=f"Worker {hostname} restarted while this job was running.",
+        )
+        job.append_log(f"worker {hostname} restarted while this job was running")
+        try:
+            resumable = get_kind(job.kind).resumable
+        except ValidationError:
+            resumable = False
+        if resumable and getattr(settings, "JOBS_AUTO_RESUME", True):
+            job.refresh_from_db()
+            job.append_log("resuming automatically from the last checkpoint")
+            job.resume()
+    return len(orphans)

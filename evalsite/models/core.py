@@ -1,0 +1,200 @@
+"""The core domain: tasks, datasets, prompts, policies, samples and comparisons."""
+import hashlib
+
+from django.db import models
+from django.db.models import Q
+
+
+class Task(models.Model):
+    """One of the paper's three tasks. Rows are created by a data migration."""
+
+    SUMMARIZATION = "summarization"
+    HELPFUL = "helpful"
+    HARMLESS = "harmless"
+    SLUG_CHOICES = [
+        (SUMMARIZATION, "Summarization"),
+        (HELPFUL, "Helpful dialogue"),
+        (HARMLESS, "Harmless dialogue"),
+    ]
+
+    slug = models.SlugField(unique=True, choices=SLUG_CHOICES)
+    name = models.CharField(max_length=100)
+    # What a response is called in prompts and on the rating page ("summary", "response").
+    response_noun = models.CharField(max_length=30, default="response")
+    instructions = models.TextField(blank=True, help_text="Shown to human raters.")
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self):
+        return self.name
+
+
+class Dataset(models.Model):
+    name = models.CharField(max_length=200)
+    split = models.CharField(max_length=50, default="train")
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="datasets")
+    source = models.CharField(max_length=500, blank=True, help_text="Where the data came from.")
+    licence = models.CharField(max_length=100, blank=True)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    import_job = models.ForeignKey(
+        "evalsite.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["name", "split"]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "split"], name="dataset_unique_name_split"),
+        ]
+
+    def __str__(self):
+        return f"{self.name} [{self.split}]"
+
+
+class Prompt(models.Model):
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="prompts")
+    external_id = models.CharField(max_length=200, help_text="Unique within its dataset.")
+    context = models.TextField(help_text="The input: a post to summarize or a dialogue so far.")
+    reference = models.TextField(blank=True, help_text="Optional reference response (e.g. human TL;DR).")
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["dataset_id", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "external_id"], name="prompt_unique_external_id"),
+        ]
+
+    def __str__(self):
+        return f"{self.dataset.name}/{self.external_id}"
+
+
+class Policy(models.Model):
+    class Kind(models.TextChoices):
+        SFT = "sft", "SFT"
+        RLHF = "rlhf", "RLHF"
+        RLAIF_DISTILLED = "rlaif_distilled", "RLAIF (distilled)"
+        RLAIF_DIRECT = "rlaif_direct", "RLAIF (direct)"
+        REFERENCE = "reference", "Reference (human-written)"
+        OTHER = "other", "Other"
+
+    name = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.OTHER)
+    base_model = models.CharField(
+        max_length=500, blank=True, help_text="Hub id or local folder this policy started from."
+    )
+    checkpoint_dir = models.CharField(
+        max_length=1000, blank=True, help_text="Hugging Face folder holding the weights (empty for 'reference')."
+    )
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    job = models.ForeignKey(
+        "evalsite.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="policies",
+        help_text="The job that produced this policy.",
+    )
+    reward_source = models.CharField(
+        max_length=300, blank=True, help_text="For RL policies: the reward model or scorer used."
+    )
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "policies"
+
+    def __str__(self):
+        return self.name
+
+
+class Sample(models.Model):
+    """A policy's response to a prompt."""
+
+    policy = models.ForeignKey(Policy, on_delete=models.CASCADE, related_name="samples")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="samples")
+    index = models.PositiveIntegerField(default=0, help_text="Which of the n samples for this prompt.")
+    text = models.TextField()
+    token_count = models.PositiveIntegerField(null=True, blank=True)
+    generation = models.JSONField(default=dict, blank=True, help_text="Temperature, top-p, seed, ...")
+    job = models.ForeignKey(
+        "evalsite.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="samples"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["prompt_id", "policy_id", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["policy", "prompt", "index"], name="sample_unique_policy_prompt_index"),
+        ]
+        indexes = [models.Index(fields=["prompt", "policy"])]
+
+    def __str__(self):
+        return f"{self.policy} on {self.prompt_id} #{self.index}"
+
+
+class Preference(models.TextChoices):
+    FIRST = "first", "First"
+    SECOND = "second", "Second"
+    TIE = "tie", "Tie"
+
+
+def pair_key(prompt_id, response_a, response_b):
+    """Stable identity of (prompt, first response, second response); makes imports idempotent."""
+    h = hashlib.sha256()
+    for part in (str(prompt_id), response_a, response_b):
+        h.update(part.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+class Comparison(models.Model):
+    """A prompt with two responses: what AI labelers label and alignment is measured on.
+
+    ``human_preference`` is the human label where one is known (from a dataset or an
+    annotator). ``judge_preference`` holds a preference from an external AI judge shipped
+    with a dataset (e.g. the GPT-4 judgments of TL;DR): an AI label, never counted as human.
+    """
+
+    class Source(models.TextChoices):
+        NONE = "", "None"
+        DATASET = "dataset", "Dataset"
+        ANNOTATOR = "annotator", "Annotator"
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="comparisons")
+    response_a = models.TextField()
+    response_b = models.TextField()
+    sample_a = models.ForeignKey(Sample, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    sample_b = models.ForeignKey(Sample, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    key = models.CharField(max_length=64, editable=False, help_text="sha256 of prompt and both responses.")
+    human_preference = models.CharField(max_length=6, choices=Preference.choices, blank=True)
+    human_source = models.CharField(max_length=10, choices=Source.choices, blank=True)
+    judge_preference = models.CharField(max_length=6, choices=Preference.choices, blank=True)
+    judge_name = models.CharField(max_length=100, blank=True, help_text="e.g. 'GPT-4 (dataset)'.")
+    metadata = models.JSONField(default=dict, blank=True)
+    job = models.ForeignKey(
+        "evalsite.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="comparisons"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["key"], name="comparison_unique_key"),
+            models.CheckConstraint(
+                condition=Q(human_preference="") | ~Q(human_source=""),
+                name="comparison_human_preference_has_source",
+            ),
+            models.CheckConstraint(
+                condition=Q(judge_preference="") | ~Q(judge_name=""),
+                name="comparison_judge_preference_has_name",
+            ),
+        ]
+        indexes = [models.Index(fields=["prompt"]), models.Index(fields=["human_preference"])]
+
+    def save(self, *args, **kwargs):
+        self.key = pair_key(self.prompt_id, self.response_a, self.response_b)
+        super().save(*args, **kwargs)
+
+    def __str__(self):
+        return f"Comparison {self.pk} on {self.prompt_id}"

@@ -1,0 +1,164 @@
+"""One model for all background work: imports, labeling, training, sampling, experiments."""
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+LOG_TAIL_CHARS = 20_000
+
+
+class JobQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+
+    def fail_stale(self):
+        """Running jobs whose worker stopped writing heartbeats are failed, not 'running' forever."""
+        cutoff = timezone.now() - timedelta(seconds=settings.JOB_STALE_AFTER_SECONDS)
+        stale = self.filter(status=Job.Status.RUNNING).filter(
+            Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+        )
+        return stale.update(
+            status=Job.Status.FAILED,
+            finished_at=timezone.now(),
+            error="The worker running this job stopped responding (no heartbeat); it was probably "
+            "killed or lost. Finished work is kept; use 'resume' to continue.",
+            message="worker lost",
+        )
+
+
+class Job(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    kind = models.CharField(max_length=50, db_index=True)
+    name = models.CharField(max_length=200, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    progress = models.FloatField(default=0.0)
+    message = models.CharField(max_length=500, blank=True)
+    log = models.TextField(blank=True, help_text=f"The last {LOG_TAIL_CHARS} characters of the job's log.")
+    error = models.TextField(blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    celery_task_id = models.CharField(max_length=255, blank=True, db_index=True)
+    worker = models.CharField(max_length=255, blank=True, help_text="Worker hostname and pid running it.")
+    attempts = models.PositiveIntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children",
+        help_text="For chunks of a larger job and stages of an experiment.",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(progress__gte=0.0, progress__lte=1.0), name="job_progress_0_1"),
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "succeeded", "failed", "cancelled"]),
+                name="job_status_valid",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "kind"]), models.Index(fields=["parent", "status"])]
+
+    def __str__(self):
+        return f"#{self.pk} {self.name or self.kind} ({self.status})"
+
+    @property
+    def is_finished(self):
+        return self.status in self.FINISHED
+
+    @property
+    def duration(self):
+        if not self.started_at:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at
+
+    # --- lifecycle --------------------------------------------------------------------
+    @classmethod
+    def submit(cls, kind, params=None, *, name="", user=None, parent=None, send=True):
+        """Create a queued job and send it to the workers once the transaction commits."""
+        from evalsite import jobs  # the registry; validates kind and params
+
+        spec = jobs.get_kind(kind)
+        params = spec.validate(dict(params or {}))
+        job = cls.objects.create(
+            kind=kind, params=params, name=name or spec.label, created_by=user, parent=parent
+        )
+        if send:
+            job.send()
+        return job
+
+    def send(self):
+        """(Re)send to the broker. A fresh task id makes any older message for this job a no-op."""
+        from celery import uuid
+
+        from evalsite.tasks import run_job
+
+        task_id = uuid()
+        Job.objects.filter(pk=self.pk).update(celery_task_id=task_id)
+        self.celery_task_id = task_id
+        transaction.on_commit(lambda: run_job.apply_async(args=[self.pk], task_id=task_id))
+
+    def request_cancel(self):
+        """Queued jobs are cancelled at once; running ones stop at their next step."""
+        now = timezone.now()
+        with transaction.atomic():
+            n = Job.objects.filter(pk=self.pk, status=Job.Status.QUEUED).update(
+                status=Job.Status.CANCELLED, cancel_requested=True, finished_at=now, message="cancelled before start"
+            )
+            if not n:
+                Job.objects.filter(pk=self.pk, status=Job.Status.RUNNING).update(cancel_requested=True)
+        for child in self.children.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]):
+            child.request_cancel()
+        self.refresh_from_db()
+        return self.status
+
+    def resume(self):
+        """Queue a failed or cancelled job again; resumable kinds continue from their checkpoint."""
+        n = Job.objects.filter(pk=self.pk, status__in=[Job.Status.FAILED, Job.Status.CANCELLED]).update(
+            status=Job.Status.QUEUED, cancel_requested=False, error="", finished_at=None,
+            message="queued again",
+        )
+        if n:
+            self.refresh_from_db()
+            self.send()
+        return bool(n)
+
+    def append_log(self, text):
+        """Append to the log tail in one UPDATE (no read-modify-write race with cancel)."""
+        line = f"[{timezone.now():%H:%M:%S}] {text}\n"
+        job = Job.objects.filter(pk=self.pk)
+        current = job.values_list("log", flat=True).first() or ""
+        job.update(log=(current + line)[-LOG_TAIL_CHARS:])
+
+
+class JobMetric(models.Model):
+    """One row of per-step metrics (loss, reward, KL, ...), plotted on the job page."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="metrics")
+    step = models.PositiveIntegerField()
+    values = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job_id", "step"]
+        constraints = [models.UniqueConstraint(fields=["job", "step"], name="jobmetric_unique_step")]
+
+    def __str__(self):
+        return f"{self.job_id}@{self.step}"

@@ -1,0 +1,1 @@
+"""Report pages: win rates, harmless rates, labeler alignment (issue: metrics and reports)."""

@@ -1,0 +1,19 @@
+"""Settings for the test suite: the normal settings with development defaults.
+
+Tests talk plain HTTP to a local server, so production redirects to HTTPS are off.
+Worker processes started by tests use this module too.
+"""
+import os
+
+os.environ.setdefault("DEBUG", "1")
+os.environ.setdefault("JOB_HEARTBEAT_SECONDS", "1")
+
+from .settings import *  # noqa: E402,F401,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast user creation
+STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"  # noqa: F405
+
+# Each test session gets its own broker queue, so parallel runs (and stale messages) never mix.
+import uuid as _uuid  # noqa: E402
+
+CELERY_TASK_DEFAULT_QUEUE = os.environ.setdefault("CELERY_TASK_DEFAULT_QUEUE", f"evalsite-test-{_uuid.uuid4().hex[:8]}")

@@ -1,0 +1,81 @@
+"""Pages of the core app: the home page and the job status feeds the admin polls."""
+from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import login_required
+from django.http import JsonResponse
+from django.shortcuts import get_object_or_404, render
+
+from evalsite.models import Comparison, Dataset, Job, Policy, Prompt
+
+
+@login_required
+def home(request):
+    """Researchers see the workbench overview; annotators see their rounds."""
+    context = {"is_researcher": request.user.is_staff}
+    if request.user.is_staff:
+        Job.objects.fail_stale()
+        context.update(
+            counts={
+                "datasets": Dataset.objects.count(),
+                "prompts": Prompt.objects.count(),
+                "comparisons": Comparison.objects.count(),
+                "policies": Policy.objects.count(),
+                "active_jobs": Job.objects.active().count(),
+            },
+            recent_jobs=Job.objects.filter(parent__isnull=True)[:10],
+            datasets=Dataset.objects.select_related("task")[:20],
+            policies=Policy.objects.all()[:20],
+        )
+    context.update(annotator_home_context(request))
+    return render(request, "evalsite/home.html", context)
+
+
+def annotator_home_context(request):
+    """The human-evaluation module adds the user's open rounds here."""
+    from evalsite.humaneval.views import home_context
+
+    return home_context(request)
+
+
+def job_as_dict(job):
+    return {
+        "id": job.pk,
+        "kind": job.kind,
+        "name": job.name,
+        "status": job.status,
+        "status_label": job.get_status_display(),
+        "progress": round(job.progress, 4),
+        "message": job.message,
+        "error": job.error,
+        "cancel_requested": job.cancel_requested,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
+    }
+
+
+@staff_member_required
+def job_status(request):
+    """Status of several jobs at once: ``?ids=1,2,3`` (what the admin list polls)."""
+    Job.objects.fail_stale()
+    ids = [int(i) for i in request.GET.get("ids", "").split(",") if i.strip().isdigit()][:500]
+    jobs = Job.objects.filter(pk__in=ids).only(
+        "id", "kind", "name", "status", "progress", "message", "error", "cancel_requested",
+        "started_at", "finished_at", "heartbeat_at",
+    )
+    return JsonResponse({"jobs": [job_as_dict(j) for j in jobs]})
+
+
+@staff_member_required
+def job_detail_json(request, pk):
+    """One job with its log tail and metrics (what the job page polls)."""
+    Job.objects.fail_stale()
+    job = get_object_or_404(Job, pk=pk)
+    data = job_as_dict(job)
+    data["log"] = job.log
+    data["result"] = job.result
+    after = int(request.GET.get("after_step", -1))
+    data["metrics"] = [
+        {"step": m.step, **m.values} for m in job.metrics.filter(step__gt=after).order_by("step")
+    ]
+    data["children"] = [job_as_dict(c) for c in job.children.order_by("id")]
+    return JsonResponse(data)

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class LabelingConfig(AppConfig):
+    name = "labeling"
+    verbose_name = "AI feedback"
+    default_auto_field = "django.db.models.BigAutoField"

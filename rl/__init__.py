@@ -1,0 +1,1 @@
+"""Reward models, SFT, sampling and RL (PAPER.md sections 2-3)."""

@@ -1,0 +1,1 @@
+"""Celery tasks and job kinds of this app (see evalsite.jobs)."""
