@@ -1,0 +1,5 @@
+"""Report pages (researchers only), mounted at /reports/."""
+from django.urls import path  # noqa: F401
+
+app_name = "reports"
+urlpatterns = []
