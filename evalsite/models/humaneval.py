@@ -108,11 +108,13 @@ class EvalItem(models.Model):
     prompt = models.ForeignKey("evalsite.Prompt", on_delete=models.PROTECT, related_name="eval_items")
     position = models.PositiveIntegerField(default=0, help_text="Queue order within the round.")
     samples = models.ManyToManyField("evalsite.Sample", blank=True, related_name="eval_items")
+    # Live (not withdrawn) rankings, kept in step by submit and undo: lets the queue skip full items cheaply.
+    n_submitted = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["round_id", "position", "id"]
         constraints = [models.UniqueConstraint(fields=["round", "prompt"], name="evalitem_unique_round_prompt")]
-        indexes = [models.Index(fields=["round", "position"])]
+        indexes = [models.Index(fields=["round", "n_submitted", "position"])]
 
     def __str__(self):
         return f"{self.round} item {self.position}"
