@@ -1,6 +1,215 @@
-"""Annotator pages."""
+"""Annotator pages: open rounds, the next item, the blinded item page, submit, skip and undo.
+
+Blinding: these views put only the shown labels (A, B, ...), the response texts and the
+assignment's opaque token into pages and URLs. Sample, policy and item ids stay on the server.
+"""
+import secrets
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from evalsite.humaneval import queue
+from evalsite.humaneval.display import layout
+from evalsite.humaneval.forms import RankingForm, SkipForm, ordinal
+from evalsite.humaneval.queue import Refused
+from evalsite.models import Assignment, EvalRound, Ranking, Sample
+
+MAX_TIME_ON_PAGE_MS = 24 * 3600 * 1000
+
+
+def _round_summary(round, user):
+    progress = queue.annotator_progress(round, user)
+    remaining = queue.remaining_for(round, user)
+    return {
+        "id": round.pk,
+        "title": round.display_title,
+        "task": round.task.name,
+        "question": round.get_question_display(),
+        "deadline": round.deadline,
+        "done": progress["done"],
+        "total": progress["total"],
+        "remaining": remaining,
+        "started": progress["done"] > 0 or Assignment.objects.filter(round=round, annotator=user).exists(),
+        "url": reverse("humaneval:next", args=[round.pk]),
+    }
 
 
 def home_context(request):
-    """Context the home page shows an annotator (their open rounds)."""
-    return {}
+    """Context the home page shows an annotator: ``{"rounds": [...]}`` (nothing for other users)."""
+    user = request.user
+    if not user.is_authenticated:
+        return {}
+    rounds = [r for r in queue.rounds_for(user) if not r.is_past_deadline]
+    if not rounds and not queue.is_annotator(user):
+        return {}
+    return {"rounds": [_round_summary(r, user) for r in rounds]}
+
+
+def refused(request, exc, round=None):
+    return render(request, "humaneval/refused.html", {"message": exc.message, "round": round}, status=exc.status)
+
+
+@login_required
+def index(request):
+    ctx = home_context(request)
+    return render(request, "humaneval/index.html", {"rounds": ctx.get("rounds", [])})
+
+
+@login_required
+def next_item(request, round_id):
+    round = get_object_or_404(EvalRound.objects.select_related("task"), pk=round_id)
+    try:
+        queue.check_may_annotate(round, request.user)
+        a = queue.next_assignment(round, request.user)
+    except Refused as e:
+        return refused(request, e, round)
+    if a is None:
+        return redirect("humaneval:done", round_id=round.pk)
+    return redirect("humaneval:item", token=a.token)
+
+
+@login_required
+def done(request, round_id):
+    round = get_object_or_404(EvalRound.objects.select_related("task"), pk=round_id)
+    try:
+        queue.check_may_annotate(round, request.user)
+    except Refused as e:
+        return refused(request, e, round)
+    summary = _round_summary(round, request.user)
+    return render(request, "humaneval/done.html", {
+        "round": round, "summary": summary,
+        "can_undo": round.accepts_work and queue.last_ranking(round, request.user) is not None,
+    })
+
+
+def _item_context(request, a, form, skip_form):
+    round = a.round
+    texts = dict(Sample.objects.filter(pk__in=a.order).values_list("pk", "text"))
+    responses = []
+    for label, sample_id in zip(a.labels, a.order):
+        responses.append({
+            "label": label,
+            "text": texts.get(sample_id, ""),
+            "rank_field": form[f"rank_{label}"] if round.asks_rank else None,
+            "harmless_field": form[f"harmless_{label}"] if round.asks_harmless else None,
+        })
+    progress = queue.annotator_progress(round, request.user)
+    k = len(responses)
+    return {
+        "round": round,
+        "assignment": a,
+        "token": a.token,
+        "input": layout(round.task.slug, a.item.prompt.context),
+        "responses": responses,
+        "n": k,
+        "places": [{"n": i, "name": ordinal(i)} for i in range(1, k + 1)],
+        "last_label": responses[-1]["label"] if responses else "",
+        "noun": round.task.response_noun,
+        "form": form,
+        "skip_form": skip_form,
+        "progress": progress,
+        "position": progress["done"] + 1,
+        "can_undo": queue.last_ranking(round, request.user) is not None,
+        "instructions": round.instructions_text(),
+        "lease_expires_at": a.expires_at,
+    }
+
+
+def _form(a, data=None):
+    round = a.round
+    return RankingForm(
+        data, labels=a.labels, asks_rank=round.asks_rank, asks_harmless=round.asks_harmless,
+        initial={"key": secrets.token_hex(16)},
+    )
+
+
+@login_required
+def item(request, token):
+    try:
+        a = queue.get_assignment(token, request.user)
+    except Refused as e:
+        return refused(request, e)
+    round = a.round
+    if request.method == "POST":
+        return _submit(request, a)
+    if a.status != Assignment.Status.LEASED:
+        messages.info(request, "You already answered that item; here is your next one.")
+        return redirect("humaneval:next", round_id=round.pk)
+    try:
+        queue.check_accepts_work(round)
+    except Refused as e:
+        return refused(request, e, round)
+    if a.is_expired:
+        return redirect("humaneval:next", round_id=round.pk)  # renews the lease if the slot is still free
+    return render(request, "humaneval/item.html", _item_context(request, a, _form(a), SkipForm()))
+
+
+def _submit(request, a):
+    form = _form(a, request.POST)
+    if not form.is_valid():
+        if a.status != Assignment.Status.LEASED:
+            return refused(request, Refused("You already answered this item. Nothing was changed."), a.round)
+        ctx = _item_context(request, a, form, SkipForm())
+        return render(request, "humaneval/item.html", ctx, status=400)
+    d = form.cleaned_data
+    elapsed = d.get("elapsed_ms")
+    if elapsed is None or elapsed > MAX_TIME_ON_PAGE_MS:
+        elapsed = None
+    try:
+        result = queue.submit(
+            a.token, request.user, ranks=d["ranks"], harmless=d["harmless"], comment=d.get("comment", ""),
+            time_on_page_ms=elapsed, user_agent=request.META.get("HTTP_USER_AGENT", ""), key=d["key"],
+        )
+    except Refused as e:
+        return refused(request, e, a.round)
+    if not result.duplicate:
+        messages.success(request, "Saved.")
+    return redirect("humaneval:next", round_id=a.round_id)
+
+
+@login_required
+@require_POST
+def skip(request, token):
+    try:
+        a = queue.get_assignment(token, request.user)
+    except Refused as e:
+        return refused(request, e)
+    form = SkipForm(request.POST)
+    if not form.is_valid():
+        ctx = _item_context(request, a, _form(a), form)
+        ctx["skip_open"] = True
+        return render(request, "humaneval/item.html", ctx, status=400)
+    try:
+        queue.skip(token, request.user, form.reason_text())
+    except Refused as e:
+        return refused(request, e, a.round)
+    messages.info(request, "Skipped. It will go to another annotator.")
+    return redirect("humaneval:next", round_id=a.round_id)
+
+
+@login_required
+@require_POST
+def undo(request, round_id):
+    round = get_object_or_404(EvalRound, pk=round_id)
+    try:
+        queue.check_may_annotate(round, request.user)
+        a = queue.undo_last(round, request.user)
+    except Refused as e:
+        return refused(request, e, round)
+    messages.info(request, "Your last answer was undone. Answer this item again.")
+    return redirect("humaneval:item", token=a.token)
+
+
+def previous_answer(a):
+    """The withdrawn answer of an undone assignment, to pre-fill the form (labels → values)."""
+    r = Ranking.objects.filter(assignment=a).order_by("-id").first()
+    if r is None:
+        return {}
+    return {x.label: (x.rank, x.harmless) for x in r.responses.all()}
+
+
+__all__ = ["home_context", "timezone"]
