@@ -121,18 +121,29 @@ class JobAdmin(admin.ModelAdmin):
         "celery_task_id", "worker", "attempts", "cancel_requested", "parent", "created_by",
         "created_at", "started_at", "finished_at", "heartbeat_at",
     ]
+    # Status, progress, message, error and log are drawn live above these fields.
     fieldsets = [
-        (None, {"fields": ["kind", "name", "status", "progress", "message", "error"]}),
+        (None, {"fields": ["kind", "name", "parent", "created_by"]}),
         ("Parameters and result", {"fields": ["params", "result"]}),
-        ("Log", {"fields": ["log"]}),
         ("Execution", {"classes": ["collapse"], "fields": [
-            "celery_task_id", "worker", "attempts", "cancel_requested", "parent", "created_by",
+            "status", "celery_task_id", "worker", "attempts", "cancel_requested",
             "created_at", "started_at", "finished_at", "heartbeat_at",
         ]}),
     ]
 
     def has_add_permission(self, request):
         return False  # jobs are started from the forms of what they produce (import, labeling, ...)
+
+    def has_change_permission(self, request, obj=None):
+        return False  # a job's record is written by its worker; people cancel or resume it
+
+    def has_operate_permission(self, request, obj=None):
+        """Cancel/resume: for users who may change jobs (the Django permission, not the form)."""
+        return request.user.has_perm("evalsite.change_job")
+
+    def render_change_form(self, request, context, *args, **kwargs):
+        context["can_operate"] = self.has_operate_permission(request)
+        return super().render_change_form(request, context, *args, **kwargs)
 
     def changelist_view(self, request, extra_context=None):
         Job.objects.fail_stale()
@@ -155,7 +166,7 @@ class JobAdmin(admin.ModelAdmin):
         d = obj.duration
         return None if d is None else round(d.total_seconds(), 1)
 
-    @admin.action(description="Cancel selected jobs")
+    @admin.action(description="Cancel selected jobs", permissions=["operate"])
     def cancel_jobs(self, request, queryset):
         n = 0
         for job in queryset.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]):
@@ -163,7 +174,7 @@ class JobAdmin(admin.ModelAdmin):
             n += 1
         self.message_user(request, f"Cancel requested for {n} job(s); running jobs stop at their next step.")
 
-    @admin.action(description="Resume selected failed/cancelled jobs")
+    @admin.action(description="Resume selected failed/cancelled jobs", permissions=["operate"])
     def resume_jobs(self, request, queryset):
         n = sum(1 for job in queryset if job.resume())
         self.message_user(request, f"{n} job(s) queued again.")
@@ -176,14 +187,14 @@ class JobAdmin(admin.ModelAdmin):
 
     def cancel_view(self, request, pk):
         job = get_object_or_404(Job, pk=pk)
-        if request.method == "POST":
+        if request.method == "POST" and self.has_operate_permission(request):
             status = job.request_cancel()
             messages.info(request, f"Job #{pk}: cancel requested ({status}).")
         return HttpResponseRedirect(reverse("admin:evalsite_job_change", args=[pk]))
 
     def resume_view(self, request, pk):
         job = get_object_or_404(Job, pk=pk)
-        if request.method == "POST":
+        if request.method == "POST" and self.has_operate_permission(request):
             if job.resume():
                 messages.info(request, f"Job #{pk} queued again.")
             else:

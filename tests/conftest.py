@@ -10,15 +10,28 @@ from pathlib import Path
 
 import pytest
 
+# Playwright's sync API runs an event loop in the test thread; the ORM calls tests make beside it
+# are still plain synchronous code.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("SHARED_DATA_DIR", ROOT.parent / "shared" / "data"))
+# CI sets this: a missing service or data folder is then a failure, not a silent skip.
+REQUIRE_SERVICES = os.environ.get("EVALSITE_REQUIRE_SERVICES") == "1"
+
+
+def skip_or_fail(reason):
+    """Skip where an optional service is absent (a laptop); fail in CI, where it must be there."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"required for CI: {reason}")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def shared_data():
     """The real data folder (../shared/data); tests that need it skip where it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent (it exists only beside the project checkout)")
+        skip_or_fail(f"real data folder {SHARED_DATA} is absent (it exists only beside the project checkout)")
     return SHARED_DATA
 
 
@@ -36,6 +49,24 @@ def tiny_chat_model_dir(tmp_path_factory):
     from evalsite.modelzoo import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-chat-model"), chat_template=True)
+
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by Playwright (skips where Chromium is not installed)."""
+    if not Path(CHROMIUM).exists():
+        skip_or_fail(f"Chromium not found at {CHROMIUM} (Debian: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
 
 
 @pytest.fixture
@@ -78,6 +109,7 @@ class WorkerProcess:
     def start(self, wait=True):
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.logfile, "ab")
+        self._log_start = self.logfile.stat().st_size  # a restart under the same name appends
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "evalsite", "worker", "-l", "info", "-P", "prefork",
              "-c", str(self.concurrency), "-n", f"{self.name}@%h", "-Q", self.env["CELERY_TASK_DEFAULT_QUEUE"],
@@ -92,8 +124,8 @@ class WorkerProcess:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.read_log()[-3000:]}")
-            if b" ready." in self.logfile.read_bytes():
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.read_log()[-6000:]}")
+            if b" ready." in self.logfile.read_bytes()[self._log_start:]:
                 return
             time.sleep(0.2)
         raise TimeoutError(f"worker not ready after {timeout}s:\n{self.read_log()[-3000:]}")
@@ -125,7 +157,7 @@ def worker_env(transactional_db, settings):
 
     broker = settings.CELERY_BROKER_URL
     if broker.startswith("redis") and not _redis_reachable(broker):
-        pytest.skip(f"Redis broker {broker} is not reachable")
+        skip_or_fail(f"Redis broker {broker} is not reachable")
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "evalsite.test_settings",

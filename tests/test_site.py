@@ -76,7 +76,7 @@ def _manage(*args, env):
 
 
 def test_check_deploy_is_clean_when_debug_is_off(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "DJANGO_SETTINGS_MODULE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "DJANGO_SETTINGS_MODULE", "DJANGO_ALLOW_ASYNC_UNSAFE")}
     env.update(DEBUG="0", SECRET_KEY="x" * 20 + "-a-long-random-production-secret-" + "y" * 20,
                ALLOWED_HOSTS="rlaif.example.org", EVALSITE_VAR_DIR=str(tmp_path))
     r = _manage("check", "--deploy", "--fail-level", "WARNING", env=env)
