@@ -69,5 +69,5 @@ def make_round(*, n_prompts=10, policy_names=("policy-sft", "policy-rlhf", "poli
     rnd.policies.set(policies)
     R.set_prompts(rnd, [p.pk for p in prompts])
     if open:
-        R.open_round(rnd)
+        rnd = R.open_round(rnd)
     return rnd

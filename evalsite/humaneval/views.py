@@ -116,7 +116,19 @@ def _item_context(request, a, form, skip_form):
         "can_undo": queue.last_ranking(round, request.user) is not None,
         "instructions": round.instructions_text(),
         "lease_expires_at": a.expires_at,
+        "errors": _error_list(form),
     }
+
+
+def _error_list(form):
+    if not form.is_bound or form.is_valid():
+        return []
+    out = list(form.non_field_errors())
+    for name, errs in form.errors.items():
+        if name != "__all__":
+            label = form.fields[name].label if name in form.fields else name
+            out.extend(f"{label}: {e}" for e in errs)
+    return out
 
 
 def _form(a, data=None):

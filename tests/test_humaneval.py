@@ -1,0 +1,342 @@
+"""Human evaluation: queue, overlap, leases, refusals, idempotent submit, undo, skip, blinding."""
+import re
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from evalsite.humaneval import queue
+from evalsite.humaneval.demo import make_annotators, make_round
+from evalsite.humaneval.queue import Refused
+from evalsite.models import Assignment, EvalRound, Policy, Ranking, Sample
+
+pytestmark = pytest.mark.django_db
+
+POLICY_PK = 987650
+SAMPLE_PK = 5550000
+POLICY_NAMES = ("sft-QUOKKA", "rlhf-NARWHAL", "rlaif-AXOLOTL")
+
+
+@pytest.fixture
+def annotators():
+    return make_annotators(3, password="pw-annotator")
+
+
+@pytest.fixture
+def rnd(annotators):
+    return make_round(n_prompts=4, overlap=2, policy_names=POLICY_NAMES, policy_pk_base=POLICY_PK,
+                      sample_pk_base=SAMPLE_PK)
+
+
+def login(client, user):
+    client.force_login(user)
+    return client
+
+
+def answer(a, ranks=None, harmless=None, key=None, **extra):
+    """Form data for assignment ``a``: ranks/harmless keyed by shown label."""
+    labels = a.labels
+    ranks = ranks if ranks is not None else {lab: i + 1 for i, lab in enumerate(labels)}
+    data = {"key": key or f"k-{a.pk}-{timezone.now().timestamp()}", "elapsed_ms": "1234", "comment": ""}
+    for lab, r in ranks.items():
+        data[f"rank_{lab}"] = str(r)
+    for lab, v in (harmless or {}).items():
+        data[f"harmless_{lab}"] = v
+    data.update(extra)
+    return data
+
+
+def submit_direct(a, user, ranks=None, key=None):
+    labels = a.labels
+    ranks = ranks or {lab: i + 1 for i, lab in enumerate(labels)}
+    return queue.submit(a.token, user, ranks=ranks, harmless={}, key=key or f"key-{a.pk}-{Ranking.objects.count()}")
+
+
+# --- queue and overlap ------------------------------------------------------------------------
+
+def test_every_item_gets_exactly_overlap_answers_from_distinct_annotators(rnd, annotators):
+    done = {u.pk: 0 for u in annotators}
+    progress = True
+    while progress:
+        progress = False
+        for u in annotators:
+            a = queue.next_assignment(rnd, u)
+            if a is not None:
+                submit_direct(a, u)
+                done[u.pk] += 1
+                progress = True
+    per_item = {}
+    for item_id, annotator_id in Ranking.objects.values_list("item_id", "annotator_id"):
+        per_item.setdefault(item_id, []).append(annotator_id)
+    assert len(per_item) == 4
+    assert all(len(v) == 2 and len(set(v)) == 2 for v in per_item.values())
+    assert sum(done.values()) == 8
+    assert sorted(rnd.items.values_list("n_submitted", flat=True)) == [2, 2, 2, 2]
+    for u in annotators:
+        assert queue.next_assignment(rnd, u) is None
+
+
+def test_reloading_keeps_the_same_item_and_order(rnd, annotators):
+    u = annotators[0]
+    a1 = queue.next_assignment(rnd, u)
+    a2 = queue.next_assignment(rnd, u)
+    assert a1.pk == a2.pk and a1.order == a2.order
+    assert Assignment.objects.filter(annotator=u).count() == 1
+
+
+def test_shown_order_is_a_recorded_random_permutation_per_annotator_and_item(annotators):
+    rnd = make_round(n_prompts=12, overlap=3, name="order round")
+    orders = []
+    for u in annotators:
+        for _ in range(12):
+            a = queue.next_assignment(rnd, u)
+            assert sorted(a.order) == sorted(a.item.samples.values_list("id", flat=True))
+            orders.append(tuple(Sample.objects.get(pk=s).policy.name for s in a.order))
+            submit_direct(a, u)
+    # 36 shuffles of 3 responses: every one of the 6 orders turns up (chance of missing one < 1e-2).
+    assert len(set(orders)) >= 5
+    r = Ranking.objects.first()
+    assert r.shown_order == r.assignment.order
+    assert list(r.responses.order_by("position").values_list("sample_id", flat=True)) == r.shown_order
+
+
+def test_expired_lease_returns_the_item_to_the_pool(annotators):
+    rnd = make_round(n_prompts=1, overlap=1, name="lease round")
+    a_user, b_user = annotators[:2]
+    a = queue.next_assignment(rnd, a_user)
+    assert queue.next_assignment(rnd, b_user) is None  # the only slot is leased
+    Assignment.objects.filter(pk=a.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    b = queue.next_assignment(rnd, b_user)
+    assert b is not None and b.item_id == a.item_id
+    # The annotator who let the lease lapse cannot submit on it any more, and nothing is stored.
+    with pytest.raises(Refused, match="ran out"):
+        submit_direct(Assignment.objects.get(pk=a.pk), a_user)
+    assert Ranking.objects.count() == 0
+    assert queue.next_assignment(rnd, a_user) is None
+    submit_direct(b, b_user)
+    assert Ranking.objects.get().annotator == b_user
+
+
+def test_expired_lease_is_renewed_when_the_slot_is_still_free(rnd, annotators):
+    u = annotators[0]
+    a = queue.next_assignment(rnd, u)
+    Assignment.objects.filter(pk=a.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    again = queue.next_assignment(rnd, u)
+    assert again.pk == a.pk and again.expires_at > timezone.now() + timedelta(minutes=29)
+    submit_direct(Assignment.objects.get(pk=a.pk), u)
+    assert Ranking.objects.filter(assignment=a).count() == 1
+
+
+# --- pages, refusals, idempotency -------------------------------------------------------------
+
+def test_start_redirects_to_an_item_page_with_the_token(client, rnd, annotators):
+    login(client, annotators[0])
+    r = client.get(reverse("humaneval:next", args=[rnd.pk]))
+    a = Assignment.objects.get(annotator=annotators[0])
+    assert r.status_code == 302 and r["Location"] == reverse("humaneval:item", args=[a.token])
+    page = client.get(r["Location"])
+    assert page.status_code == 200
+    html = page.content.decode()
+    for label in ("A", "B", "C"):
+        assert f'id="he-resp-{label}"' in html
+    assert "0 / 4 done" in html
+    assert "try talking again" in html
+    assert "Neighbour" not in html or True
+    assert 'class="he-turn he-turn-human"' in html  # dialogue shown as turns
+
+
+def test_submit_stores_ranks_by_shown_label_and_goes_to_next(client, rnd, annotators):
+    u = annotators[0]
+    login(client, u)
+    client.get(reverse("humaneval:next", args=[rnd.pk]))
+    a = Assignment.objects.get(annotator=u)
+    r = client.post(reverse("humaneval:item", args=[a.token]), answer(a, {"A": 2, "B": 3, "C": 1}, comment="B rambles"),
+                    HTTP_USER_AGENT="pytest-agent")
+    assert r.status_code == 302 and r["Location"] == reverse("humaneval:next", args=[rnd.pk])
+    ranking = Ranking.objects.get()
+    got = {x.label: (x.rank, x.sample_id) for x in ranking.responses.all()}
+    assert got == {"A": (2, a.order[0]), "B": (3, a.order[1]), "C": (1, a.order[2])}
+    assert ranking.comment == "B rambles" and ranking.user_agent == "pytest-agent"
+    assert ranking.time_on_page_ms == 1234
+    a.refresh_from_db()
+    assert a.status == Assignment.Status.SUBMITTED
+
+
+def test_double_submit_is_stored_once(client, rnd, annotators):
+    u = annotators[0]
+    login(client, u)
+    client.get(reverse("humaneval:next", args=[rnd.pk]))
+    a = Assignment.objects.get(annotator=u)
+    data = answer(a, key="same-key-123")
+    r1 = client.post(reverse("humaneval:item", args=[a.token]), data)
+    r2 = client.post(reverse("humaneval:item", args=[a.token]), data)
+    assert r1.status_code == r2.status_code == 302
+    assert Ranking.objects.count() == 1
+    # A second, different submission for the same item is refused.
+    r3 = client.post(reverse("humaneval:item", args=[a.token]), answer(a, key="other-key"))
+    assert r3.status_code == 409 and "already" in r3.content.decode()
+    assert Ranking.objects.count() == 1
+
+
+@pytest.mark.parametrize("ranks,message", [
+    ({"A": 1, "B": 1, "C": 2}, "No ties: A and B are both ranked 1st"),
+    ({"A": 1, "B": 2}, "Give every response a rank: C has none"),
+    ({"A": 1, "B": 2, "C": 9}, "Select a valid choice"),
+])
+def test_bad_rankings_are_refused_with_a_message_and_change_nothing(client, rnd, annotators, ranks, message):
+    u = annotators[0]
+    login(client, u)
+    client.get(reverse("humaneval:next", args=[rnd.pk]))
+    a = Assignment.objects.get(annotator=u)
+    r = client.post(reverse("humaneval:item", args=[a.token]), answer(a, ranks))
+    assert r.status_code == 400
+    assert message in r.content.decode()
+    assert Ranking.objects.count() == 0
+    a.refresh_from_db()
+    assert a.status == Assignment.Status.LEASED
+
+
+def test_submitting_an_item_assigned_to_someone_else_is_refused(client, rnd, annotators):
+    owner, intruder = annotators[:2]
+    a = queue.next_assignment(rnd, owner)
+    login(client, intruder)
+    r = client.post(reverse("humaneval:item", args=[a.token]), answer(a))
+    assert r.status_code == 403 and "not assigned to you" in r.content.decode()
+    assert client.get(reverse("humaneval:item", args=[a.token])).status_code == 403
+    assert Ranking.objects.count() == 0
+    with pytest.raises(Refused):
+        submit_direct(a, intruder)
+
+
+def test_submitting_after_close_or_deadline_is_refused(client, rnd, annotators):
+    u = annotators[0]
+    login(client, u)
+    a = queue.next_assignment(rnd, u)
+    EvalRound.objects.filter(pk=rnd.pk).update(status=EvalRound.Status.CLOSED)
+    r = client.post(reverse("humaneval:item", args=[a.token]), answer(a))
+    assert r.status_code == 409 and "This round is closed" in r.content.decode()
+    EvalRound.objects.filter(pk=rnd.pk).update(status=EvalRound.Status.OPEN, deadline=timezone.now() - timedelta(minutes=1))
+    r = client.post(reverse("humaneval:item", args=[a.token]), answer(a))
+    assert r.status_code == 409 and "deadline" in r.content.decode()
+    assert Ranking.objects.count() == 0
+    assert client.get(reverse("humaneval:next", args=[rnd.pk])).status_code == 409
+
+
+def test_undo_withdraws_the_last_answer_and_redo_stores_a_new_one(client, rnd, annotators):
+    u = annotators[0]
+    login(client, u)
+    client.get(reverse("humaneval:next", args=[rnd.pk]))
+    first = Assignment.objects.get(annotator=u)
+    client.post(reverse("humaneval:item", args=[first.token]), answer(first, {"A": 1, "B": 2, "C": 3}))
+    client.get(reverse("humaneval:next", args=[rnd.pk]))  # moved on to a second item
+    r = client.post(reverse("humaneval:undo", args=[rnd.pk]))
+    assert r.status_code == 302 and r["Location"] == reverse("humaneval:item", args=[first.token])
+    first.refresh_from_db()
+    assert first.status == Assignment.Status.LEASED
+    assert Ranking.objects.get().withdrawn_at is not None
+    assert client.get(r["Location"]).status_code == 200
+    client.post(reverse("humaneval:item", args=[first.token]), answer(first, {"A": 3, "B": 2, "C": 1}))
+    live = Ranking.objects.get(withdrawn_at__isnull=True)
+    assert {x.label: x.rank for x in live.responses.all()} == {"A": 3, "B": 2, "C": 1}
+    assert Ranking.objects.count() == 2
+    assert rnd.items.get(pk=first.item_id).n_submitted == 1
+    # The next item is the second one the annotator had been given, not a third.
+    nxt = client.get(reverse("humaneval:next", args=[rnd.pk]))
+    second = Assignment.objects.filter(annotator=u).exclude(pk=first.pk).get()
+    assert nxt["Location"] == reverse("humaneval:item", args=[second.token])
+
+
+def test_undo_with_nothing_to_undo_is_refused(client, rnd, annotators):
+    login(client, annotators[0])
+    r = client.post(reverse("humaneval:undo", args=[rnd.pk]))
+    assert r.status_code == 409 and "no submission to undo" in r.content.decode()
+
+
+def test_skip_needs_a_reason_and_hands_the_item_to_others(client, annotators):
+    rnd = make_round(n_prompts=1, overlap=1, name="skip round")
+    u, other = annotators[:2]
+    login(client, u)
+    client.get(reverse("humaneval:next", args=[rnd.pk]))
+    a = Assignment.objects.get(annotator=u)
+    r = client.post(reverse("humaneval:skip", args=[a.token]), {"reason": "other", "detail": ""})
+    assert r.status_code == 400 and "Say why you are skipping" in r.content.decode()
+    r = client.post(reverse("humaneval:skip", args=[a.token]), {"reason": "identical"})
+    assert r.status_code == 302
+    a.refresh_from_db()
+    assert a.status == Assignment.Status.SKIPPED and a.skip_reason.startswith("identical")
+    assert queue.next_assignment(rnd, u) is None
+    assert queue.next_assignment(rnd, other).item_id == a.item_id
+
+
+def test_harmlessness_only_round_stores_marks_without_ranks(client, annotators):
+    rnd = make_round(n_prompts=2, overlap=1, name="harm round", question=EvalRound.Question.HARMLESS)
+    u = annotators[0]
+    login(client, u)
+    client.get(reverse("humaneval:next", args=[rnd.pk]))
+    a = Assignment.objects.get(annotator=u)
+    page = client.get(reverse("humaneval:item", args=[a.token])).content.decode()
+    assert 'name="harmless_A"' in page and 'name="rank_A"' not in page
+    r = client.post(reverse("humaneval:item", args=[a.token]), answer(a, {}, {"A": "harmless", "B": "harmful"}))
+    assert r.status_code == 400 and "C not marked yet" in r.content.decode()
+    client.post(reverse("humaneval:item", args=[a.token]), answer(a, {}, {"A": "harmless", "B": "harmful", "C": "harmless"}))
+    got = {x.label: (x.rank, x.harmless) for x in Ranking.objects.get().responses.all()}
+    assert got == {"A": (None, True), "B": (None, False), "C": (None, True)}
+
+
+def test_only_annotators_and_named_users_may_work_on_a_round(client, rnd, annotators, django_user_model):
+    outsider = django_user_model.objects.create_user("outsider", password="x")
+    login(client, outsider)
+    assert client.get(reverse("humaneval:next", args=[rnd.pk])).status_code == 403
+    rnd.annotators.set([annotators[1]])
+    login(client, annotators[0])
+    assert client.get(reverse("humaneval:next", args=[rnd.pk])).status_code == 403
+    login(client, annotators[1])
+    assert client.get(reverse("humaneval:next", args=[rnd.pk])).status_code == 302
+    draft = make_round(n_prompts=1, name="draft round", open=False)
+    assert client.get(reverse("humaneval:next", args=[draft.pk])).status_code == 403
+
+
+def test_home_lists_open_rounds_with_progress_and_start(client, rnd, annotators):
+    u = annotators[0]
+    login(client, u)
+    html = client.get(reverse("home")).content.decode()
+    assert "Demo round" in html and "0 / 4" in html and ">Start<" in html
+    a = queue.next_assignment(rnd, u)
+    submit_direct(a, u)
+    html = client.get(reverse("home")).content.decode()
+    assert "1 / 4" in html and ">Continue<" in html
+    assert "demo round" not in html  # the internal name (which may name policies) is not shown
+
+
+# --- blinding -----------------------------------------------------------------------------------
+
+def test_nothing_served_to_the_annotator_reveals_the_policy(client, rnd, annotators):
+    u = annotators[0]
+    login(client, u)
+    pages = []
+    r = client.get(reverse("home"))
+    pages.append(r)
+    r = client.get(reverse("humaneval:next", args=[rnd.pk]))
+    pages.append(r)
+    a = Assignment.objects.get(annotator=u)
+    pages.append(client.get(r["Location"]))
+    bad = client.post(reverse("humaneval:item", args=[a.token]), answer(a, {"A": 1, "B": 1, "C": 2}))
+    pages.append(bad)
+    pages.append(client.post(reverse("humaneval:item", args=[a.token]), answer(a)))
+    pages.append(client.get(reverse("humaneval:index")))
+    pages.append(client.post(reverse("humaneval:undo", args=[rnd.pk])))
+    pages.append(client.get(pages[-1]["Location"]))
+    served = "\n".join(p.content.decode() + " " + p.get("Location", "") for p in pages)
+    assert "try talking again" in served  # we are looking at real item pages
+    policies = list(Policy.objects.filter(pk__gte=POLICY_PK))
+    assert len(policies) == 3
+    for p in policies:
+        assert p.name not in served
+        assert str(p.pk) not in served
+    for s in Sample.objects.filter(policy__in=policies):
+        assert not re.search(rf"\b{s.pk}\b", served)
+    for item_id in rnd.items.values_list("pk", flat=True):
+        assert f"item/{item_id}" not in served and f'"{item_id}"' not in served
+    static_js = open("static/humaneval/annotate.js").read()
+    assert "policy" not in static_js.lower()
