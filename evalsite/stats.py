@@ -569,7 +569,7 @@ def attach_human_majority(labels, majority):
     maj = np.where(flipped & (maj == "first"), "second", np.where(flipped & (maj == "second"), "first", maj))
     have = labels["human_preference"].isin(["first", "second", "tie"]).to_numpy()
     fill = ~have & pd.notna(maj)
-    hp = labels["human_preference"].to_numpy(dtype=object)
+    hp = labels["human_preference"].to_numpy(dtype=object).copy()
     hp[fill] = maj[fill]
     labels["human_preference"] = hp
     return labels
