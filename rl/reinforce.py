@@ -1,0 +1,299 @@
+"""REINFORCE with a learned value baseline, as in the RLAIF paper (PAPER.md section 3).
+
+Policy pi and value model V both start from the SFT model; a frozen copy of SFT is the
+reference pi_SFT. Each step:
+
+1. sample a response y for each prompt x from pi at temperature 0.9 (KV cache, batched);
+2. score it: r(x, y) from a reward model or any ``reward_fn(contexts, responses)``;
+3. the return, given only at the last token with gamma = 1, is the same for every step t:
+       Z_t = R = (1 - beta) * r(x, y) - beta * KL,   KL = sum_t [log pi(a_t|s_t) - log pi_SFT(a_t|s_t)]
+   (the per-token log-ratio estimate of KL(pi || pi_SFT) on the sampled tokens);
+4. minimise, averaged over the batch,
+       policy loss = -sum_t log pi(a_t|s_t) * stopgrad(Z_t - V(s_t))
+       value loss  =  sum_t (V(s_t) - Z_t)^2
+   with one optimizer step for each model.
+
+Log-probabilities are those of the model itself (temperature 1); the temperature only shapes
+how responses are drawn. The stop token, when produced, is one of the actions.
+"""
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from rl.modeling import (
+    autocast,
+    encode_left_truncated,
+    entropy_from_logits,
+    load_causal_lm,
+    load_tokenizer,
+    load_value_model,
+    make_optimizer,
+    pick_device,
+    save_hf_folder,
+    seed_everything,
+    stop_token_ids,
+    token_logprobs,
+)
+from rl.sampling import row_seed, sample_token_ids
+
+
+@dataclass
+class RLConfig:
+    beta: float = 0.05                 # weight of the KL penalty (paper: 0.05)
+    temperature: float = 0.9           # sampling temperature (paper: 0.9)
+    top_p: float = 1.0
+    batch_size: int = 128              # prompts per step (paper: 128)
+    learning_rate: float = 1e-5        # paper: 1e-5
+    value_learning_rate: float = 0.0   # 0: same as learning_rate
+    epochs: int = 8                    # passes over the prompt set (paper: 8)
+    max_prompt_tokens: int = 512       # longer prompts keep their end
+    max_response_tokens: int = 64
+    gradient_accumulation_steps: int = 1   # the step's batch is trained in this many micro-batches
+    generation_batch_size: int = 0     # rows sampled together (0: the whole step's batch)
+    optimizer: str = "adamw"           # or "adafactor"
+    max_grad_norm: float = 1.0
+    save_every: int = 25               # checkpoint every N steps (and at the end)
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def reinforce_losses(logprobs, ref_logprobs, values, mask, scores, beta, *, batch_size=None):
+    """The paper's losses for a batch of sampled responses.
+
+    logprobs (with grad), ref_logprobs, values (with grad), mask: [B, T] over response tokens
+    (mask 1 on real tokens); scores: [B] rewards r(x, y). Sums over tokens, means over the
+    ``batch_size`` sequences of the whole step (defaults to B; pass the step's size when
+    accumulating micro-batches).
+    """
+    n = batch_size or logprobs.shape[0]
+    mask = mask.to(logprobs.dtype)
+    kl = ((logprobs.detach() - ref_logprobs) * mask).sum(-1)
+    returns = (1 - beta) * scores - beta * kl                 # R, given at the last token
+    z = returns[:, None].expand_as(logprobs)                  # gamma = 1: Z_t = R for every t
+    advantage = (z - values).detach()
+    policy_loss = -(logprobs * advantage * mask).sum() / n
+    value_loss = (((values - z) ** 2) * mask).sum() / n
+    return {"policy_loss": policy_loss, "value_loss": value_loss, "kl": kl, "returns": returns}
+
+
+def _batch_tensors(prompt_ids, response_ids, pad_id, device):
+    """[left-padded prompts | right-padded responses]: every response starts at column P."""
+    p_width = max(len(p) for p in prompt_ids)
+    t_width = max(len(r) for r in response_ids)
+    b = len(prompt_ids)
+    ids = torch.full((b, p_width + t_width), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, p_width + t_width), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        ids[i, p_width - len(p): p_width] = torch.tensor(p, dtype=torch.long)
+        ids[i, p_width: p_width + len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, p_width - len(p): p_width + len(r)] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device), p_width, t_width
+
+
+class ReinforceTrainer:
+    """Holds policy, value model, frozen reference and their optimizers; ``train`` runs the loop."""
+
+    def __init__(self, config: RLConfig, policy, value_model, reference, tokenizer, reward_fn):
+        self.config = config
+        self.policy, self.value_model, self.reference = policy, value_model, reference
+        self.tokenizer, self.reward_fn = tokenizer, reward_fn
+        self.device = next(policy.parameters()).device
+        self.stop_ids = stop_token_ids(tokenizer, getattr(policy, "generation_config", None) or policy.config)
+        self.policy_optimizer = make_optimizer(policy.parameters(), config.optimizer, config.learning_rate)
+        self.value_optimizer = make_optimizer(value_model.parameters(), config.optimizer,
+                                              config.value_learning_rate or config.learning_rate)
+        self.completed_steps = 0
+
+    @classmethod
+    def from_sft(cls, sft_dir, reward_fn, config: RLConfig, *, device=None, resume_from=None):
+        """Policy and value from the SFT folder (or a checkpoint to resume), reference = SFT, frozen."""
+        device = pick_device(device)
+        seed_everything(config.seed)
+        tokenizer = load_tokenizer(sft_dir)
+        start = Path(resume_from) if resume_from else None
+        policy = load_causal_lm(start / "policy" if start else sft_dir, device)
+        value_model = load_value_model(start / "value" if start else sft_dir, device)
+        reference = load_causal_lm(sft_dir, device, trainable=False)
+        trainer = cls(config, policy, value_model, reference, tokenizer, reward_fn)
+        if start:
+            state = torch.load(start / "state.pt", map_location=device, weights_only=False)
+            trainer.policy_optimizer.load_state_dict(state["policy_optimizer"])
+            trainer.value_optimizer.load_state_dict(state["value_optimizer"])
+            trainer.completed_steps = int(state["step"])
+        return trainer
+
+    # --- one step ----------------------------------------------------------------------
+    def sample(self, prompt_ids, step):
+        cfg = self.config
+        rows = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))  # less padding
+        size = cfg.generation_batch_size or len(rows)
+        out = [None] * len(prompt_ids)
+        for s in range(0, len(rows), size):
+            chunk = rows[s:s + size]
+            responses = sample_token_ids(
+                self.policy, [prompt_ids[i] for i in chunk], max_new_tokens=cfg.max_response_tokens,
+                temperature=cfg.temperature, top_p=cfg.top_p, stop_ids=self.stop_ids,
+                pad_id=self.tokenizer.pad_token_id, seeds=[row_seed(cfg.seed, step, i) for i in chunk],
+            )
+            for i, r in zip(chunk, responses):
+                out[i] = r if r else [self.stop_ids[0] if self.stop_ids else self.tokenizer.pad_token_id]
+        return out
+
+    def response_text(self, ids):
+        if ids and ids[-1] in self.stop_ids:
+            ids = ids[:-1]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def step(self, prompt_ids, contexts, step):
+        """Sample, score and update once; returns (the step's metrics, the response texts)."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        responses = self.sample(prompt_ids, step)
+        t_gen = time.perf_counter() - t0
+        texts = [self.response_text(r) for r in responses]
+        scores = torch.tensor([float(x) for x in self.reward_fn(list(contexts), texts)], dtype=torch.float32)
+        if scores.shape[0] != len(texts) or not torch.isfinite(scores).all():
+            raise ValueError("the reward function must return one finite number per response")
+        t_reward = time.perf_counter() - t0 - t_gen
+
+        n = len(prompt_ids)
+        order = sorted(range(n), key=lambda i: len(prompt_ids[i]) + len(responses[i]))
+        micro = max(1, math.ceil(n / cfg.gradient_accumulation_steps))
+        self.policy_optimizer.zero_grad(set_to_none=True)
+        self.value_optimizer.zero_grad(set_to_none=True)
+        sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "tokens": 0, "value": 0.0}
+        kl_all, returns_all = torch.zeros(n), torch.zeros(n)
+        for m in range(0, n, micro):
+            idx = order[m:m + micro]
+            ids, mask, pos, p_w, t_w = _batch_tensors([prompt_ids[i] for i in idx], [responses[i] for i in idx],
+                                                      self.tokenizer.pad_token_id, self.device)
+            targets = ids[:, p_w:]
+            resp_mask = mask[:, p_w:]
+            # the logits at positions P-1 .. P+T-2 predict the response tokens
+            with torch.no_grad(), autocast(self.device):
+                ref_logits = self.reference(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                            logits_to_keep=t_w + 1).logits[:, :-1]
+            ref_logprobs = token_logprobs(ref_logits, targets)
+            del ref_logits
+            with autocast(self.device):
+                logits = self.policy(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                     logits_to_keep=t_w + 1).logits[:, :-1]
+                values = self.value_model(input_ids=ids, attention_mask=mask,
+                                          position_ids=pos).logits[:, p_w - 1:-1, 0].float()
+            logprobs = token_logprobs(logits, targets)
+            sums["entropy"] += float((entropy_from_logits(logits.detach()) * resp_mask).sum())
+            del logits
+            out = reinforce_losses(logprobs, ref_logprobs, values, resp_mask,
+                                   scores[idx].to(self.device), cfg.beta, batch_size=n)
+            (out["policy_loss"] + out["value_loss"]).backward()
+            sums["policy_loss"] += float(out["policy_loss"].detach())
+            sums["value_loss"] += float(out["value_loss"].detach())
+            sums["tokens"] += int(resp_mask.sum())
+            sums["value"] += float((values.detach() * resp_mask).sum())
+            kl_all[idx] = out["kl"].float().cpu()
+            returns_all[idx] = out["returns"].float().cpu()
+        policy_grad = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+        value_grad = torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), cfg.max_grad_norm)
+        self.policy_optimizer.step()
+        self.value_optimizer.step()
+        self.policy_optimizer.zero_grad(set_to_none=True)  # free gradient memory between steps
+        self.value_optimizer.zero_grad(set_to_none=True)
+        self.completed_steps = step + 1
+        lengths = torch.tensor([len(r) for r in responses], dtype=torch.float32)
+        return {
+            "reward_mean": float(scores.mean()),
+            "reward_std": float(scores.std()) if n > 1 else 0.0,
+            "kl": float(kl_all.mean()),
+            "return_mean": float(returns_all.mean()),
+            "policy_loss": sums["policy_loss"],
+            "value_loss": sums["value_loss"],
+            "value_mean": sums["value"] / max(sums["tokens"], 1),
+            "entropy": sums["entropy"] / max(sums["tokens"], 1),
+            "response_length": float(lengths.mean()),
+            "stopped_share": sum(bool(r) and r[-1] in self.stop_ids for r in responses) / n,
+            "policy_grad_norm": float(policy_grad),
+            "value_grad_norm": float(value_grad),
+            "generation_seconds": t_gen,
+            "reward_seconds": t_reward,
+            "seconds_per_step": time.perf_counter() - t0,
+        }, texts
+
+    # --- the loop ----------------------------------------------------------------------
+    def epoch_order(self, epoch, n):
+        order = list(range(n))
+        random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def total_steps(self, n_prompts):
+        return (n_prompts // self.config.batch_size) * self.config.epochs
+
+    def train(self, prompts, contexts=None, *, on_step=None, checkpoint_dir=None):
+        """Run from ``completed_steps`` to the end. ``prompts``: policy inputs; ``contexts``: what
+        ``reward_fn`` gets with each response (defaults to the prompts).
+
+        ``on_step(step, total_steps, metrics, responses)`` after each step (it may raise to stop);
+        a checkpoint is written to ``checkpoint_dir`` every ``save_every`` steps and at the end.
+        """
+        cfg = self.config
+        contexts = list(prompts) if contexts is None else list(contexts)
+        if cfg.batch_size > len(prompts):
+            raise ValueError(f"batch size {cfg.batch_size} is larger than the {len(prompts)} prompts")
+        ids = encode_left_truncated(self.tokenizer, prompts, cfg.max_prompt_tokens)
+        per_epoch = len(prompts) // cfg.batch_size
+        total = per_epoch * cfg.epochs
+        for step in range(self.completed_steps, total):
+            epoch, b = divmod(step, per_epoch)
+            chosen = self.epoch_order(epoch, len(prompts))[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            metrics, texts = self.step([ids[i] for i in chosen], [contexts[i] for i in chosen], step)
+            metrics["epoch"] = epoch
+            # metrics first: a crash before the next checkpoint repeats (and rewrites) these steps
+            if on_step is not None:
+                on_step(step, total, metrics, texts)
+            if checkpoint_dir and ((step + 1) % cfg.save_every == 0 or step + 1 == total):
+                self.save_checkpoint(checkpoint_dir)
+        return self.completed_steps
+
+    # --- checkpoints -------------------------------------------------------------------
+    def save_checkpoint(self, directory):
+        """``directory/checkpoint`` = policy/, value/ (HF folders) and state.pt, replaced atomically."""
+        directory = Path(directory)
+        final = directory / "checkpoint"
+        tmp = directory / "checkpoint.partial"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_hf_folder(self.policy, self.tokenizer, tmp / "policy")
+        save_hf_folder(self.value_model, None, tmp / "value")
+        torch.save({
+            "step": self.completed_steps, "config": asdict(self.config),
+            "policy_optimizer": self.policy_optimizer.state_dict(),
+            "value_optimizer": self.value_optimizer.state_dict(),
+        }, tmp / "state.pt")
+        old = directory / "checkpoint.old"
+        if final.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old.exists():
+            shutil.rmtree(old)
+        return final
+
+    @staticmethod
+    def checkpoint_step(directory):
+        """Completed steps of the checkpoint in ``directory``, or None if there is none."""
+        path = Path(directory) / "checkpoint" / "state.pt"
+        if not path.exists():
+            return None
+        return int(torch.load(path, map_location="cpu", weights_only=False)["step"])

@@ -1,0 +1,125 @@
+"""Supervised fine-tuning: a causal LM learns to continue each prompt with its reference.
+
+The loss is the mean token cross-entropy over *response* tokens only (prompt and padding
+positions get label -100), so the model is not trained to write the posts it summarizes.
+"""
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+
+from rl.modeling import autocast, make_optimizer, seed_everything
+
+IGNORE = -100
+
+
+@dataclass
+class SFTConfig:
+    learning_rate: float = 2e-5
+    epochs: int = 1
+    batch_size: int = 8                    # examples per optimizer step
+    gradient_accumulation_steps: int = 1   # the batch is run in this many micro-batches
+    max_prompt_tokens: int = 512           # longer prompts keep their end
+    max_response_tokens: int = 128
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+
+def encode_example(tokenizer, prompt, response, config: SFTConfig):
+    """(prompt ids, response ids + EOS), each truncated to its budget."""
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"][-config.max_prompt_tokens:]
+    r = tokenizer(response, add_special_tokens=False)["input_ids"][: max(config.max_response_tokens - 1, 0)]
+    if tokenizer.eos_token_id is not None:
+        r = r + [tokenizer.eos_token_id]
+    return p, r
+
+
+def collate(examples, pad_id):
+    """Right-padded input_ids / attention_mask / labels; labels are -100 except on response tokens."""
+    width = max(len(p) + len(r) for p, r in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for i, (p, r) in enumerate(examples):
+        seq = torch.tensor(p + r, dtype=torch.long)
+        ids[i, : len(seq)] = seq
+        mask[i, : len(seq)] = 1
+        labels[i, len(p): len(seq)] = torch.tensor(r, dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def sft_loss_sum(model, batch):
+    """(sum of response-token cross-entropies, number of response tokens) for one micro-batch."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with autocast(device):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE,
+        reduction="sum",
+    )
+    return loss, int((targets != IGNORE).sum())
+
+
+def evaluate_sft(model, examples, pad_id, batch_size=8):
+    """Mean response-token loss on held-out examples."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            loss, n = sft_loss_sum(model, collate(examples[i:i + batch_size], pad_id))
+            total, count = total + float(loss), count + n
+    return total / max(count, 1)
+
+
+def train_sft(model, tokenizer, prompts, responses, config: SFTConfig, *, on_step=None):
+    """Fine-tune ``model`` in place. ``on_step(step, total_steps, metrics)`` after each step.
+
+    Returns the per-step mean training losses.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError("prompts and responses differ in length")
+    if config.batch_size > len(prompts):
+        raise ValueError(f"batch size {config.batch_size} is larger than the {len(prompts)} examples")
+    seed_everything(config.seed)
+    examples = [encode_example(tokenizer, p, r, config) for p, r in zip(prompts, responses)]
+    steps_per_epoch = len(examples) // config.batch_size
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = make_optimizer(model.parameters(), config.optimizer, config.learning_rate, config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    )
+    micro = max(1, math.ceil(config.batch_size / config.gradient_accumulation_steps))
+    rng = random.Random(config.seed)
+    losses, step = [], 0
+    for epoch in range(config.epochs):
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for b in range(steps_per_epoch):
+            t0 = time.perf_counter()
+            batch = [examples[i] for i in order[b * config.batch_size:(b + 1) * config.batch_size]]
+            n_tokens = sum(len(r) for _, r in batch)
+            total = 0.0
+            optimizer.zero_grad(set_to_none=True)
+            for m in range(0, len(batch), micro):
+                loss_sum, _ = sft_loss_sum(model, collate(batch[m:m + micro], tokenizer.pad_token_id))
+                # Every response token of the whole batch weighs the same, however it is split.
+                (loss_sum / n_tokens).backward()
+                total += float(loss_sum)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            losses.append(total / n_tokens)
+            if on_step is not None:
+                on_step(step, total_steps, {
+                    "loss": losses[-1], "grad_norm": float(grad_norm), "epoch": epoch,
+                    "lr": schedule.get_last_lr()[0], "response_tokens": n_tokens,
+                    "seconds_per_step": time.perf_counter() - t0,
+                })
+            step += 1
+    return losses
