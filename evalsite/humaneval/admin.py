@@ -106,9 +106,8 @@ class EvalRoundAdmin(admin.ModelAdmin):
     readonly_fields = ["status", "readiness", "progress_panel", "annotator_panel", "created_by", "opened_at", "closed_at"]
 
     def get_fieldsets(self, request, obj=None):
-        prompts = ["dataset", "n_prompts", "prompt_external_ids", "seed"]
-        form_fields = self.get_form(request, obj).base_fields
-        prompts = [f for f in prompts if f in form_fields]
+        editable = obj is None or (obj.status == EvalRound.Status.DRAFT and not obj.assignments.exists())
+        prompts = ["dataset", "n_prompts", "prompt_external_ids", "seed"] if editable else []
         sets = [
             (None, {"fields": ["name", "title", "task", "question", "policies", "overlap", "instructions", "deadline"]}),
         ]
