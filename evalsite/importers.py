@@ -30,6 +30,7 @@ import pandas as pd
 from evalsite.tasktext import ASSISTANT_TURN, SUMMARIZATION_SUFFIX, split_dialogue
 
 TLDR_JUDGE_NAME = "GPT-4 (dataset)"
+MAX_ID_CHARS = 200  # Prompt.external_id's column width
 PREFERENCES = ("first", "second", "tie")
 # Accepted spellings of a preference in the generic pair formats (lower-cased, stripped).
 PREFERENCE_ALIASES = {
@@ -303,6 +304,9 @@ class _Builder:
         """Add (or find) a prompt; ``error(message, field)`` builds the error for this row."""
         seen = self._prompts.get(external_id)
         if seen is None:
+            if len(external_id) > MAX_ID_CHARS:
+                raise error(f"prompt id is {len(external_id)} characters long; at most {MAX_ID_CHARS} are allowed",
+                            "id")
             rec = PromptRecord(external_id, context, reference or "", dict(metadata or {}))
             self._prompts[external_id] = rec
             self.result.prompts.append(rec)
@@ -330,6 +334,8 @@ class _Builder:
 def _text(value, field_name, error, *, required=True):
     """A cell as text: str as is, numbers as their str, None/NaN as ''."""
     if value is None or (isinstance(value, float) and value != value):
+        if required:
+            raise error("is missing or empty", field_name)
         value = ""
     if isinstance(value, (dict, list, bool)):
         raise error(f"expected text, found {type(value).__name__}", field_name)

@@ -80,7 +80,7 @@ def validate_import_params(params):
 
 
 def write_dataset(parsed, *, name, split, task, source="", licence="", description="", job=None,
-                  check_cancelled=lambda: None):
+                  check_cancelled=lambda: None, batch_size=BATCH):
     """Write a parsed file in one transaction; return counts of created and existing rows.
 
     Nothing here touches the Job row: the heartbeat thread keeps updating it from its own
@@ -127,9 +127,9 @@ def write_dataset(parsed, *, name, split, task, source="", licence="", descripti
                     "with a different context; import the changed file under another dataset name or split."
                 )
         counts["prompts_existing"] = len(parsed.prompts) - len(new_prompts)
-        for i in range(0, len(new_prompts), BATCH):
+        for i in range(0, len(new_prompts), batch_size):
             check_cancelled()
-            Prompt.objects.bulk_create(new_prompts[i:i + BATCH], ignore_conflicts=True)
+            Prompt.objects.bulk_create(new_prompts[i:i + batch_size], ignore_conflicts=True)
         counts["prompts_created"] = len(new_prompts)
 
         ids = dict(Prompt.objects.filter(dataset=dataset).values_list("external_id", "id"))
@@ -144,9 +144,9 @@ def write_dataset(parsed, *, name, split, task, source="", licence="", descripti
                 judge_preference=rec.judge_preference, judge_name=rec.judge_name,
                 metadata=rec.metadata, job_id=job_id,
             ))
-        for i in range(0, len(rows), BATCH):
+        for i in range(0, len(rows), batch_size):
             check_cancelled()
-            chunk = rows[i:i + BATCH]
+            chunk = rows[i:i + batch_size]
             found = {k: (h, j) for k, h, j in Comparison.objects.filter(key__in=[c.key for c in chunk])
                      .values_list("key", "human_preference", "judge_preference")}
             new = [c for c in chunk if c.key not in found]
@@ -246,7 +246,8 @@ def run_import(params, *, background=False, user=None, write=print):
 
 
 class DatasetImportForm(forms.Form):
-    file = forms.FileField(help_text="CSV or JSON lines, optionally gzip-compressed.")
+    file = forms.FileField(help_text="CSV or JSON lines, optionally gzip-compressed.",
+                           error_messages={"empty": "The uploaded file is empty."})
     format = forms.ChoiceField(
         choices=[("", "---------")] + [(k, f"{k}: {v}") for k, v in FORMATS.items()],
         error_messages={"invalid_choice": "Unknown format %(value)s; known formats: " + ", ".join(FORMATS) + "."},
@@ -270,7 +271,7 @@ class DatasetImportForm(forms.Form):
         f = self.cleaned_data["file"]
         limit = settings.DATASET_UPLOAD_MAX_BYTES
         if f.size == 0:
-            raise ValidationError(f"The file {f.name} is empty.")
+            raise ValidationError("The uploaded file is empty.")
         if f.size > limit:
             raise ValidationError(
                 f"The file {f.name} is too large ({f.size / 1e6:,.1f} MB; the limit is {limit / 1e6:,.1f} MB). "
