@@ -274,7 +274,7 @@ class DatasetImportForm(forms.Form):
             raise ValidationError("The uploaded file is empty.")
         if f.size > limit:
             raise ValidationError(
-                f"The file {f.name} is too large ({f.size / 1e6:,.1f} MB; the limit is {limit / 1e6:,.1f} MB). "
+                f"The file {f.name} is too large ({f.size / 2**20:,.1f} MB; the limit is {limit / 2**20:,.1f} MB). "
                 "Import it with `manage.py import_dataset` on the server instead."
             )
         return f
@@ -325,7 +325,7 @@ def import_view(request):
         "opts": Dataset._meta,
         "form": form,
         "formats": [(k, FORMATS[k], importers.FORMAT_HELP[k]) for k in FORMATS],
-        "max_mb": settings.DATASET_UPLOAD_MAX_BYTES / 1e6,
+        "max_mb": settings.DATASET_UPLOAD_MAX_BYTES / 2**20,
     }
     return render(request, "admin/evalsite/dataset/import.html", context)
 

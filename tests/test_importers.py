@@ -415,6 +415,16 @@ def test_admin_upload_refuses_bad_forms_without_writing(admin_client, settings):
 
 
 @pytest.mark.django_db
+def test_admin_upload_into_a_dataset_of_another_task_is_refused_and_the_file_removed(admin_client, settings):
+    assert import_file(DATA / "pairs.jsonl", "pairs-jsonl", task="helpful", name="mine").status == "succeeded"
+    r = upload(admin_client, (DATA / "pairs.jsonl").read_bytes(), "pairs.jsonl", name="mine", task="harmless")
+    assert r.status_code == 200
+    assert "Dataset mine [train] already exists with task &#x27;helpful&#x27;" in r.content.decode()
+    assert Job.objects.count() == 1 and db_counts() == (1, 2, 2)
+    assert not any(p.is_file() for p in Path(settings.UPLOADS_DIR).rglob("*"))
+
+
+@pytest.mark.django_db
 def test_admin_upload_of_a_bad_file_fails_its_job_with_the_message(admin_client):
     r = upload(admin_client, (DATA / "latin1.csv").read_bytes(), "latin1.csv", format="prompts-csv")
     job = Job.objects.get()
