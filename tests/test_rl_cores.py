@@ -1,0 +1,240 @@
+"""The training cores on the tiny random model: SFT, sampling, reward models, REINFORCE."""
+import math
+import random
+
+import pytest
+import torch
+
+from rl.modeling import load_causal_lm, load_tokenizer, save_hf_folder
+from rl.reinforce import ReinforceTrainer, RLConfig, reinforce_losses
+from rl.reward_model import (
+    Pair,
+    RewardModelConfig,
+    RewardScorer,
+    pairwise_metrics,
+    soft_label_loss,
+    train_reward_model,
+)
+from rl.sampling import SamplingConfig, generate, sample_token_ids
+from rl.sft import IGNORE, SFTConfig, collate, encode_example, sft_loss_sum, train_sft
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+# --- SFT ---------------------------------------------------------------------------------
+def test_sft_labels_cover_response_tokens_only(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    cfg = SFTConfig(max_prompt_tokens=50, max_response_tokens=20)
+    short = encode_example(tok, "TL;DR:", "clear", cfg)
+    long = encode_example(tok, "Human: the quick brown fox\n\nAssistant:", "Here is how", cfg)
+    batch = collate([short, long], tok.pad_token_id)
+    for row, (p, r) in enumerate([short, long]):
+        assert r[-1] == tok.eos_token_id
+        labels = batch["labels"][row].tolist()
+        assert labels == [IGNORE] * len(p) + r + [IGNORE] * (batch["labels"].shape[1] - len(p) - len(r))
+
+    # The loss is the cross-entropy of exactly those response tokens.
+    model = load_causal_lm(tiny_model_dir, "cpu")
+    loss_sum, n = sft_loss_sum(model, batch)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected = 0.0
+    for row, (p, r) in enumerate([short, long]):
+        logp = torch.log_softmax(logits[row], -1)
+        expected -= sum(float(logp[len(p) - 1 + j, t]) for j, t in enumerate(r))
+    assert n == len(short[1]) + len(long[1])
+    assert float(loss_sum.detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_sft_loss_falls_on_a_toy_set(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_causal_lm(tiny_model_dir, "cpu")
+    prompts = [f"Human: say {i}\n\nAssistant:" for i in range(8)]
+    refs = [f" the answer is {i}" for i in range(8)]
+    losses = train_sft(model, tok, prompts, refs, SFTConfig(learning_rate=1e-2, epochs=12, batch_size=4,
+                                                            gradient_accumulation_steps=2))
+    assert len(losses) == 24
+    assert sum(losses[-3:]) / 3 < 0.4 * sum(losses[:3]) / 3
+
+
+# --- sampling ----------------------------------------------------------------------------
+def test_kv_cached_greedy_sampling_matches_full_recompute(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_causal_lm(tiny_model_dir, "cpu", trainable=False)
+    prompts = [tok("Human: hi\n\nAssistant:")["input_ids"], tok("TL;DR:")["input_ids"]]
+    ours = sample_token_ids(model, prompts, max_new_tokens=6, temperature=0, top_p=1.0, stop_ids=[],
+                            pad_id=tok.pad_token_id, seeds=[0, 1])
+    for p, got in zip(prompts, ours):
+        seq = list(p)
+        for _ in range(6):  # no cache, no padding: one full forward per token
+            with torch.no_grad():
+                seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+        assert got == seq[len(p):]
+
+
+def test_sampling_n_per_prompt_seeded_per_row(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_causal_lm(tiny_model_dir, "cpu", trainable=False)
+    cfg = SamplingConfig(n=2, temperature=1.0, max_new_tokens=5, seed=3, batch_size=4)
+    prompts = ["Human: hello there\n\nAssistant:", "TL;DR:"]
+    both = generate(model, tok, prompts, cfg, prompt_keys=[11, 22])
+    alone = generate(model, tok, prompts[1:], cfg, prompt_keys=[22])
+    assert [len(g) for g in both] == [2, 2]
+    assert all(len(x.token_ids) <= 5 for g in both for x in g)
+    # A row's sample depends on its seed and prompt key, not on the other rows in the batch.
+    assert [x.token_ids for x in alone[0]] == [x.token_ids for x in both[1]]
+    assert both[0][0].token_ids != both[0][1].token_ids
+    other_seed = generate(model, tok, prompts[1:], SamplingConfig(**{**cfg.__dict__, "seed": 4}), prompt_keys=[22])
+    assert [x.token_ids for x in other_seed[0]] != [x.token_ids for x in alone[0]]
+
+
+# --- reward model ------------------------------------------------------------------------
+def test_soft_label_loss_minimum_matches_the_label_distribution():
+    # For p = 0.8 the loss -0.8 log s(m) - 0.2 log s(-m) is minimal at sigmoid(m) = 0.8, i.e.
+    # m = log 4 = 1.3863, where it equals H(0.8) = 0.5004; at m = 0 it is log 2 = 0.6931.
+    p = torch.tensor([0.8])
+    assert float(soft_label_loss(torch.tensor([0.0]), torch.tensor([0.0]), p)) == pytest.approx(math.log(2), abs=1e-6)
+    h = -(0.8 * math.log(0.8) + 0.2 * math.log(0.2))
+    assert float(soft_label_loss(torch.tensor([math.log(4)]), torch.tensor([0.0]), p)) == pytest.approx(h, abs=1e-6)
+    margin = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([margin], lr=1.0)
+    for _ in range(300):
+        opt.zero_grad()
+        soft_label_loss(margin, torch.zeros(1), p).backward()
+        opt.step()
+    assert float(margin) == pytest.approx(math.log(4), abs=1e-3)
+    # A tie (0.5, 0.5) pulls the two rewards together; a hard label pushes them apart forever.
+    tie = torch.tensor([0.5])
+    m = torch.tensor([2.0], requires_grad=True)
+    soft_label_loss(m, torch.zeros(1), tie).backward()
+    assert float(m.grad) == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item() - 0.5, abs=1e-6)
+
+
+def test_pairwise_metrics_by_hand():
+    m = pairwise_metrics(r_a=[2.0, 0.0, -1.0, 0.0], r_b=[0.0, 0.0, 0.0, 0.0], p_first=[1.0, 0.5, 1.0, 0.0])
+    assert m["n"] == 3 and m["ties_excluded"] == 1
+    # pair 1 right, pair 3 wrong, pair 4 predicted as a tie: half credit
+    assert m["accuracy"] == pytest.approx(1.5 / 3)
+    s2 = 1 / (1 + math.exp(-2))
+    s_1 = 1 / (1 + math.exp(1))
+    assert m["brier"] == pytest.approx(((s2 - 1) ** 2 + 0 + (s_1 - 1) ** 2 + 0.25) / 4)
+
+
+def _property_pairs(rng, n):
+    words = "the quick brown fox jumps over lazy dog a good summary is short accurate and clear".split()
+    pairs = []
+    for _ in range(n):
+        plain = " ".join(rng.choice(words) for _ in range(5))
+        with_property = " ".join(rng.choice(words) for _ in range(4)) + " 7"
+        if rng.random() < 0.5:
+            pairs.append(Pair("TL;DR:", with_property, plain, 1.0))
+        else:
+            pairs.append(Pair("TL;DR:", plain, with_property, 0.0))
+    return pairs
+
+
+def test_reward_model_learns_a_visible_property(tiny_model_dir, tmp_path):
+    rng = random.Random(0)
+    train, held_out = _property_pairs(rng, 64), _property_pairs(rng, 40)
+    scorer = RewardScorer.from_folder(tiny_model_dir, "cpu", max_length=64)
+    before = pairwise_metrics(*[scorer.score([p.prompt for p in held_out], [getattr(p, f) for p in held_out])
+                                for f in ("response_a", "response_b")], [p.p_first for p in held_out])
+    metrics = train_reward_model(scorer, train, RewardModelConfig(learning_rate=3e-3, epochs=4, batch_size=16,
+                                                                  optimizer="adamw"), eval_pairs=held_out)
+    assert metrics["n"] == 40
+    assert metrics["accuracy"] >= 0.85 > before["accuracy"] + 0.1
+    assert metrics["brier"] < before["brier"]
+    # Saved and reloaded as a plain HF folder, it gives the same rewards.
+    save_hf_folder(scorer.model, scorer.tokenizer, tmp_path / "rm")
+    assert any((tmp_path / "rm").glob("*.safetensors"))
+    again = RewardScorer.from_folder(tmp_path / "rm", "cpu", max_length=64)
+    texts = [p.response_a for p in held_out[:5]]
+    assert torch.allclose(again.score(["TL;DR:"] * 5, texts), scorer.score(["TL;DR:"] * 5, texts), atol=1e-5)
+
+
+# --- REINFORCE -----------------------------------------------------------------------------
+def test_reinforce_losses_match_hand_computation():
+    logprobs = torch.tensor([[-1.0, -2.0], [-0.5, -9.0]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.0], [-0.5, 0.0]])
+    values = torch.tensor([[0.1, 0.2], [0.3, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    out = reinforce_losses(logprobs, ref, values, mask, torch.tensor([1.0, -1.0]), beta=0.1)
+    # KL: (-1 + 1.5) + (-2 + 1) = -0.5 for row 0; 0 for row 1 (its 2nd token is padding)
+    assert out["kl"].tolist() == pytest.approx([-0.5, 0.0])
+    # R = 0.9 r - 0.1 KL: 0.95 and -0.9
+    assert out["returns"].tolist() == pytest.approx([0.95, -0.9])
+    # policy: -[(-1)(0.95-0.1) + (-2)(0.95-0.2) + (-0.5)(-0.9-0.3)] / 2 = 0.875
+    assert float(out["policy_loss"]) == pytest.approx(0.875)
+    # value: [(0.1-0.95)^2 + (0.2-0.95)^2 + (0.3+0.9)^2] / 2 = 1.3625
+    assert float(out["value_loss"]) == pytest.approx(1.3625)
+    (out["policy_loss"] + out["value_loss"]).backward()
+    # the advantage is a constant for the policy (stopgrad); the value gets 2 (V - Z) / B
+    assert logprobs.grad.flatten().tolist() == pytest.approx([-0.425, -0.375, 0.6, 0.0])
+    assert values.grad.flatten().tolist() == pytest.approx([-0.85, -0.75, 1.2, 0.0])
+
+
+def share_of_letters(contexts, responses):
+    return [sum(c in "abcdefghijklmnopqrstuvwxyz " for c in r) / max(len(r), 1) for r in responses]
+
+
+PROMPTS = [f"Human: say {i}\n\nAssistant:" for i in range(8)]
+
+
+def _run_rl(tiny_model_dir, beta, steps=30, **kw):
+    cfg = RLConfig(batch_size=8, epochs=steps, learning_rate=1e-2, max_response_tokens=8, beta=beta,
+                   save_every=1000, **kw)
+    trainer = ReinforceTrainer.from_sft(tiny_model_dir, share_of_letters, cfg, device="cpu")
+    history = []
+    trainer.train(PROMPTS, on_step=lambda step, total, m, texts: history.append(m))
+    return history
+
+
+def test_rl_reward_rises_kl_starts_at_zero_and_large_beta_stays_near_reference(tiny_model_dir):
+    free = _run_rl(tiny_model_dir, beta=0.0)
+    assert len(free) == 30
+    assert free[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # the policy *is* the reference at step 0
+    mean = lambda h, key: sum(m[key] for m in h) / len(h)  # noqa: E731
+    assert mean(free[-5:], "reward_mean") > mean(free[:5], "reward_mean") + 0.15
+    tied = _run_rl(tiny_model_dir, beta=0.9)
+    assert tied[0]["kl"] == pytest.approx(0.0, abs=1e-5)
+    assert mean(tied[-5:], "kl") < 0.25 * mean(free[-5:], "kl")
+    for key in ("reward_std", "policy_loss", "value_loss", "entropy", "response_length", "seconds_per_step"):
+        assert math.isfinite(free[-1][key])
+
+
+def test_rl_resume_from_checkpoint_equals_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    cfg = RLConfig(batch_size=4, epochs=2, learning_rate=1e-2, max_response_tokens=6, save_every=2,
+                   gradient_accumulation_steps=2, seed=5)
+    straight = ReinforceTrainer.from_sft(tiny_model_dir, share_of_letters, cfg, device="cpu")
+    straight_texts = []
+    straight.train(PROMPTS, on_step=lambda step, total, m, texts: straight_texts.append(texts))
+    assert straight.completed_steps == 4
+
+    first = ReinforceTrainer.from_sft(tiny_model_dir, share_of_letters, cfg, device="cpu")
+    stop_after = 2
+
+    class Stop(Exception):
+        pass
+
+    def crash(step, total, m, texts):
+        if step == stop_after:  # dies during step 3, after the checkpoint of step 2
+            raise Stop()
+
+    with pytest.raises(Stop):
+        first.train(PROMPTS, on_step=crash, checkpoint_dir=tmp_path)
+    assert ReinforceTrainer.checkpoint_step(tmp_path) == 2
+    steps, texts_after = [], []
+    resumed = ReinforceTrainer.from_sft(tiny_model_dir, share_of_letters, cfg, device="cpu",
+                                        resume_from=tmp_path / "checkpoint")
+    resumed.train(PROMPTS, on_step=lambda step, total, m, texts: (steps.append(step), texts_after.append(texts)),
+                  checkpoint_dir=tmp_path)
+    assert steps == [2, 3]
+    # the same prompts, the same samples, the same weights (up to float rounding)
+    assert texts_after == straight_texts[2:]
+    for a, b in zip(straight.policy.parameters(), resumed.policy.parameters()):
+        assert torch.allclose(a, b, atol=1e-4)
+    for a, b in zip(straight.value_model.parameters(), resumed.value_model.parameters()):
+        assert torch.allclose(a, b, atol=1e-4)
