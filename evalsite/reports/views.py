@@ -1,0 +1,313 @@
+"""Report pages for researchers: evaluation rounds, AI labelers, training curves.
+
+The numbers come from ``evalsite.stats`` (via ``tables``); the data from the human-evaluation
+and AI-feedback modules' frame functions, imported lazily so that a missing or empty module
+shows "no data yet" instead of breaking the page.
+"""
+import hashlib
+from functools import wraps
+
+import pandas as pd
+from django.contrib.auth.views import redirect_to_login
+from django.core.cache import cache
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+
+from evalsite import stats
+from evalsite.models import Job, JobMetric, Policy
+from evalsite.reports import tables as T
+
+TRAINING_KINDS = ("sft", "reward_model", "rl")
+DEFAULT_BOOT = 1000
+MAX_BOOT = 10000
+
+
+def researcher_required(view):
+    """Staff only: anonymous users go to the login page, annotators get 403."""
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        if not request.user.is_staff:
+            raise PermissionDenied("Reports are for researchers.")
+        return view(request, *args, **kwargs)
+    return wrapper
+
+
+# --- data sources (lazy: the modules may not exist yet) -----------------------------------------
+
+def load_rankings(round_ids=None):
+    """``humaneval.data.ranking_frame`` or None where human evaluation is not installed."""
+    try:
+        from evalsite.humaneval.data import ranking_frame
+    except ImportError:
+        return None
+    return ranking_frame(round_ids)
+
+
+def load_pair_preferences(round_ids=None):
+    try:
+        from evalsite.humaneval.data import human_pair_preferences
+    except ImportError:
+        return None
+    return human_pair_preferences(round_ids)
+
+
+def load_labels(config_ids=None):
+    """``labeling.data.label_frame`` or None where AI feedback is not installed."""
+    try:
+        from labeling.data import label_frame
+    except ImportError:
+        return None
+    return label_frame(config_ids)
+
+
+def eval_round_model():
+    try:
+        from evalsite.models import EvalRound
+    except ImportError:
+        return None
+    return EvalRound
+
+
+def n_boot_from(request):
+    try:
+        n = int(request.GET.get("boot", DEFAULT_BOOT))
+    except ValueError:
+        n = DEFAULT_BOOT
+    return max(0, min(n, MAX_BOOT))
+
+
+def _fingerprint(frame, *extra):
+    """Cheap key of a frame's content: a report is recomputed only when the data changed."""
+    h = hashlib.sha256(repr(extra).encode())
+    if frame is not None and len(frame):
+        h.update(pd.util.hash_pandas_object(frame.drop(columns=["created_at"], errors="ignore").astype(str),
+                                            index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def attach_exports(tables, url_name, *args, query=""):
+    for t in tables.values():
+        t.csv_url = reverse(url_name, args=[*args, t.name, "csv"]) + query
+        t.json_url = reverse(url_name, args=[*args, t.name, "json"]) + query
+    return tables
+
+
+def cached_round_report(rankings, n_boot, labels=None):
+    key = "reports:round:" + _fingerprint(rankings, n_boot, _fingerprint(labels))
+    report = cache.get(key)
+    if report is None:
+        report = stats.round_report(rankings, labels=labels, n_boot=n_boot, n_boot_bt=min(n_boot, 100))
+        cache.set(key, report, 600)
+    return report
+
+
+def _usernames(ids):
+    from django.contrib.auth import get_user_model
+
+    ids = [int(i) for i in ids if pd.notna(i)]
+    return dict(get_user_model().objects.filter(pk__in=ids).values_list("pk", "username"))
+
+
+# --- index ------------------------------------------------------------------------------------
+
+@researcher_required
+def index(request):
+    EvalRound = eval_round_model()
+    rounds = []
+    if EvalRound is not None:
+        from django.db.models import Count, Q
+
+        rounds = EvalRound.objects.annotate(
+            n_items=Count("items", distinct=True),
+            n_rankings=Count("rankings", filter=Q(rankings__withdrawn_at__isnull=True), distinct=True),
+        ).order_by("-created_at")[:100]
+    jobs = (Job.objects.filter(metrics__isnull=False).distinct().order_by("-created_at")[:100])
+    return render(request, "reports/index.html", {"rounds": rounds, "jobs": jobs,
+                                                  "human_eval_installed": EvalRound is not None})
+
+
+# --- evaluation rounds --------------------------------------------------------------------------
+
+def round_progress(round):
+    """Items, how many rankings the round needs (items x overlap) and how many it has."""
+    from evalsite.models import Assignment, Ranking
+
+    n_items = round.items.count()
+    target = n_items * round.overlap
+    submitted = Ranking.objects.filter(round=round, withdrawn_at__isnull=True).count()
+    skipped = Assignment.objects.filter(round=round, status=Assignment.Status.SKIPPED).count()
+    in_progress = Assignment.objects.filter(round=round, status=Assignment.Status.LEASED).count()
+    complete = round.items.filter(n_submitted__gte=round.overlap).count()
+    return {"n_items": n_items, "overlap": round.overlap, "target": target, "submitted": submitted,
+            "skipped": skipped, "in_progress": in_progress, "items_complete": complete,
+            "fraction": (submitted / target) if target else 0.0}
+
+
+def round_context(round, n_boot):
+    """Everything the round page shows, or ``None`` tables where there is no data yet."""
+    rankings = load_rankings([round.pk])
+    names = dict(round.policies.values_list("pk", "name"))
+    ctx = {"round": round, "n_boot": n_boot, "progress": round_progress(round), "has_data": False,
+           "human_eval_installed": rankings is not None, "policy_names": sorted(names.values()), "charts": []}
+    if rankings is None or len(rankings) == 0:
+        return ctx
+    report = cached_round_report(rankings, n_boot)
+    report = dict(report)
+    users = _usernames(report["annotators"]["annotator_id"])
+    report["annotators"] = report["annotators"].assign(
+        annotator=[users.get(int(i), f"user {i}") for i in report["annotators"]["annotator_id"]])
+    tables = T.round_tables(report)
+    judge = ai_judge_for(names, n_boot)
+    if judge is not None:
+        tables["ai_judge"] = T.ai_judge_table(judge)
+    attach_exports(tables, "reports:round_export", round.pk,
+                   query=f"?boot={n_boot}" if n_boot != DEFAULT_BOOT else "")
+    charts = T.round_charts(report)
+    progress = T.progress_chart(rankings)
+    if progress:
+        charts.append(progress)
+    ctx.update(has_data=True, report=report, tables=tables, charts=charts,
+               heatmap=T.heatmap(report["win_rates"]), n_rankings=int(rankings["ranking_id"].nunique()),
+               kendalls_w=report["kendalls_w"], alpha=report["harmless_alpha"],
+               pairwise=report["pairwise_agreement"])
+    return ctx
+
+
+def ai_judge_for(policy_names, n_boot):
+    """AI-judge win rates between the round's policies, per labeler config (None if no labels)."""
+    labels = load_labels()
+    if labels is None or len(labels) == 0 or "policy_a_id" not in labels:
+        return None
+    ids = set(policy_names)
+    labels = labels[labels["policy_a_id"].isin(ids) & labels["policy_b_id"].isin(ids)]
+    if len(labels) == 0:
+        return None
+    judge = T.labeler_report(labels, n_boot=n_boot, policy_names=policy_names)["ai_judge"]
+    return judge if len(judge) else None
+
+
+def _export(frame, name, fmt):
+    if fmt == "csv":
+        resp = HttpResponse(T.to_csv(frame), content_type="text/csv; charset=utf-8")
+    elif fmt == "json":
+        resp = HttpResponse(T.to_json(frame), content_type="application/json")
+    else:
+        raise Http404("Export as .csv or .json")
+    resp["Content-Disposition"] = f'attachment; filename="{name}.{fmt}"'
+    return resp
+
+
+@researcher_required
+def round_report(request, pk):
+    EvalRound = eval_round_model()
+    if EvalRound is None:
+        raise Http404("Human evaluation is not installed.")
+    round = get_object_or_404(EvalRound, pk=pk)
+    ctx = round_context(round, n_boot_from(request))
+    ctx["live"] = request.GET.get("live") == "1"
+    ctx["boot_query"] = f"?boot={ctx['n_boot']}" if ctx["n_boot"] != DEFAULT_BOOT else ""
+    return render(request, "reports/round.html", ctx)
+
+
+@researcher_required
+def round_export(request, pk, table, fmt):
+    EvalRound = eval_round_model()
+    if EvalRound is None:
+        raise Http404("Human evaluation is not installed.")
+    round = get_object_or_404(EvalRound, pk=pk)
+    if table == "progress":
+        return _export(T.summary_frame(round_progress(round)), f"round-{pk}-progress", fmt)
+    ctx = round_context(round, n_boot_from(request))
+    if not ctx["has_data"] or table not in ctx["tables"]:
+        raise Http404(f"No table {table!r} for this round (yet).")
+    return _export(ctx["tables"][table].frame, f"round-{pk}-{table}", fmt)
+
+
+# --- labelers ------------------------------------------------------------------------------------
+
+def labeler_context(n_boot):
+    labels = load_labels()
+    ctx = {"ai_feedback_installed": labels is not None, "has_data": False, "n_boot": n_boot, "charts": []}
+    if labels is None or len(labels) == 0:
+        return ctx
+    pairs = load_pair_preferences()
+    key = "reports:labelers:" + _fingerprint(labels, n_boot, _fingerprint(pairs))
+    result = cache.get(key)
+    if result is None:
+        names = dict(Policy.objects.values_list("pk", "name"))
+        result = T.labeler_report(labels, pairs, n_boot=n_boot, policy_names=names)
+        cache.set(key, result, 600)
+    tables = {"alignment": T.alignment_table(result["alignment"]), "ai_judge": T.ai_judge_table(result["ai_judge"])}
+    attach_exports(tables, "reports:labelers_export", query=f"?boot={n_boot}" if n_boot != DEFAULT_BOOT else "")
+    charts = [c for c in [T.alignment_chart(result["alignment"])] if c]
+    judge_heatmaps = []
+    for (cid, cname), sub in result["ai_judge"].groupby(["config_id", "config_name"], sort=True):
+        judge_heatmaps.append({"config": cname, "heatmap": T.heatmap(sub)})
+    ctx.update(has_data=True, tables=tables, charts=charts, judge_heatmaps=judge_heatmaps, n_labels=len(labels),
+               n_human_pairs=0 if pairs is None else len(pairs))
+    return ctx
+
+
+@researcher_required
+def labelers(request):
+    return render(request, "reports/labelers.html", labeler_context(n_boot_from(request)))
+
+
+@researcher_required
+def labelers_export(request, table, fmt):
+    ctx = labeler_context(n_boot_from(request))
+    if not ctx["has_data"] or table not in ctx["tables"]:
+        raise Http404(f"No table {table!r} (yet).")
+    return _export(ctx["tables"][table].frame, f"labelers-{table}", fmt)
+
+
+# --- training jobs -----------------------------------------------------------------------------
+
+def _job_ids(request, pk=None):
+    ids = [pk] if pk is not None else []
+    # ?ids=1,2 (links) or ?ids=1&ids=2 (the compare form's checkboxes)
+    ids += [int(i) for value in request.GET.getlist("ids") for i in value.split(",") if i.strip().isdigit()]
+    return list(dict.fromkeys(ids))[:20]
+
+
+def _metric_rows(job_ids):
+    return list(JobMetric.objects.filter(job_id__in=job_ids).order_by("job_id", "step")
+                .values_list("job_id", "step", "values"))
+
+
+@researcher_required
+def jobs(request):
+    ids = _job_ids(request)
+    if ids:
+        return job_curves(request, ids)
+    training = Job.objects.filter(metrics__isnull=False).distinct().order_by("-created_at")[:200]
+    return render(request, "reports/jobs.html", {"jobs": training, "training_kinds": TRAINING_KINDS})
+
+
+def job_curves(request, ids):
+    found = {j.pk: j for j in Job.objects.filter(pk__in=ids)}
+    if not found:
+        raise Http404("No such job.")
+    job_list = [found[i] for i in ids if i in found]
+    labels = {j.pk: f"#{j.pk} {j.name or j.kind}" for j in job_list}
+    rows = _metric_rows(list(found))
+    return render(request, "reports/job.html", {
+        "jobs": job_list, "charts": T.job_curves(rows, labels), "n_points": len(rows),
+        "ids": ",".join(str(i) for i in found), "live": any(j.status in ("queued", "running") for j in job_list),
+    })
+
+
+@researcher_required
+def job_report(request, pk):
+    return job_curves(request, _job_ids(request, pk))
+
+
+@researcher_required
+def job_export(request, pk, fmt):
+    ids = _job_ids(request, pk)
+    get_object_or_404(Job, pk=pk)
+    return _export(T.metrics_frame(_metric_rows(ids)), f"job-{pk}-metrics", fmt)
