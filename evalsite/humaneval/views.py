@@ -9,7 +9,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from evalsite.humaneval import queue
@@ -109,6 +108,7 @@ def _item_context(request, a, form, skip_form):
         "places": [{"n": i, "name": ordinal(i)} for i in range(1, k + 1)],
         "last_label": responses[-1]["label"] if responses else "",
         "noun": round.task.response_noun,
+        "nouns": plural(round.task.response_noun),
         "form": form,
         "skip_form": skip_form,
         "progress": progress,
@@ -118,6 +118,10 @@ def _item_context(request, a, form, skip_form):
         "lease_expires_at": a.expires_at,
         "errors": _error_list(form),
     }
+
+
+def plural(noun):
+    return noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
 
 
 def _error_list(form):
@@ -131,11 +135,19 @@ def _error_list(form):
     return out
 
 
-def _form(a, data=None):
+def _form(a, data=None, previous=None):
     round = a.round
+    initial = {"key": secrets.token_hex(16)}
+    if previous is not None:
+        # Redo after undo: start from the answer that was withdrawn.
+        for x in previous.responses.all():
+            if x.rank is not None:
+                initial[f"rank_{x.label}"] = str(x.rank)
+            if x.harmless is not None:
+                initial[f"harmless_{x.label}"] = "harmless" if x.harmless else "harmful"
+        initial["comment"] = previous.comment
     return RankingForm(
-        data, labels=a.labels, asks_rank=round.asks_rank, asks_harmless=round.asks_harmless,
-        initial={"key": secrets.token_hex(16)},
+        data, labels=a.labels, asks_rank=round.asks_rank, asks_harmless=round.asks_harmless, initial=initial,
     )
 
 
@@ -157,7 +169,8 @@ def item(request, token):
         return refused(request, e, round)
     if a.is_expired:
         return redirect("humaneval:next", round_id=round.pk)  # renews the lease if the slot is still free
-    return render(request, "humaneval/item.html", _item_context(request, a, _form(a), SkipForm()))
+    previous = Ranking.objects.filter(assignment=a, withdrawn_at__isnull=False).order_by("-id").first()
+    return render(request, "humaneval/item.html", _item_context(request, a, _form(a, previous=previous), SkipForm()))
 
 
 def _submit(request, a):
@@ -214,14 +227,3 @@ def undo(request, round_id):
         return refused(request, e, round)
     messages.info(request, "Your last answer was undone. Answer this item again.")
     return redirect("humaneval:item", token=a.token)
-
-
-def previous_answer(a):
-    """The withdrawn answer of an undone assignment, to pre-fill the form (labels → values)."""
-    r = Ranking.objects.filter(assignment=a).order_by("-id").first()
-    if r is None:
-        return {}
-    return {x.label: (x.rank, x.harmless) for x in r.responses.all()}
-
-
-__all__ = ["home_context", "timezone"]

@@ -16,6 +16,7 @@
   var labels = cards.map(function (c) { return c.dataset.label; });
   var status = document.getElementById("he-status");
   var submitButton = document.getElementById("he-submit");
+  var noun = form.dataset.noun || "Response";
   var picked = null;
   var submitting = false;
 
@@ -52,7 +53,7 @@
       var c = chip(label);
       if (c) {
         c.querySelector(".he-chip-place").textContent = p ? ordinal(p) : "";
-        c.setAttribute("aria-label", "Response " + label + (p ? ", ranked " + ordinal(p) : ", not ranked"));
+        c.setAttribute("aria-label", noun + " " + label + (p ? ", ranked " + ordinal(p) : ", not ranked"));
       }
     });
     slots.forEach(function (s) { s.classList.toggle("is-empty", !s.querySelector(".he-chip")); });
@@ -70,14 +71,14 @@
     slots[place - 1].appendChild(c);
     sortPool();
     sync();
-    say("Response " + label + " is " + ordinal(place) + (other && other !== c ? "; " + other.dataset.label + " moved " + (from ? "to " + ordinal(from) : "out of the ranking") : "") + ".");
+    say(noun + " " + label + " is " + ordinal(place) + (other && other !== c ? "; " + other.dataset.label + " moved " + (from ? "to " + ordinal(from) : "out of the ranking") : "") + ".");
   }
   function unrank(label) {
     if (!placeOf(label)) return;
     pool.appendChild(chip(label));
     sortPool();
     sync();
-    say("Response " + label + " is not ranked now.");
+    say(noun + " " + label + " is not ranked now.");
   }
   function sortPool() {
     var cs = Array.prototype.slice.call(pool.querySelectorAll(".he-chip"));
@@ -104,7 +105,7 @@
     var input = form.querySelector('input[name="harmless_' + label + '"][value="' + value + '"]');
     if (input) {
       input.checked = true;
-      say("Response " + label + " marked " + value + ".");
+      say(noun + " " + label + " marked " + value + ".");
     }
   }
 
@@ -125,7 +126,8 @@
   if (asksRank && window.Sortable) {
     var options = {
       group: "he-rank", animation: 120, ghostClass: "he-ghost", chosenClass: "he-chosen",
-      forceFallback: false, emptyInsertThreshold: 24,
+      // The fallback (pointer events, not HTML5 drag) behaves the same with mouse, touch and pen.
+      forceFallback: true, fallbackTolerance: 3, emptyInsertThreshold: 24,
       onAdd: function (evt) {
         var to = evt.to;
         if (to.classList.contains("he-slot-drop")) {
@@ -138,7 +140,7 @@
         sync();
         pick(evt.item.dataset.label, false);
         var p = placeOf(evt.item.dataset.label);
-        say("Response " + evt.item.dataset.label + (p ? " is " + ordinal(p) : " is not ranked") + ".");
+        say(noun + " " + evt.item.dataset.label + (p ? " is " + ordinal(p) : " is not ranked") + ".");
       },
       onEnd: function () { sync(); }
     };
