@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class EvalsiteConfig(AppConfig):
@@ -11,3 +12,12 @@ class EvalsiteConfig(AppConfig):
         # configured broker (not Celery's default amqp://).
         from . import celery  # noqa: F401
         from . import signals  # noqa: F401
+
+        post_migrate.connect(_seed_tasks, sender=self)
+
+
+def _seed_tasks(sender, **kwargs):
+    from evalsite.models import Task
+    from evalsite.seed import seed_tasks
+
+    seed_tasks(Task)

@@ -1,6 +1,5 @@
 """Dataset import: the format parsers, the atomic/idempotent import job, the admin form, the commands."""
 import gzip
-import importlib
 import io
 import json
 import subprocess
@@ -23,24 +22,6 @@ DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parent.parent
 HH_FILE = "hh-rlhf-harmless-base-test.jsonl.gz"
 TLDR_FILE = "tldr-oai1b-judged.csv"
-
-
-@pytest.fixture(autouse=True)
-def seeded_tasks(request):
-    """Tests with a database get the three seeded Task rows.
-
-    A transactional test (the real-process ones below, or any elsewhere in the session) ends
-    with a flush that also removes the rows the data migration seeded.
-    """
-    marker = request.node.get_closest_marker("django_db")
-    transactional = (marker is not None and marker.kwargs.get("transaction")) or \
-        {"transactional_db", "worker_env", "start_worker"} & set(request.fixturenames)
-    if marker is None and not transactional:
-        return
-    request.getfixturevalue("transactional_db" if transactional else "db")
-    from django.apps import apps
-
-    importlib.import_module("evalsite.migrations.0002_seed_tasks").seed(apps, None)
 
 
 def db_counts():

@@ -70,3 +70,12 @@ def test_job_progress_and_status_are_checked():
         Job.objects.create(kind="noop", progress=1.5)
     with pytest.raises(IntegrityError), transaction.atomic():
         Job.objects.create(kind="noop", status="exploded")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_tasks_are_seeded_again_after_a_flush():
+    """Transactional tests flush the database between tests; the paper's tasks must come back."""
+    from django.core.management import call_command
+
+    call_command("flush", interactive=False, verbosity=0)
+    assert Task.objects.count() == 3
