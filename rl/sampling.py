@@ -96,17 +96,18 @@ def sample_token_ids(model, prompt_ids, *, max_new_tokens, temperature, top_p, s
     return out
 
 
-def generate(model, tokenizer, prompts, config: SamplingConfig, *, prompt_keys=None, progress=None):
+def generate(model, tokenizer, prompts, config: SamplingConfig, *, prompt_keys=None, only=None, progress=None):
     """``config.n`` responses for each prompt text: a list (per prompt) of lists of Generation.
 
     ``prompt_keys`` (e.g. database ids) make each row's seed independent of the prompt's
-    position in ``prompts``; ``progress(done_rows, total_rows)`` is called after each batch.
+    position in ``prompts``; ``only`` (a set of (prompt position, sample index)) generates just
+    those rows (the others stay None); ``progress(done_rows, total_rows)`` after each batch.
     """
     keys = list(prompt_keys) if prompt_keys is not None else list(range(len(prompts)))
     ids = encode_left_truncated(tokenizer, prompts, config.max_prompt_tokens)
     stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None) or model.config)
     pad_id = tokenizer.pad_token_id
-    rows = [(p, k) for p in range(len(prompts)) for k in range(config.n)]
+    rows = [(p, k) for p in range(len(prompts)) for k in range(config.n) if only is None or (p, k) in only]
     # Similar lengths share a batch: less padding in the prompt pass.
     rows.sort(key=lambda r: len(ids[r[0]]))
     results = [[None] * config.n for _ in prompts]

@@ -1,1 +1,262 @@
-"""Celery tasks and job kinds of this app (see evalsite.jobs)."""
+"""Job kinds of the training app: sft, sample, reward_model, rl (thin layers over the cores).
+
+Each job reads its (validated) params, runs a plain-Python core, reports per-step metrics
+(plotted live on the admin job page) and registers what it made -- a Policy or a
+RewardModel -- in one transaction at the end. ``rl`` checkpoints into the job's work_dir
+and, resumed after a cancel or a crash, continues from the last checkpoint.
+"""
+from dataclasses import fields
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils.text import slugify
+
+from evalsite.jobs import JobCancelled, JobError, job_kind
+from evalsite.models import Comparison, Policy, Prompt, Sample
+from evalsite.models.core import pair_key
+from rl import params as P
+from rl.data import policy_input, preference_pairs, prompt_queryset
+
+
+def _config(cls, params):
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in params.items() if k in names})
+
+
+def _output_dir(prefix, name, job_id):
+    return Path(settings.MODELS_DIR) / f"{prefix}-{slugify(name)[:60] or 'model'}-job{job_id}"
+
+
+def _quiet_transformers():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+def _start_dir(params):
+    if params.get("policy_id"):
+        policy = Policy.objects.get(pk=params["policy_id"])
+        return policy, policy.checkpoint_dir
+    return None, params["base_model"]
+
+
+# --- SFT ---------------------------------------------------------------------------------
+@job_kind("sft", label="Supervised fine-tuning", validator=P.validate_sft)
+def sft_job(ctx):
+    """Fine-tune a causal LM on the prompts' reference responses (loss on response tokens only)."""
+    from rl.modeling import load_causal_lm, load_tokenizer, save_hf_folder
+    from rl.sft import SFTConfig, train_sft
+
+    _quiet_transformers()
+    p = ctx.params
+    parent, start = _start_dir(p)
+    prompts = list(prompt_queryset(p).exclude(reference="").order_by("pk"))
+    ctx.log(f"SFT of {start} on {len(prompts)} prompts with references")
+    tokenizer, model = load_tokenizer(start), load_causal_lm(start)
+    config = _config(SFTConfig, p)
+
+    def on_step(step, total, metrics):
+        ctx.metric(step, **metrics)
+        ctx.progress((step + 1) / total, f"step {step + 1}/{total}, loss {metrics['loss']:.4f}")
+
+    losses = train_sft(model, tokenizer, [policy_input(x) for x in prompts], [x.reference for x in prompts], config,
+                       on_step=on_step)
+    out = save_hf_folder(model, tokenizer, _output_dir("policy", p["name"], ctx.job_id))
+    with transaction.atomic():
+        policy, _ = Policy.objects.update_or_create(job_id=ctx.job_id, kind=Policy.Kind.SFT, defaults=dict(
+            name=p["name"], base_model=(parent.base_model or parent.checkpoint_dir) if parent else start,
+            checkpoint_dir=str(out), parent=parent,
+            metadata={"sft": {k: p[k] for k in P.SFT_DEFAULTS}, "n_examples": len(prompts),
+                      "final_loss": losses[-1] if losses else None},
+        ))
+    ctx.set_result(policy_id=policy.pk)
+    return {"policy_id": policy.pk, "steps": len(losses), "final_loss": losses[-1] if losses else None,
+            "checkpoint_dir": str(out)}
+
+
+# --- sampling ----------------------------------------------------------------------------
+@job_kind("sample", label="Sample responses", resumable=True, validator=P.validate_sample)
+def sample_job(ctx):
+    """Generate ``n`` responses per prompt from a policy as Sample rows (existing ones are kept);
+    with ``make_pairs``, samples 0 and 1 of each prompt become a Comparison for labeling."""
+    from rl.modeling import load_causal_lm, load_tokenizer
+    from rl.sampling import SamplingConfig, generate
+
+    _quiet_transformers()
+    p = ctx.params
+    policy = Policy.objects.get(pk=p["policy_id"])
+    prompts = list(prompt_queryset(p).order_by("pk"))
+    n = p["n"]
+    have = set(Sample.objects.filter(policy=policy, prompt__in=prompts, index__lt=n).values_list("prompt_id", "index"))
+    todo = [(pr, k) for pr in prompts for k in range(n) if (pr.pk, k) not in have]
+    ctx.log(f"{len(todo)} samples to make ({len(have)} already there) from {policy.name}")
+    generation = {k: p[k] for k in ("temperature", "top_p", "max_new_tokens", "seed")}
+    created = pairs = 0
+    if todo:
+        tokenizer, model = load_tokenizer(policy.checkpoint_dir), load_causal_lm(policy.checkpoint_dir, trainable=False)
+        config = _config(SamplingConfig, p)
+        # Chunks of several batches: each chunk is written in its own transaction.
+        chunk_rows = config.batch_size * 4
+        done = 0
+        for start in range(0, len(todo), chunk_rows):
+            chunk = todo[start:start + chunk_rows]
+            chunk_prompts = sorted({pr.pk: pr for pr, _ in chunk}.values(), key=lambda x: x.pk)
+            position = {pr.pk: i for i, pr in enumerate(chunk_prompts)}
+            out = generate(model, tokenizer, [policy_input(x) for x in chunk_prompts], config,
+                           prompt_keys=[x.pk for x in chunk_prompts], only={(position[pr.pk], k) for pr, k in chunk})
+            with transaction.atomic():
+                # (PostgreSQL text cannot hold NUL, which a byte-level model can emit)
+                rows = [Sample(policy=policy, prompt=pr, index=k, text=out[position[pr.pk]][k].text.replace("\x00", ""),
+                               token_count=len(out[position[pr.pk]][k].token_ids), job_id=ctx.job_id,
+                               generation={**generation, "finished": out[position[pr.pk]][k].finished})
+                        for pr, k in chunk]
+                created += len(Sample.objects.bulk_create(rows, ignore_conflicts=True))
+                if p["make_pairs"]:
+                    pairs += _make_pairs(policy, chunk_prompts, ctx.job_id)
+            done += len(chunk)
+            ctx.progress(done / len(todo), f"{done}/{len(todo)} samples")
+    if p["make_pairs"]:
+        with transaction.atomic():
+            pairs += _make_pairs(policy, prompts, ctx.job_id)
+    return {"samples_created": created, "samples_existing": len(have), "pairs_created": pairs}
+
+
+def _make_pairs(policy, prompts, job_id):
+    """A Comparison of samples 0 and 1 for each prompt that has both (idempotent by content key)."""
+    samples = {}
+    for s in Sample.objects.filter(policy=policy, prompt__in=prompts, index__in=[0, 1]):
+        samples[(s.prompt_id, s.index)] = s
+    made = 0
+    for pr in prompts:
+        a, b = samples.get((pr.pk, 0)), samples.get((pr.pk, 1))
+        if a is None or b is None:
+            continue
+        if Comparison.objects.filter(key=pair_key(pr.pk, a.text, b.text)).exists():
+            continue
+        Comparison.objects.create(prompt=pr, response_a=a.text, response_b=b.text, sample_a=a, sample_b=b,
+                                  job_id=job_id, metadata={"policy_id": policy.pk, "made_from": "samples 0 and 1"})
+        made += 1
+    return made
+
+
+# --- reward model --------------------------------------------------------------------------
+@job_kind("reward_model", label="Train a reward model", validator=P.validate_reward_model)
+def reward_model_job(ctx):
+    """Train a reward model on human (hard) or AI (soft) preference labels; register it."""
+    from rl.modeling import save_hf_folder
+    from rl.models import RewardModel
+    from rl.reward_model import RewardModelConfig, RewardScorer, evaluate_pairs, pairwise_metrics, train_reward_model
+
+    _quiet_transformers()
+    p = ctx.params
+    parent, start = _start_dir(p)
+    train, held_out = preference_pairs(p)
+    if not train:
+        raise JobError("No labelled comparisons to train on.")
+    ctx.log(f"{len(train)} training pairs, {len(held_out)} held out; {p['labels']} labels; from {start}")
+    config = _config(RewardModelConfig, p)
+    scorer = RewardScorer.from_folder(start, max_length=config.max_length)
+
+    def on_step(step, total, metrics):
+        ctx.metric(step, **metrics)
+        ctx.progress((step + 1) / total, f"step {step + 1}/{total}, loss {metrics['loss']:.4f}")
+
+    train_reward_model(scorer, train, config, on_step=on_step)
+    metrics = {}
+    if held_out:
+        r_a = scorer.score([x.prompt for x in held_out], [x.response_a for x in held_out])
+        r_b = scorer.score([x.prompt for x in held_out], [x.response_b for x in held_out])
+        metrics["held_out"] = pairwise_metrics(r_a, r_b, [x.p_first for x in held_out])
+        humans = [i for i, x in enumerate(held_out) if x.human is not None]
+        if humans:
+            metrics["held_out_vs_human"] = pairwise_metrics(r_a[humans], r_b[humans], [held_out[i].human for i in humans])
+    metrics["train"] = evaluate_pairs(scorer, train[:512])
+    out = save_hf_folder(scorer.model, scorer.tokenizer, _output_dir("rm", p["name"], ctx.job_id))
+    task_ids = set(Prompt.objects.filter(pk__in={x.prompt_id for x in train + held_out})
+                   .values_list("dataset__task_id", flat=True))
+    with transaction.atomic():
+        rm, _ = RewardModel.objects.update_or_create(job_id=ctx.job_id, defaults=dict(
+            name=p["name"], labels=p["labels"], checkpoint_dir=str(out), base_model=start, base_policy=parent,
+            task_id=task_ids.pop() if len(task_ids) == 1 else None, label_config_ids=p.get("label_config_ids") or [], n_train_pairs=len(train),
+            n_eval_pairs=len(held_out), metrics=metrics,
+            metadata={"config": {k: p[k] for k in P.RM_DEFAULTS if k in p}},
+        ))
+    ctx.set_result(reward_model_id=rm.pk)
+    held = metrics.get("held_out") or {}
+    if held:
+        ctx.log(f"held-out accuracy {held['accuracy']:.3f} on {held['n']} pairs, ECE {held['ece']:.3f}")
+    return {"reward_model_id": rm.pk, "metrics": metrics, "checkpoint_dir": str(out)}
+
+
+# --- RL ------------------------------------------------------------------------------------
+def _reward_function(p, prompts):
+    """(reward_fn(contexts, responses), contexts for the prompts, reward source text, policy kind)."""
+    from rl.models import RewardModel
+    from rl.reward_model import RewardScorer
+
+    if p["reward"] == "reward_model":
+        rm = RewardModel.objects.get(pk=p["reward_model_id"])
+        scorer = RewardScorer.from_folder(rm.checkpoint_dir, max_length=p["max_prompt_tokens"] + p["max_response_tokens"])
+        # the reward model reads what the policy read, as in its training pairs
+        return scorer, [policy_input(x) for x in prompts], f"reward model #{rm.pk} “{rm.name}” ({rm.labels} labels)", \
+            rm.policy_kind
+    try:
+        from labeling.direct import DirectScorer
+    except ImportError as e:
+        raise JobError(f"Direct RLAIF needs the AI-feedback module (labeling.direct.DirectScorer), "
+                       f"which is not available here: {e}")
+    tasks = {x.dataset.task.slug for x in prompts}
+    if len(tasks) != 1:
+        raise JobError(f"Direct RLAIF scores one task at a time; the prompts mix {', '.join(sorted(tasks))}.")
+    scorer = DirectScorer.from_pretrained(p["labeler_model"], tasks.pop())
+    return scorer.rewards, [x.context for x in prompts], f"direct RLAIF: {p['labeler_model']}", Policy.Kind.RLAIF_DIRECT
+
+
+@job_kind("rl", label="RL (REINFORCE with value baseline)", resumable=True, validator=P.validate_rl)
+def rl_job(ctx):
+    """REINFORCE with a learned value baseline from an SFT policy (PAPER.md section 3)."""
+    from rl.modeling import save_hf_folder
+    from rl.reinforce import ReinforceTrainer, RLConfig
+
+    _quiet_transformers()
+    p = ctx.params
+    existing = Policy.objects.filter(job_id=ctx.job_id).first()
+    if existing is not None:  # finished before, e.g. a crash right after registering the policy
+        return {"policy_id": existing.pk}
+    sft = Policy.objects.get(pk=p["policy_id"])
+    prompts = list(prompt_queryset(p).order_by("pk"))
+    reward_fn, contexts, source, kind = _reward_function(p, prompts)
+    config = _config(RLConfig, p)
+    work = ctx.work_dir
+    resume = work / "checkpoint" if ReinforceTrainer.checkpoint_step(work) is not None else None
+    trainer = ReinforceTrainer.from_sft(sft.checkpoint_dir, reward_fn, config, resume_from=resume)
+    total = trainer.total_steps(len(prompts))
+    ctx.log(f"resuming at step {trainer.completed_steps}/{total} from {resume}" if resume
+            else f"RL from {sft.name} on {len(prompts)} prompts, {total} steps; reward: {source}")
+
+    def on_step(step, total, metrics, texts):
+        ctx.metric(step, **metrics)
+        if step % max(1, config.save_every) == 0:
+            ctx.log(f"step {step}: reward {metrics['reward_mean']:.3f}, KL {metrics['kl']:.3f}; "
+                    f"sample: {texts[0][:200]!r}")
+        ctx.progress((step + 1) / total, f"step {step + 1}/{total}, reward {metrics['reward_mean']:.3f}, "
+                                         f"KL {metrics['kl']:.3f}")
+
+    try:
+        trainer.train([policy_input(x) for x in prompts], contexts, on_step=on_step, checkpoint_dir=work)
+    except JobCancelled:
+        if trainer.completed_steps != ReinforceTrainer.checkpoint_step(work):
+            trainer.save_checkpoint(work)
+        ctx.log(f"checkpoint at step {trainer.completed_steps} kept for resuming")
+        raise
+    out = save_hf_folder(trainer.policy, trainer.tokenizer, _output_dir("policy", p["name"], ctx.job_id))
+    with transaction.atomic():
+        policy, _ = Policy.objects.update_or_create(job_id=ctx.job_id, defaults=dict(
+            name=p["name"], kind=kind, base_model=sft.base_model or sft.checkpoint_dir, checkpoint_dir=str(out),
+            parent=sft, reward_source=source[:300],
+            metadata={"rl": {k: p[k] for k in P.RL_DEFAULTS if k in p}, "steps": trainer.completed_steps,
+                      "value_model_dir": str(work / "checkpoint" / "value")},
+        ))
+    ctx.set_result(policy_id=policy.pk)
+    return {"policy_id": policy.pk, "steps": trainer.completed_steps, "checkpoint_dir": str(out)}
