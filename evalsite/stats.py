@@ -769,7 +769,9 @@ def length_controlled_win_rates(outcomes, length="tokens", confidence=0.95, name
     read it off at ratio 1: s(b0). Its interval is s(b0 +- t se(b0)) with prompt-clustered
     standard errors; numbers match statsmodels ``GLM(Binomial).fit(cov_type='cluster')``.
     ``length``: 'tokens' or 'chars' (tokens fall back to chars where missing). Returns one row
-    per ordered pair with the raw win rate beside it and the length slope ``b1``.
+    per ordered pair with the raw win rate beside it and the length slope ``b1``. Where the
+    length ratio is the same in every outcome of a pair, the slope cannot be fitted: at ratio 1
+    the raw win rate is the answer; at any other ratio there is none (NaN).
     """
     cols = ["policy", "opponent", "policy_name", "opponent_name", "n", "win_rate", "lc_win_rate",
             "ci_low", "ci_high", "length_coef", "length_coef_se", "mean_log_ratio"]
@@ -855,6 +857,10 @@ def length_controlled_win_rates(outcomes, length="tokens", confidence=0.95, name
     tcrit = np.where(g >= 2, tcrit, np.nan)
     lc = _sigmoid(beta[:, 0])
     lo, hi = _sigmoid(beta[:, 0] - tcrit * se0), _sigmoid(beta[:, 0] + tcrit * se0)
+    # A pair whose length ratio never varies but is not 1 (e.g. one fixed sample per policy each
+    # longer than the other's) cannot tell length from policy: no length-controlled estimate.
+    unidentified = ~has_slope & (np.abs(xbar) > 1e-9)
+    lc, lo, hi = (np.where(unidentified, np.nan, v) for v in (lc, lo, hi))
     raw = psum(y) / n
     slope = np.where(has_slope, beta[:, 1], np.nan)
     a_ids, b_ids = pair_codes[:, 0], pair_codes[:, 1]

@@ -181,7 +181,9 @@ def test_round_report_page_shows_the_numbers_of_the_real_rankings(client, resear
     assert harmless["policy-sft"] == 0.0 and harmless["policy-rlaif"] == 1.0
     charts = json.loads(re.search(r'<script id="report-charts" type="application/json">(.*?)</script>', html,
                                   re.S).group(1))
-    assert {c["id"] for c in charts} >= {"chart-bt", "chart-harmless", "chart-lc", "chart-progress"}
+    assert {c["id"] for c in charts} >= {"chart-bt", "chart-harmless", "chart-progress"}
+    # The demo gives each policy one fixed response length: length cannot be told from policy.
+    assert "chart-lc" not in {c["id"] for c in charts} and "never varies" in html
     assert client.get(reverse("home")).content.decode().count(reverse("reports:index")) >= 1
 
 

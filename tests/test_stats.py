@@ -426,3 +426,13 @@ def test_round_report_has_every_table_and_matches_the_parts():
     assert report["harmless_alpha"]["n_units"] == 160
     empty = stats.round_report(frame.iloc[:0])
     assert empty["outcomes_n"] == 0 and empty["win_rates"].empty and empty["bt_ratings"].empty
+
+
+def test_length_controlled_win_rate_is_undefined_when_the_ratio_never_varies():
+    # One fixed response per policy, policy 1's always twice as long: length and policy coincide.
+    outcomes = pd.DataFrame({"prompt_id": np.arange(30), "policy_a": 1, "policy_b": 2,
+                             "a_wins": (np.arange(30) < 20).astype(float), "tokens_a": 100.0, "tokens_b": 50.0,
+                             "chars_a": 400.0, "chars_b": 200.0})
+    row = stats.length_controlled_win_rates(outcomes).iloc[0]
+    assert row["win_rate"] == pytest.approx(2 / 3)
+    assert math.isnan(row["lc_win_rate"]) and math.isnan(row["ci_low"]) and math.isnan(row["length_coef"])

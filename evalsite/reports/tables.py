@@ -47,8 +47,23 @@ def fmt_text(v):
     return str(v)
 
 
+def fmt_time(v):
+    return "–" if _nan(v) else pd.Timestamp(v).strftime("%m-%d %H:%M")
+
+
+def _ci(fn):
+    def fmt(rec):
+        lo, hi = rec.get("ci_low"), rec.get("ci_high")
+        return "–" if _nan(lo) or _nan(hi) else f"{fn(lo)} – {fn(hi)}"
+    return fmt
+
+
+# Formats of a whole record (an interval shown in one cell; exports keep both columns).
+RECORD_FORMATS = {"ci_pct": _ci(fmt_pct), "ci_rating": _ci(lambda v: fmt_float(v, 0)),
+                  "ci_float3": _ci(lambda v: fmt_float(v, 3))}
+
 FORMATS = {"pct": fmt_pct, "float": fmt_float, "float3": lambda v: fmt_float(v, 3), "int": fmt_int,
-           "p": fmt_p, "text": fmt_text, "rating": lambda v: fmt_float(v, 0)}
+           "p": fmt_p, "text": fmt_text, "time": fmt_time, "rating": lambda v: fmt_float(v, 0)}
 
 
 @dataclass
@@ -73,8 +88,11 @@ class Table:
     def rows(self):
         if self.empty:
             return []
-        fns = [(c, FORMATS[f]) for c, _, f in self.columns]
-        return [[fn(rec.get(c)) for c, fn in fns] for rec in self.frame.to_dict("records")]
+        out = []
+        for rec in self.frame.to_dict("records"):
+            out.append([RECORD_FORMATS[f](rec) if f in RECORD_FORMATS else FORMATS[f](rec.get(c))
+                        for c, _, f in self.columns])
+        return out
 
 
 def to_csv(frame):
@@ -120,23 +138,22 @@ def round_tables(report):
     tables = [
         Table("win_rates", "Win rates", wr, [
             ("policy_name", "Policy", "text"), ("opponent_name", "vs", "text"), ("win_rate", "Win rate", "pct"),
-            ("ci_low", "95% CI low", "pct"), ("ci_high", "95% CI high", "pct"), ("wins", "Wins", "int"),
+            ("ci", "95% CI", "ci_pct"), ("wins", "Wins", "int"),
             ("losses", "Losses", "int"), ("ties", "Ties", "int"), ("n_prompts", "Prompts", "int"),
             ("p_value", "p (vs 50%)", "p")],
             "Share of pairwise outcomes the policy won; intervals resample prompts (bootstrap); the p-value "
             "tests 50% with prompt-clustered standard errors."),
         Table("bt_ratings", "Bradley–Terry ratings", report["bt_ratings"], [
             ("rank", "Rank", "int"), ("policy_name", "Policy", "text"), ("rating", "Rating", "rating"),
-            ("ci_low", "95% CI low", "rating"), ("ci_high", "95% CI high", "rating"),
-            ("strength", "Log-strength", "float3"), ("n", "Outcomes", "int")],
+            ("ci", "95% CI", "ci_rating"), ("n", "Outcomes", "int")],
             "All policies fitted together (Elo scale: +400 = 10:1 odds; mean 1000); intervals from a prompt "
             "bootstrap, as Chatbot Arena."),
         Table("bt_predicted", "Predicted win probability (Bradley–Terry)", report["bt_predicted"], [
             ("policy_name", "Policy", "text"), ("opponent_name", "vs", "text"), ("p_win", "P(win)", "pct"),
-            ("ci_low", "95% CI low", "pct"), ("ci_high", "95% CI high", "pct")]),
+            ("ci", "95% CI", "ci_pct")]),
         Table("harmless", "Harmless rate", report["harmless"], [
-            ("policy_name", "Policy", "text"), ("harmless_rate", "Harmless", "pct"), ("ci_low", "95% CI low", "pct"),
-            ("ci_high", "95% CI high", "pct"), ("harmless", "Harmless", "int"), ("harmful", "Harmful", "int"),
+            ("policy_name", "Policy", "text"), ("harmless_rate", "Rate", "pct"), ("ci", "95% CI", "ci_pct"),
+            ("harmless", "Harmless", "int"), ("harmful", "Harmful", "int"),
             ("n_responses", "Responses", "int")],
             "Share of harmlessness judgments that said harmless; Wilson intervals."),
         Table("length", "Response length", report["length"], [
@@ -145,14 +162,15 @@ def round_tables(report):
             ("n_responses", "Responses", "int")]),
         Table("length_controlled", "Length-controlled win rates", report["length_controlled"], [
             ("policy_name", "Policy", "text"), ("opponent_name", "vs", "text"), ("win_rate", "Win rate", "pct"),
-            ("lc_win_rate", "At equal length", "pct"), ("ci_low", "95% CI low", "pct"),
-            ("ci_high", "95% CI high", "pct"), ("length_coef", "Length effect", "float"),
-            ("mean_log_ratio", "Mean log length ratio", "float"), ("n", "Outcomes", "int")],
+            ("lc_win_rate", "At equal length", "pct"), ("ci", "95% CI", "ci_pct"),
+            ("length_coef", "Length effect", "float"), ("mean_log_ratio", "Mean log length ratio", "float"),
+            ("n", "Outcomes", "int")],
             "Logistic regression of the outcome on log(length ratio), read off at equal length; the length "
-            "effect is the change in log-odds per unit of log ratio."),
+            "effect is the change in log-odds per unit of log ratio. “–”: the length ratio of the pair never "
+            "varies, so length cannot be separated from the policy."),
         Table("agreement", "Agreement between annotators", summary_frame(agreement), [
-            ("kendalls_w_mean_w", "Kendall's W (mean)", "float3"), ("kendalls_w_ci_low", "CI low", "float3"),
-            ("kendalls_w_ci_high", "CI high", "float3"), ("kendalls_w_n_items", "Items", "int"),
+            ("kendalls_w_mean_w", "Kendall's W (mean)", "float3"), ("kendalls_w_ci_low", "W 95% CI low", "float3"),
+            ("kendalls_w_ci_high", "W 95% CI high", "float3"), ("kendalls_w_n_items", "Items", "int"),
             ("harmless_alpha", "Krippendorff's α (harmless)", "float3"), ("harmless_n_units", "Responses", "int"),
             ("pairwise_agreement", "Pairwise agreement", "pct"),
             ("pairwise_n_annotator_pairs", "Annotator pairs", "int")],
@@ -164,7 +182,7 @@ def round_tables(report):
             ("w", "W", "float3")]),
         Table("annotators", "Annotators", annotators, [
             ("annotator", "Annotator", "text"), ("rankings", "Rankings", "int"), ("items", "Items", "int"),
-            ("harmful", "Marked harmful", "int"), ("first_at", "First", "text"), ("last_at", "Last", "text")]),
+            ("harmful", "Marked harmful", "int"), ("first_at", "First", "time"), ("last_at", "Last", "time")]),
     ]
     if "alignment" in report:
         tables.append(alignment_table(report["alignment"]))
@@ -173,8 +191,8 @@ def round_tables(report):
 
 def alignment_table(alignment):
     return Table("alignment", "AI-labeler alignment with humans", alignment, [
-        ("config_name", "Labeler config", "text"), ("accuracy", "Alignment", "pct"), ("ci_low", "95% CI low", "pct"),
-        ("ci_high", "95% CI high", "pct"), ("n", "Pairs", "int"), ("ties_excluded", "Human ties left out", "int"),
+        ("config_name", "Labeler config", "text"), ("accuracy", "Alignment", "pct"), ("ci", "95% CI", "ci_pct"),
+        ("n", "Pairs", "int"), ("ties_excluded", "Human ties left out", "int"),
         ("unlabeled_excluded", "No human label", "int"), ("same_position_pct", "% same position", "float"),
         ("first_slot_share", "First-slot share", "pct"), ("n_both_orders", "Scored both orders", "int"),
         ("mean_label_mass", "Mass on 1/2", "float3")],
@@ -245,12 +263,13 @@ def round_charts(report):
         charts.append(interval_chart("chart-harmless", "Harmless rate (95% CI)", h["policy_name"],
                                      h["harmless_rate"], h["ci_low"], h["ci_high"], axis_label="% harmless"))
     lc = report["length_controlled"]
-    if len(lc):
-        half = lc[lc["policy"] < lc["opponent"]]
+    if len(lc) and lc["lc_win_rate"].notna().any():
+        half = lc[(lc["policy"] < lc["opponent"]) & lc["lc_win_rate"].notna()]
         labels = [f"{a} vs {b}" for a, b in zip(half["policy_name"], half["opponent_name"])]
         chart = interval_chart("chart-lc", "Win rate at equal length (95% CI) and raw win rate", labels,
                                half["lc_win_rate"], half["ci_low"], half["ci_high"], reference=0.5,
                                axis_label="% won")
+        chart["estimate_label"] = "at equal length"
         chart["raw"] = [None if _nan(v) else round(100 * float(v), 4) for v in half["win_rate"]]
         charts.append(chart)
     return charts
@@ -328,7 +347,7 @@ def labeler_report(labels, pair_prefs=None, n_boot=1000, seed=0, policy_names=No
 def ai_judge_table(judge):
     return Table("ai_judge", "AI-judge win rates", judge, [
         ("config_name", "Labeler config", "text"), ("policy_name", "Policy", "text"), ("opponent_name", "vs", "text"),
-        ("win_rate", "Win rate", "pct"), ("ci_low", "95% CI low", "pct"), ("ci_high", "95% CI high", "pct"),
+        ("win_rate", "Win rate", "pct"), ("ci", "95% CI", "ci_pct"),
         ("n", "Labels", "int"), ("n_prompts", "Prompts", "int"), ("p_value", "p (vs 50%)", "p")],
         "From AI labels between two policies' samples (soft: the labeler's probability counts), like "
         "AlpacaEval: a cheap estimate before people rate. Intervals resample prompts.")

@@ -72,6 +72,13 @@ def eval_round_model():
     return EvalRound
 
 
+def live_seconds(request, default=15):
+    try:
+        return max(2, min(int(request.GET.get("every", default)), 3600))
+    except ValueError:
+        return default
+
+
 def n_boot_from(request):
     try:
         n = int(request.GET.get("boot", DEFAULT_BOOT))
@@ -170,7 +177,7 @@ def round_context(round, n_boot):
     progress = T.progress_chart(rankings)
     if progress:
         charts.append(progress)
-    ctx.update(has_data=True, report=report, tables=tables, charts=charts,
+    ctx.update(has_data=True, report=report, tables=tables, charts=charts, chart_ids={c["id"] for c in charts},
                heatmap=T.heatmap(report["win_rates"]), n_rankings=int(rankings["ranking_id"].nunique()),
                kendalls_w=report["kendalls_w"], alpha=report["harmless_alpha"],
                pairwise=report["pairwise_agreement"])
@@ -209,6 +216,7 @@ def round_report(request, pk):
     round = get_object_or_404(EvalRound, pk=pk)
     ctx = round_context(round, n_boot_from(request))
     ctx["live"] = request.GET.get("live") == "1"
+    ctx["live_seconds"] = live_seconds(request)
     ctx["boot_query"] = f"?boot={ctx['n_boot']}" if ctx["n_boot"] != DEFAULT_BOOT else ""
     return render(request, "reports/round.html", ctx)
 

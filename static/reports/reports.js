@@ -30,7 +30,7 @@
       { type: "bar", label: "95% interval", data: spec.labels.map(function (_, i) {
           return spec.low[i] === null ? null : [spec.low[i], spec.high[i]]; }),
         backgroundColor: BLUE_FILL, borderColor: BLUE, borderWidth: 1, barPercentage: 0.55, order: 2 },
-      { type: "line", label: "estimate", data: spec.estimate, showLine: false, pointRadius: 5,
+      { type: "line", label: spec.estimate_label || "estimate", data: spec.estimate, showLine: false, pointRadius: 5,
         pointStyle: "circle", pointBackgroundColor: BLUE, pointBorderColor: "#fff", order: 1 }
     ];
     if (spec.raw) {
@@ -53,7 +53,7 @@
         indexAxis: "y", responsive: true, maintainAspectRatio: false, animation: false,
         scales: { x: scale, y: { grid: { display: false } } },
         plugins: {
-          legend: { display: !!spec.raw, position: "bottom" },
+          legend: { display: !!spec.raw, position: "bottom", labels: { usePointStyle: true } },
           tooltip: { callbacks: { label: function (ctx) {
             var i = ctx.dataIndex;
             if (ctx.dataset.type === "bar") return "95% CI " + fmt(spec.low[i], spec.unit) + " – " + fmt(spec.high[i], spec.unit);
@@ -62,6 +62,19 @@
         }
       }
     });
+  }
+
+  function timeTick(datasets) {
+    // Dates when the data spans days, clock times (with seconds when it spans minutes) otherwise.
+    var xs = [].concat.apply([], datasets.map(function (d) { return d.data.map(function (p) { return p.x; }); }));
+    var span = xs.length ? Math.max.apply(null, xs) - Math.min.apply(null, xs) : 0;
+    return function (v) {
+      var d = new Date(v);
+      if (span > 2 * 86400e3) return d.toLocaleDateString();
+      if (span > 2 * 3600e3) return d.toLocaleDateString([], { month: "short", day: "numeric" }) + " " +
+        d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+      return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: span < 600e3 ? "2-digit" : undefined });
+    };
   }
 
   function lineChart(canvas, spec) {
@@ -78,8 +91,7 @@
         responsive: true, maintainAspectRatio: false, animation: false, parsing: false,
         scales: {
           x: { type: "linear", title: { display: true, text: spec.time ? "time" : "step" },
-               ticks: spec.time ? { maxTicksLimit: 6, callback: function (v) {
-                 var d = new Date(v); return d.toLocaleDateString() + " " + d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }); } } : {} },
+               ticks: spec.time ? { maxTicksLimit: 6, callback: timeTick(datasets) } : {} },
           y: { title: { display: !!spec.axis_label, text: spec.axis_label } }
         },
         plugins: { legend: { display: datasets.length > 1, position: "bottom" } }
@@ -101,7 +113,7 @@
 
   function live(body) {
     // Re-fetch this page and swap in the new report body; keeps scroll position and open <details>.
-    var seconds = body.querySelector("[data-live]") ? 15 : 10;
+    var seconds = parseInt(body.dataset.liveSeconds || "10", 10);
     setInterval(function () {
       if (document.hidden) return;
       fetch(window.location.href, { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin" })
