@@ -183,3 +183,33 @@ def test_rl_job_resumes_after_its_worker_is_killed(toy, tiny_model_dir, start_wo
     assert steps == list(range(total))
     policy = Policy.objects.get(job=job)
     assert policy.kind == "rlaif_distilled" and policy.metadata["steps"] == total
+
+
+def test_admin_forms_start_jobs_and_show_validation_errors(toy, client, researcher):
+    client.force_login(researcher)
+    ds, base = toy["dataset"], toy["base"]
+    page = client.get("/rl/")
+    assert page.status_code == 200 and b"Train a reward model" in page.content
+    form = client.get("/rl/start/rl/")
+    assert form.status_code == 200 and b"0.05" in form.content  # the paper's beta as the default
+
+    from rl.params import RL_DEFAULTS, SFT_DEFAULTS
+
+    bad = client.post("/rl/start/rl/", {**RL_DEFAULTS,
+                                        "name": "x", "policy": base.pk, "dataset": ds.pk, "reward": "reward_model",
+                                        "batch_size": 64})
+    assert bad.status_code == 200
+    text = bad.content.decode()
+    assert "batch size 64 is larger than the data (8 prompts)" in text
+    assert "Unknown reward model" in text
+    assert Job.objects.count() == 0
+
+
+
+    ok = client.post("/rl/start/sft/", {**SFT_DEFAULTS, "name": "my SFT", "policy": base.pk, "dataset": ds.pk,
+                                        "batch_size": 4})
+    job = Job.objects.get()
+    assert ok.status_code == 302 and ok["Location"] == f"/admin/evalsite/job/{job.pk}/change/"
+    assert job.kind == "sft" and job.params["name"] == "my SFT" and job.params["batch_size"] == 4
+    assert job.params["policy_id"] == base.pk and job.created_by == researcher
+    assert client.get("/admin/rl/rewardmodel/").status_code == 200

@@ -1,0 +1,174 @@
+"""Forms that start the training jobs; the job kind's own validator has the last word."""
+from django import forms
+from django.core.exceptions import ValidationError
+
+from evalsite.models import Dataset, Policy
+from rl import params as P
+
+OPTIMIZER_CHOICES = [(o, o) for o in P.OPTIMIZERS]
+
+
+def _policies():
+    return Policy.objects.exclude(checkpoint_dir="").order_by("name")
+
+
+class JobForm(forms.Form):
+    """Fields named like the job's params; ``clean`` runs the kind's validator."""
+
+    kind = ""
+    title = ""
+    help = ""
+    defaults = {}
+    # form field -> param name where they differ
+    renames = {"policy": "policy_id", "dataset": "dataset_id", "reward_model": "reward_model_id"}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, field in self.fields.items():
+            key = self.renames.get(name, name)
+            if key in self.defaults and field.initial is None:
+                field.initial = self.defaults[key]
+
+    def to_params(self, cleaned):
+        params = {}
+        for name, value in cleaned.items():
+            if value in (None, ""):
+                continue
+            if hasattr(value, "pk"):
+                value = value.pk
+            params[self.renames.get(name, name)] = value
+        return params
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        from evalsite.jobs import get_kind
+
+        try:
+            self.params = get_kind(self.kind).validate(self.to_params(cleaned))
+        except ValidationError as e:
+            back = {v: k for k, v in self.renames.items()}
+            for field, messages in (e.message_dict.items() if hasattr(e, "error_dict") else [(None, e.messages)]):
+                field = back.get(field, field)
+                self.add_error(field if field in self.fields else None, messages)
+        return cleaned
+
+
+class SFTForm(JobForm):
+    kind, title = "sft", "Supervised fine-tuning"
+    help = "Fine-tunes a policy on the prompts' reference responses (loss on the response tokens only)."
+    defaults = P.SFT_DEFAULTS
+    name = forms.CharField(max_length=200, help_text="Name of the new SFT policy.")
+    policy = forms.ModelChoiceField(queryset=Policy.objects.none(), required=False, help_text="Start from this policy…")
+    base_model = forms.CharField(required=False, max_length=1000, help_text="…or from a Hugging Face model folder.")
+    dataset = forms.ModelChoiceField(queryset=Dataset.objects.all(), help_text="Prompts with a reference are used.")
+    learning_rate = forms.FloatField()
+    epochs = forms.IntegerField(min_value=1)
+    batch_size = forms.IntegerField(min_value=1)
+    gradient_accumulation_steps = forms.IntegerField(min_value=1)
+    max_prompt_tokens = forms.IntegerField(min_value=1)
+    max_response_tokens = forms.IntegerField(min_value=1)
+    optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES)
+    seed = forms.IntegerField(min_value=0)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["policy"].queryset = _policies()
+
+
+class SampleForm(JobForm):
+    kind, title = "sample", "Sample responses"
+    help = ("Generates n responses per prompt (existing samples are kept). With “make pairs”, samples 0 and 1 of "
+            "each prompt become a comparison for AI or human labeling — the paper's reward-model data.")
+    defaults = P.SAMPLE_DEFAULTS
+    policy = forms.ModelChoiceField(queryset=Policy.objects.none())
+    dataset = forms.ModelChoiceField(queryset=Dataset.objects.all())
+    n = forms.IntegerField(min_value=1, label="Samples per prompt")
+    temperature = forms.FloatField(min_value=0)
+    top_p = forms.FloatField()
+    max_new_tokens = forms.IntegerField(min_value=1)
+    seed = forms.IntegerField(min_value=0)
+    make_pairs = forms.BooleanField(required=False)
+    batch_size = forms.IntegerField(min_value=1)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["policy"].queryset = _policies()
+
+
+class RewardModelForm(JobForm):
+    kind, title = "reward_model", "Train a reward model"
+    help = ("Cross-entropy between softmax([r(x,a), r(x,b)]) and the label: AI soft labels (distilled RLAIF) or "
+            "human labels (RLHF; a tie is 0.5/0.5). Initialise from the SFT policy, as the paper does.")
+    defaults = P.RM_DEFAULTS
+    name = forms.CharField(max_length=200)
+    policy = forms.ModelChoiceField(queryset=Policy.objects.none(), required=False, label="Initialise from policy")
+    base_model = forms.CharField(required=False, max_length=1000, help_text="…or a model folder (e.g. an encoder).")
+    labels = forms.ChoiceField(choices=[("human", "Human preferences (RLHF)"), ("ai", "AI soft labels (distilled RLAIF)")])
+    label_config_ids = forms.CharField(required=False, help_text="AI labeler configuration ids, comma-separated.")
+    dataset = forms.ModelChoiceField(queryset=Dataset.objects.all(), required=False,
+                                     help_text="Only comparisons on this dataset's prompts (default: all).")
+    include_annotator_rankings = forms.BooleanField(required=False, initial=True)
+    eval_fraction = forms.FloatField(min_value=0, max_value=0.9, help_text="Share of prompts held out.")
+    learning_rate = forms.FloatField()
+    epochs = forms.IntegerField(min_value=1)
+    batch_size = forms.IntegerField(min_value=1)
+    gradient_accumulation_steps = forms.IntegerField(min_value=1)
+    max_length = forms.IntegerField(min_value=1)
+    optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES)
+    seed = forms.IntegerField(min_value=0)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["policy"].queryset = _policies()
+
+    def clean_label_config_ids(self):
+        text = self.cleaned_data.get("label_config_ids") or ""
+        try:
+            return [int(x) for x in text.replace(" ", "").split(",") if x]
+        except ValueError:
+            raise ValidationError("Give whole numbers separated by commas.")
+
+    def to_params(self, cleaned):
+        params = super().to_params(cleaned)
+        params["include_annotator_rankings"] = bool(cleaned.get("include_annotator_rankings"))
+        return params
+
+
+class RLForm(JobForm):
+    kind, title = "rl", "RL: REINFORCE with a value baseline"
+    help = ("Policy and value model start from the SFT policy; reward (1 − β)·r − β·KL(π‖π_SFT) at the last token; "
+            "checkpoints every N steps; a cancelled or crashed job resumes from its last checkpoint.")
+    defaults = P.RL_DEFAULTS
+    name = forms.CharField(max_length=200, help_text="Name of the new policy.")
+    policy = forms.ModelChoiceField(queryset=Policy.objects.none(), label="SFT policy")
+    reward = forms.ChoiceField(choices=[("reward_model", "A reward model (RLHF / distilled RLAIF)"),
+                                        ("direct", "Direct RLAIF: an LLM scores 1–10")])
+    reward_model = forms.ModelChoiceField(queryset=None, required=False)
+    labeler_model = forms.CharField(required=False, max_length=1000, help_text="Direct RLAIF: the labeler's model folder.")
+    dataset = forms.ModelChoiceField(queryset=Dataset.objects.all())
+    beta = forms.FloatField(label="β (KL weight)")
+    temperature = forms.FloatField()
+    top_p = forms.FloatField()
+    batch_size = forms.IntegerField(min_value=1)
+    learning_rate = forms.FloatField()
+    value_learning_rate = forms.FloatField(help_text="0: same as the policy's.")
+    epochs = forms.IntegerField(min_value=1)
+    max_prompt_tokens = forms.IntegerField(min_value=1)
+    max_response_tokens = forms.IntegerField(min_value=1)
+    gradient_accumulation_steps = forms.IntegerField(min_value=1)
+    generation_batch_size = forms.IntegerField(min_value=0, help_text="0: the whole batch at once.")
+    optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES)
+    save_every = forms.IntegerField(min_value=1, label="Checkpoint every N steps")
+    seed = forms.IntegerField(min_value=0)
+
+    def __init__(self, *args, **kwargs):
+        from rl.models import RewardModel
+
+        super().__init__(*args, **kwargs)
+        self.fields["policy"].queryset = _policies()
+        self.fields["reward_model"].queryset = RewardModel.objects.all()
+
+
+FORMS = {f.kind: f for f in (SFTForm, SampleForm, RewardModelForm, RLForm)}
