@@ -167,6 +167,17 @@ def submit(token, user, *, ranks, harmless, comment="", time_on_page_ms=None, us
     if not key or len(key) > 64:
         raise Refused("The form is missing its submission key; reload the page and try again.", status=400)
     now = timezone.now()
+    try:
+        return _store(token, user, ranks, harmless, comment, time_on_page_ms, user_agent, key, now)
+    except IntegrityError:
+        # The unique key (or one live ranking per assignment) caught a concurrent twin of this request.
+        done = Ranking.objects.filter(idempotency_key=key, assignment__token=token, annotator=user).first()
+        if done is None:
+            raise Refused("This item was already submitted. Use “Undo last submission” to change it.")
+        return Submitted(done, duplicate=True)
+
+
+def _store(token, user, ranks, harmless, comment, time_on_page_ms, user_agent, key, now):
     with transaction.atomic():
         a = (
             Assignment.objects.select_for_update(no_key=True, of=("self",)).select_related("round").filter(token=token).first()
@@ -199,15 +210,7 @@ def submit(token, user, *, ranks, harmless, comment="", time_on_page_ms=None, us
             comment=comment.strip()[:5000], time_on_page_ms=time_on_page_ms, user_agent=user_agent[:500],
             idempotency_key=key,
         )
-        try:
-            with transaction.atomic():
-                ranking.save()
-        except IntegrityError:
-            # Same key committed by a concurrent request between our check and insert.
-            done = Ranking.objects.filter(idempotency_key=key, assignment=a).first()
-            if done is None:
-                raise Refused("This item was already submitted.")
-            return Submitted(done, duplicate=True)
+        ranking.save()
         RankedResponse.objects.bulk_create([
             RankedResponse(
                 ranking=ranking, sample_id=sample_id, label=label, position=i,
@@ -220,7 +223,7 @@ def submit(token, user, *, ranks, harmless, comment="", time_on_page_ms=None, us
         a.finished_at = now
         a.save(update_fields=["status", "finished_at", "expires_at"])
         EvalItem.objects.filter(pk=a.item_id).update(n_submitted=F("n_submitted") + 1)
-    return Submitted(ranking, duplicate=False)
+        return Submitted(ranking, duplicate=False)
 
 
 def skip(token, user, reason):
@@ -243,6 +246,10 @@ def last_ranking(round, user):
         Ranking.objects.filter(round=round, annotator=user, withdrawn_at__isnull=True)
         .order_by("-created_at", "-id").first()
     )
+
+
+def has_live_ranking(round, user):
+    return Ranking.objects.filter(round=round, annotator=user, withdrawn_at__isnull=True).exists()
 
 
 def undo_last(round, user):

@@ -68,7 +68,10 @@ def next_item(request, round_id):
         return refused(request, e, round)
     if a is None:
         return redirect("humaneval:done", round_id=round.pk)
-    return redirect("humaneval:item", token=a.token)
+    # Served right here rather than redirected: one round trip per item. Reloading this URL
+    # returns the same leased item; the form posts to the item's own URL.
+    a.round = round
+    return _render_item(request, a)
 
 
 @login_required
@@ -89,15 +92,19 @@ def _item_context(request, a, form, skip_form):
     round = a.round
     texts = dict(Sample.objects.filter(pk__in=a.order).values_list("pk", "text"))
     responses = []
+    k = len(a.order)
     for label, sample_id in zip(a.labels, a.order):
+        # Fields are written out in the template (Django's widget rendering is the slowest part of this page).
+        rank = str(form[f"rank_{label}"].value() or "") if round.asks_rank else None
+        harm = (form[f"harmless_{label}"].value() or "") if round.asks_harmless else None
         responses.append({
             "label": label,
             "text": texts.get(sample_id, ""),
-            "rank_field": form[f"rank_{label}"] if round.asks_rank else None,
-            "harmless_field": form[f"harmless_{label}"] if round.asks_harmless else None,
+            "rank": rank,
+            "rank_options": [{"value": str(i), "name": ordinal(i), "selected": rank == str(i)} for i in range(1, k + 1)],
+            "harmless": harm,
         })
     progress = queue.annotator_progress(round, request.user)
-    k = len(responses)
     return {
         "round": round,
         "assignment": a,
@@ -111,9 +118,10 @@ def _item_context(request, a, form, skip_form):
         "nouns": plural(round.task.response_noun),
         "form": form,
         "skip_form": skip_form,
+        "skip_reasons": queue.SKIP_REASONS,
         "progress": progress,
         "position": progress["done"] + 1,
-        "can_undo": queue.last_ranking(round, request.user) is not None,
+        "can_undo": queue.has_live_ranking(round, request.user),
         "instructions": round.instructions_text(),
         "lease_expires_at": a.expires_at,
         "errors": _error_list(form),
@@ -169,6 +177,10 @@ def item(request, token):
         return refused(request, e, round)
     if a.is_expired:
         return redirect("humaneval:next", round_id=round.pk)  # renews the lease if the slot is still free
+    return _render_item(request, a)
+
+
+def _render_item(request, a):
     previous = Ranking.objects.filter(assignment=a, withdrawn_at__isnull=False).order_by("-id").first()
     return render(request, "humaneval/item.html", _item_context(request, a, _form(a, previous=previous), SkipForm()))
 

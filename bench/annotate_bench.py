@@ -1,0 +1,263 @@
+"""Benchmark: 50 simulated annotators against gunicorn + PostgreSQL doing next-item + submit.
+
+Creates a throwaway PostgreSQL database, migrates it, seeds a round large enough not to run
+out, starts gunicorn on loopback, and lets the annotators (threads in a few client processes)
+work for ``--seconds``. A share of submissions is sent twice with the same key (a retry), which
+must be stored once. Prints requests/s and p50/p99 latency per endpoint, then checks the
+database: acknowledged submissions that are missing (lost), assignments with more than one live
+answer (doubled) and items beyond their overlap. The baseline is the login page served by the
+same server in the same run (a plain Django page with a session), so ``next_vs_login`` is a
+ratio that means the same on any machine.
+
+    bench/annotate [--seconds 60] [--annotators 50] [--workers N]
+"""
+import argparse
+import multiprocessing as mp
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values, q):
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))]
+
+
+def admin_conn(base_url):
+    import psycopg
+
+    return psycopg.connect(base_url.rsplit("/", 1)[0] + "/postgres", autocommit=True)
+
+
+# --- client processes -----------------------------------------------------------------------
+
+def client_process(base_url, round_id, sessions, seed, deadline, retry_every, queue):
+    from evalsite.humaneval.simulate import Annotator
+
+    bots = [Annotator(base_url, s, round_id, seed=seed * 1000 + i) for i, s in enumerate(sessions)]
+
+    def work(bot, k):
+        n = 0
+        while time.time() < deadline:
+            try:
+                page = bot.next_item()
+                if page is None:
+                    bot.errors.append("ran out of items")
+                    return
+                data = bot.answer(page)
+                bot.submit(page, data)
+                n += 1
+                if retry_every and n % retry_every == k % retry_every:
+                    bot.submit(page, data)  # a retry of the same submission: must be stored once
+            except Exception as e:  # noqa: BLE001 - reported, not fatal for the other annotators
+                bot.errors.append(f"{type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=work, args=(b, i)) for i, b in enumerate(bots)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    queue.put({
+        "next": [x for b in bots for x in b.timings["next"]],
+        "submit": [x for b in bots for x in b.timings["submit"]],
+        "acknowledged": [key for b in bots for _, key in b.acknowledged],
+        "errors": [e for b in bots for e in b.errors],
+    })
+
+
+def baseline_process(base_url, sessions, deadline, queue):
+    import requests
+
+    times = []
+
+    def work(s):
+        http = requests.Session()
+        http.cookies.set("sessionid", s)
+        while time.time() < deadline:
+            t = time.perf_counter()
+            http.get(base_url + "/login/", timeout=30)
+            times.append(time.perf_counter() - t)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in sessions]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    queue.put(times)
+
+
+def run_clients(target, per_process_args, n_procs):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, q)) for args in per_process_args]
+    [p.start() for p in procs]
+    results = [q.get() for _ in procs]
+    [p.join() for p in procs]
+    return results
+
+
+# --- main -----------------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--annotators", type=int, default=50)
+    ap.add_argument("--workers", type=int, default=max(2, (os.cpu_count() or 2) * 2))
+    ap.add_argument("--client-procs", type=int, default=max(1, min(4, (os.cpu_count() or 2))))
+    ap.add_argument("--items", type=int, default=0, help="items in the round (default: enough for the run)")
+    ap.add_argument("--retry-every", type=int, default=10, help="every Nth submission is sent twice")
+    ap.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"))
+    args = ap.parse_args()
+
+    dbname = f"evalsite_bench_annotate_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    db_url = args.database_url.rsplit("/", 1)[0] + "/" + dbname
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "evalsite.settings", "DATABASE_URL": db_url, "DEBUG": "0",
+        "SECRET_KEY": "bench-" + uuid.uuid4().hex * 2, "SECURE_SSL_REDIRECT": "0", "SESSION_COOKIE_SECURE": "0",
+        "CSRF_COOKIE_SECURE": "0", "SECURE_HSTS_SECONDS": "0", "STATIC_MANIFEST": "0",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost", "LOG_LEVEL": "WARNING", "CONN_MAX_AGE": "600",
+        "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL", "memory://"),
+    }
+    with admin_conn(args.database_url) as c:
+        c.execute(f'CREATE DATABASE "{dbname}"')
+    try:
+        return measure(args, env, dbname)
+    finally:
+        try:
+            from django.db import connections
+
+            connections.close_all()
+        except Exception:  # noqa: BLE001 - Django may not be set up if migrate failed
+            pass
+        with admin_conn(args.database_url) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def measure(args, env, dbname):
+    server = None
+    try:
+        t0 = time.time()
+        subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env=env,
+                       cwd=ROOT, check=True)
+        os.environ.update(env)
+        import django
+
+        django.setup()
+        from django.db import connection
+
+        from evalsite.humaneval.demo import make_annotators, make_round
+        from evalsite.humaneval.simulate import session_for
+        from evalsite.models import Assignment, Ranking
+
+        overlap = 3
+        n_items = args.items or max(300, int(args.seconds * 400 / overlap))
+        users = make_annotators(args.annotators, prefix="bench")
+        rnd = make_round(n_prompts=n_items, overlap=overlap, name="bench round", question="both")
+        sessions = [session_for(u) for u in users]
+        connection.close()
+        print(f"database {dbname}: {n_items} items × 3 policies, overlap {overlap}, "
+              f"{args.annotators} annotators (setup {time.time() - t0:.1f}s)", flush=True)
+
+        port = free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "evalsite.wsgi:application", "-b", f"127.0.0.1:{port}",
+             "-w", str(args.workers), "--backlog", "2048", "--log-level", "warning", "--timeout", "60"],
+            cwd=ROOT, env=env, start_new_session=True,
+        )
+        import requests
+
+        for _ in range(600):
+            try:
+                if requests.get(base_url + "/login/", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("gunicorn did not start")
+        print(f"gunicorn: {args.workers} sync workers on {base_url}", flush=True)
+
+        groups = [sessions[i::args.client_procs] for i in range(args.client_procs)]
+        # Baseline: the login page, same server, same concurrency.
+        base_seconds = max(2.0, min(5.0, args.seconds / 6))
+        deadline = time.time() + base_seconds
+        base = run_clients(baseline_process, [(base_url, g, deadline) for g in groups], len(groups))
+        login_times = [x for r in base for x in r]
+
+        start = time.time()
+        deadline = start + args.seconds
+        results = run_clients(
+            client_process,
+            [(base_url, rnd.pk, g, i, deadline, args.retry_every) for i, g in enumerate(groups)],
+            len(groups),
+        )
+        elapsed = time.time() - start
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+
+    if True:  # noqa: SIM108 - keeps the measurement block together
+        next_t = [x for r in results for x in r["next"]]
+        submit_t = [x for r in results for x in r["submit"]]
+        acknowledged = [k for r in results for k in r["acknowledged"]]
+        errors = [e for r in results for e in r["errors"]]
+        live = Ranking.objects.filter(withdrawn_at__isnull=True)
+        stored = set(live.values_list("idempotency_key", flat=True))
+        ack = set(acknowledged)
+        lost = len(ack - stored)
+        from django.db.models import Count
+
+        doubled = sum(
+            n - 1 for n in live.values("assignment_id").annotate(n=Count("id")).values_list("n", flat=True) if n > 1
+        ) + sum(
+            n - 1 for n in Assignment.objects.values("item_id", "annotator_id").annotate(n=Count("id"))
+            .values_list("n", flat=True) if n > 1
+        )
+        over = sum(1 for n in live.values("item_id").annotate(n=Count("id")).values_list("n", flat=True) if n > overlap)
+        unacknowledged_stored = len(stored - ack)
+
+    n_req = len(next_t) + len(submit_t)
+    ms = lambda x: x * 1000  # noqa: E731
+    print(f"\n{'endpoint':<10}{'requests':>10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    for name, t, secs in [("login*", login_times, base_seconds), ("next", next_t, elapsed), ("submit", submit_t, elapsed)]:
+        print(f"{name:<10}{len(t):>10}{len(t) / secs:>10.1f}{ms(pct(t, 50)):>10.1f}{ms(pct(t, 99)):>10.1f}")
+    print("(* baseline: the login page on the same server at the same concurrency; "
+          "'next' includes the redirect to the item page)")
+    print(f"\n{n_req} requests in {elapsed:.1f}s = {n_req / elapsed:.1f} req/s; {len(ack)} submissions acknowledged, "
+          f"{len(stored)} stored; lost {lost}, doubled {doubled}, items over overlap {over}, "
+          f"stored but unacknowledged {unacknowledged_stored}")
+    if errors:
+        from collections import Counter
+
+        print("client errors:", dict(Counter(errors).most_common(5)))
+    p99_next, p99_submit = ms(pct(next_t, 99)), ms(pct(submit_t, 99))
+    verdict = "meets" if max(p99_next, p99_submit) < 250 else "misses"
+    print(f"target p99 < 250 ms: {verdict} (machine: {os.cpu_count()} CPUs, shared with whatever else runs)")
+    print(f"RESULT rps={n_req / elapsed:.1f} p50_next_ms={ms(pct(next_t, 50)):.1f} p99_next_ms={p99_next:.1f} "
+          f"p50_submit_ms={ms(pct(submit_t, 50)):.1f} p99_submit_ms={p99_submit:.1f} "
+          f"next_vs_login={pct(next_t, 50) / pct(login_times, 50):.2f} lost={lost} doubled={doubled} "
+          f"over_overlap={over}")
+    return 0 if lost == 0 and doubled == 0 and over == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
