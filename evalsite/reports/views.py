@@ -91,8 +91,14 @@ def _fingerprint(frame, *extra):
     """Cheap key of a frame's content: a report is recomputed only when the data changed."""
     h = hashlib.sha256(repr(extra).encode())
     if frame is not None and len(frame):
-        h.update(pd.util.hash_pandas_object(frame.drop(columns=["created_at"], errors="ignore").astype(str),
-                                            index=False).to_numpy().tobytes())
+        h.update(repr((len(frame), list(frame.columns))).encode())
+        for col in frame.columns:
+            if col == "created_at":
+                continue
+            series = frame[col]
+            if series.dtype == object:
+                series = series.astype(str)
+            h.update(pd.util.hash_pandas_object(series, index=False).to_numpy().tobytes())
     return h.hexdigest()
 
 
