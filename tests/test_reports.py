@@ -266,3 +266,48 @@ def test_job_curves_page_and_export(client, researcher):
     assert "rlaif run" in form and "rlhf run" in form and 'id="chart-curve-1"' in form
     listing = client.get(reverse("reports:jobs")).content.decode()
     assert "rlaif run" in listing and "rlhf run" in listing
+
+
+def test_harmless_only_round_shows_harmless_rates_and_no_win_rates(client, researcher, db):
+    from evalsite.humaneval import demo
+    from evalsite.models import EvalRound
+
+    users = demo.make_annotators(2, prefix="harm-ann")
+    rnd = demo.make_round(n_prompts=5, overlap=2, question=EvalRound.Question.HARMLESS, name="harmless round")
+    rank_round(rnd, users, {"policy-sft": 0, "policy-rlhf": 0, "policy-rlaif": 0}, harmful={"policy-sft"})
+    client.force_login(researcher)
+    html = client.get(reverse("reports:round", args=[rnd.pk])).content.decode()
+    assert "Harmless rate" in html and 'id="chart-harmless"' in html
+    assert "table class=\"heatmap\"" not in html and 'id="chart-bt"' not in html
+    data = client.get(reverse("reports:round_export", args=[rnd.pk, "harmless", "json"])).json()
+    assert {r["policy_name"]: (r["harmless"], r["n"]) for r in data} == {
+        "policy-sft": (0, 10), "policy-rlhf": (10, 10), "policy-rlaif": (10, 10)}
+    agreement = client.get(reverse("reports:round_export", args=[rnd.pk, "agreement", "json"])).json()[0]
+    # Everyone agreed on every response, but with one category per policy alpha is still defined.
+    assert agreement["harmless_alpha"] == pytest.approx(1.0) and agreement["harmless_n_units"] == 15
+
+
+def test_labelers_page_takes_the_human_majority_from_real_rankings(client, researcher, ranked_round, monkeypatch):
+    """AI labels on the round's samples, with no dataset preference: humans' majority decides."""
+    from evalsite.humaneval.data import human_pair_preferences
+
+    prefs = human_pair_preferences([ranked_round.pk])
+    majority = stats.human_majority(prefs)
+    decided = majority[majority["majority"] != "tie"].head(10)
+    assert len(decided) == 10
+    # A labeler that agrees with the majority on the first 7 pairs and disagrees on 3.
+    p_first = [0.9 if (m == "first") == (i < 7) else 0.1 for i, m in enumerate(decided["majority"])]
+    labels = pd.DataFrame({
+        "comparison_id": range(10), "config_id": 1, "config_name": "base-0shot", "prompt_id": 1,
+        "p_first": p_first, "p_slot1_order1": p_first, "p_slot1_order2": [1 - p for p in p_first],
+        "label_mass": 1.0, "human_preference": "", "judge_preference": "",
+        "sample_a_id": decided["sample_a_id"].astype(float).to_numpy(),
+        "sample_b_id": decided["sample_b_id"].astype(float).to_numpy(), "policy_a_id": np.nan, "policy_b_id": np.nan,
+    })
+    monkeypatch.setattr(V, "load_labels", lambda config_ids=None: labels)
+    client.force_login(researcher)
+    data = client.get(reverse("reports:labelers_export", args=["alignment", "json"])).json()
+    assert data[0]["accuracy"] == pytest.approx(0.7) and data[0]["n"] == 10
+    assert data[0]["same_position_pct"] == 0.0
+    html = client.get(reverse("reports:labelers")).content.decode()
+    assert "70.0%" in html and "human pair judgments" in html
