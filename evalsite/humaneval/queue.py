@@ -109,38 +109,58 @@ def next_assignment(round, user, now=None):
                 return a
             a.delete()  # the lapsed slot went to someone else; this annotator may not get it back
 
-        n_active = Coalesce(
-            Subquery(
-                Assignment.objects.filter(item_id=OuterRef("pk")).filter(_active_q(now)).order_by()
-                .values("item_id").annotate(c=Count("id")).values("c")[:1]
-            ),
-            0,
+        item = _lock_free_item(round, user, now)
+        if item is None:
+            return None
+        return Assignment.objects.create(
+            round=round, item=item, annotator=user, order=_new_order(item, user),
+            leased_at=now, expires_at=now + round.lease,
         )
-        mine = Assignment.objects.filter(item_id=OuterRef("pk"), annotator=user)
-        candidates = (
-            EvalItem.objects.filter(round=round, n_submitted__lt=round.overlap)
-            .exclude(Exists(mine))
-            .annotate(n_active=n_active)
-            .filter(n_active__lt=round.overlap)
-            .order_by("position", "id")
+
+
+# Candidates are scanned in queue order, this many at a time: the slot count (a subquery) is
+# evaluated only for them, not for every unfinished item of a large round.
+BATCH = 100
+
+
+def _n_active(now):
+    return Coalesce(
+        Subquery(
+            Assignment.objects.filter(item_id=OuterRef("pk")).filter(_active_q(now)).order_by()
+            .values("item_id").annotate(c=Count("id")).values("c")[:1]
+        ),
+        0,
+    )
+
+
+def _lock_free_item(round, user, now):
+    """Lock and return the first item in queue order with a free slot this user has not had; or None."""
+    mine = Assignment.objects.filter(item_id=OuterRef("pk"), annotator=user)
+    unfinished = (
+        EvalItem.objects.filter(round=round, n_submitted__lt=round.overlap).exclude(Exists(mine)).order_by("position")
+    )
+    after = None
+    for _ in range(10_000):
+        scan = unfinished if after is None else unfinished.filter(position__gt=after)
+        batch = list(scan.values_list("pk", "position")[:BATCH])
+        if not batch:
+            return None
+        free = (
+            EvalItem.objects.filter(pk__in=[pk for pk, _ in batch]).annotate(n_active=_n_active(now))
+            .filter(n_active__lt=round.overlap).order_by("position")
         )
-        for _ in range(50):
-            item = candidates.select_for_update(skip_locked=True, no_key=True, of=("self",)).first()
-            if item is None:
-                if not candidates.exists():
-                    return None
-                # Everything left is locked by annotators being served right now: wait for the first.
-                item = candidates.select_for_update(no_key=True, of=("self",)).first()
-                if item is None:
-                    continue
-            # Re-read the count now that we hold the lock: a new statement sees every commit before it.
-            if active_count(item.pk, timezone.now()) >= round.overlap:
-                continue
-            return Assignment.objects.create(
-                round=round, item=item, annotator=user, order=_new_order(item, user),
-                leased_at=now, expires_at=now + round.lease,
-            )
-        return None
+        item = free.select_for_update(skip_locked=True, no_key=True, of=("self",)).first()
+        if item is None and free.exists():
+            # Every free item here is locked by annotators being served right now: wait for the first.
+            item = free.select_for_update(no_key=True, of=("self",)).first()
+        if item is None:
+            after = batch[-1][1]
+            continue
+        # Re-read the count now that we hold the lock: a new statement sees every commit before it.
+        if active_count(item.pk, timezone.now()) < round.overlap:
+            return item
+        after = None  # someone filled it just before we locked it; rescan from the start
+    return None
 
 
 def get_assignment(token, user):
@@ -279,20 +299,9 @@ def annotator_progress(round, user):
     return {"done": done, "total": round.items.count()}
 
 
-def remaining_for(round, user, now=None):
-    """Items this user could still get (not done by them, not full)."""
-    now = now or timezone.now()
+def remaining_for(round, user):
+    """Items this user could still get: not full and not had by them (items others hold leases on count too)."""
     mine = Assignment.objects.filter(item_id=OuterRef("pk"), annotator=user)
-    n_active = Coalesce(
-        Subquery(
-            Assignment.objects.filter(item_id=OuterRef("pk")).filter(_active_q(now)).order_by()
-            .values("item_id").annotate(c=Count("id")).values("c")[:1]
-        ),
-        0,
-    )
-    open_items = (
-        EvalItem.objects.filter(round=round, n_submitted__lt=round.overlap).exclude(Exists(mine))
-        .annotate(n_active=n_active).filter(n_active__lt=round.overlap).count()
-    )
+    unfinished = EvalItem.objects.filter(round=round, n_submitted__lt=round.overlap).exclude(Exists(mine)).count()
     own_leases = Assignment.objects.filter(round=round, annotator=user, status=Assignment.Status.LEASED).count()
-    return open_items + own_leases
+    return unfinished + own_leases

@@ -114,7 +114,10 @@ class EvalItem(models.Model):
     class Meta:
         ordering = ["round_id", "position", "id"]
         constraints = [models.UniqueConstraint(fields=["round", "prompt"], name="evalitem_unique_round_prompt")]
-        indexes = [models.Index(fields=["round", "n_submitted", "position"])]
+        indexes = [
+            models.Index(fields=["round", "n_submitted", "position"]),
+            models.Index(fields=["round", "position"], name="evalitem_queue_order"),
+        ]
 
     def __str__(self):
         return f"{self.round} item {self.position}"
