@@ -646,7 +646,7 @@ def kendalls_w(rankings):
     re-ranked within each ranking (so any ordinal scale works) and ties corrected for. W = 1:
     everyone agrees; 0: no agreement. Returns (summary dict, per-item frame).
     """
-    item_cols = ["round_id", "item_id"] if "round_id" in rankings else ["item_id"]
+    item_cols = ["round_id", "item_id"] if rankings is not None and "round_id" in rankings else ["item_id"]
     empty_items = pd.DataFrame(columns=[*item_cols, "n_raters", "n_objects", "w"])
     if rankings is None or len(rankings) == 0:
         return _w_summary(empty_items), empty_items
@@ -909,8 +909,7 @@ def round_report(rankings, labels=None, n_boot=1000, n_boot_bt=100, confidence=0
     cells = _PairCells(outcomes) if len(outcomes) else None   # shared by win rates and ratings
     ratings, predicted = bradley_terry(outcomes, n_boot=n_boot_bt, confidence=confidence, seed=seed + 1,
                                        names=names, cells=cells)
-    w_summary, w_items = kendalls_w(rankings) if rankings is not None and len(rankings) else \
-        (_w_summary(pd.DataFrame()), pd.DataFrame())
+    w_summary, w_items = kendalls_w(rankings)
     report = {
         "outcomes_n": int(len(outcomes)),
         "win_rates": win_rate_matrix(outcomes, n_boot=n_boot, confidence=confidence, seed=seed, names=names,

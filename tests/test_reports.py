@@ -311,3 +311,22 @@ def test_labelers_page_takes_the_human_majority_from_real_rankings(client, resea
     assert data[0]["same_position_pct"] == 0.0
     html = client.get(reverse("reports:labelers")).content.decode()
     assert "70.0%" in html and "human pair judgments" in html
+
+
+def test_round_page_shows_ai_judge_win_rates_for_its_policies(client, researcher, ranked_round, monkeypatch):
+    ids = dict(ranked_round.policies.values_list("name", "pk"))
+    sft, rlaif = ids["policy-sft"], ids["policy-rlaif"]
+    labels = pd.DataFrame({
+        "comparison_id": range(6), "config_id": 3, "config_name": "detailed-cot", "prompt_id": range(6),
+        "p_first": [0.8, 0.7, 0.9, 0.6, 0.2, 0.75], "p_slot1_order1": np.nan, "p_slot1_order2": np.nan,
+        "label_mass": 1.0, "human_preference": "", "judge_preference": "", "sample_a_id": np.nan,
+        "sample_b_id": np.nan, "policy_a_id": float(rlaif), "policy_b_id": float(sft),
+    })
+    monkeypatch.setattr(V, "load_labels", lambda config_ids=None: labels)
+    client.force_login(researcher)
+    html = client.get(reverse("reports:round", args=[ranked_round.pk])).content.decode()
+    assert "AI-judge win rates for these policies" in html and "detailed-cot" in html
+    data = client.get(reverse("reports:round_export", args=[ranked_round.pk, "ai_judge", "json"])).json()
+    row = next(r for r in data if r["policy_name"] == "policy-rlaif")
+    assert row["win_rate"] == pytest.approx((0.8 + 0.7 + 0.9 + 0.6 + 0.2 + 0.75) / 6)
+    assert row["opponent_name"] == "policy-sft" and row["n"] == 6
