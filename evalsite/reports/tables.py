@@ -63,7 +63,8 @@ RECORD_FORMATS = {"ci_pct": _ci(fmt_pct), "ci_rating": _ci(lambda v: fmt_float(v
                   "ci_float3": _ci(lambda v: fmt_float(v, 3))}
 
 FORMATS = {"pct": fmt_pct, "float": fmt_float, "float3": lambda v: fmt_float(v, 3), "int": fmt_int,
-           "p": fmt_p, "text": fmt_text, "time": fmt_time, "rating": lambda v: fmt_float(v, 0)}
+           "p": fmt_p, "text": fmt_text, "time": fmt_time,
+           "pct100": lambda v: "–" if _nan(v) else f"{float(v):.1f}%", "rating": lambda v: fmt_float(v, 0)}
 
 
 @dataclass
@@ -193,12 +194,13 @@ def alignment_table(alignment):
     return Table("alignment", "AI-labeler alignment with humans", alignment, [
         ("config_name", "Labeler config", "text"), ("accuracy", "Alignment", "pct"), ("ci", "95% CI", "ci_pct"),
         ("n", "Pairs", "int"), ("ties_excluded", "Human ties left out", "int"),
-        ("unlabeled_excluded", "No human label", "int"), ("same_position_pct", "% same position", "float"),
+        ("unlabeled_excluded", "No human label", "int"), ("same_position_pct", "Same position", "pct100"),
         ("first_slot_share", "First-slot share", "pct"), ("n_both_orders", "Scored both orders", "int"),
         ("mean_label_mass", "Mass on 1/2", "float3")],
         "Accuracy of the labeler's argmax against the human preference (the annotators' majority where "
-        "several ranked the pair); Wilson intervals. % same position: pairs where the labeler picked the "
-        "same slot in both orders (paper: PaLM 2 L 18%, XS 56%).")
+        "several ranked the pair); Wilson intervals. Same position: pairs where the labeler picked the "
+        "same slot in both orders (paper: PaLM 2 L 18%, XS 56%); first-slot share: how often a single order's "
+        "judgment chose the response shown first.")
 
 
 # --- heatmap and charts ----------------------------------------------------------------------
