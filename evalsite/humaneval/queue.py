@@ -56,7 +56,14 @@ def rounds_for(user, statuses=(EvalRound.Status.OPEN,)):
 
 
 def check_may_annotate(round, user):
-    if round.status == EvalRound.Status.DRAFT or not rounds_for(user, statuses=[round.status]).filter(pk=round.pk).exists():
+    """One query: the user is named on the round, or the round is unrestricted and they are an annotator."""
+    through = EvalRound.annotators.through.objects
+    in_group = Exists(user.groups.through.objects.filter(user_id=user.pk, group__name=ANNOTATORS_GROUP))
+    allowed = EvalRound.objects.filter(pk=round.pk).exclude(status=EvalRound.Status.DRAFT).filter(
+        Q(Exists(through.filter(evalround_id=OuterRef("pk"), user_id=user.pk)))
+        | (~Exists(through.filter(evalround_id=OuterRef("pk"))) & in_group)
+    )
+    if not user.is_authenticated or not allowed.exists():
         raise Refused("This evaluation round is not available to you.", status=403)
 
 
@@ -99,7 +106,8 @@ def next_assignment(round, user, now=None):
     with transaction.atomic():
         # One request per annotator at a time: a double click on "Start" gets one lease, not two.
         get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).first()
-        for a in Assignment.objects.filter(round=round, annotator=user, status=Assignment.Status.LEASED).order_by("id"):
+        own = Assignment.objects.filter(round=round, annotator=user, status=Assignment.Status.LEASED)
+        for a in own.select_related("item__prompt").order_by("id"):
             if a.expires_at > now:
                 return a
             EvalItem.objects.select_for_update(no_key=True).filter(pk=a.item_id).first()
@@ -112,10 +120,12 @@ def next_assignment(round, user, now=None):
         item = _lock_free_item(round, user, now)
         if item is None:
             return None
-        return Assignment.objects.create(
+        a = Assignment.objects.create(
             round=round, item=item, annotator=user, order=_new_order(item, user),
             leased_at=now, expires_at=now + round.lease,
         )
+        a.is_new = True  # nothing to pre-fill: it was never answered
+        return a
 
 
 # Candidates are scanned in queue order, this many at a time: the slot count (a subquery) is
@@ -146,7 +156,7 @@ def _lock_free_item(round, user, now):
         if not batch:
             return None
         free = (
-            EvalItem.objects.filter(pk__in=[pk for pk, _ in batch]).annotate(n_active=_n_active(now))
+            EvalItem.objects.filter(pk__in=[pk for pk, _ in batch]).select_related("prompt").annotate(n_active=_n_active(now))
             .filter(n_active__lt=round.overlap).order_by("position")
         )
         item = free.select_for_update(skip_locked=True, no_key=True, of=("self",)).first()
@@ -268,10 +278,6 @@ def last_ranking(round, user):
     )
 
 
-def has_live_ranking(round, user):
-    return Ranking.objects.filter(round=round, annotator=user, withdrawn_at__isnull=True).exists()
-
-
 def undo_last(round, user):
     """Withdraw the annotator's latest live ranking in this round; its item is theirs again."""
     now = timezone.now()
@@ -296,7 +302,9 @@ def undo_last(round, user):
 
 def annotator_progress(round, user):
     done = Ranking.objects.filter(round=round, annotator=user, withdrawn_at__isnull=True).count()
-    return {"done": done, "total": round.items.count()}
+    # Items are fixed once a round opens; open_round stores their number.
+    total = round.metadata.get("n_items") if round.status != EvalRound.Status.DRAFT else None
+    return {"done": done, "total": total if total is not None else round.items.count()}
 
 
 def remaining_for(round, user):

@@ -122,7 +122,8 @@ def open_round(round):
         round.status = EvalRound.Status.OPEN
         round.opened_at = round.opened_at or timezone.now()
         round.closed_at = None
-        round.save(update_fields=["status", "opened_at", "closed_at"])
+        round.metadata = {**round.metadata, "n_items": round.items.count()}
+        round.save(update_fields=["status", "opened_at", "closed_at", "metadata"])
     return round
 
 

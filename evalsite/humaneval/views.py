@@ -91,6 +91,7 @@ def done(request, round_id):
 def _item_context(request, a, form, skip_form):
     round = a.round
     texts = dict(Sample.objects.filter(pk__in=a.order).values_list("pk", "text"))
+    context = a.item.prompt.context
     responses = []
     k = len(a.order)
     for label, sample_id in zip(a.labels, a.order):
@@ -109,7 +110,7 @@ def _item_context(request, a, form, skip_form):
         "round": round,
         "assignment": a,
         "token": a.token,
-        "input": layout(round.task.slug, a.item.prompt.context),
+        "input": layout(round.task.slug, context),
         "responses": responses,
         "n": k,
         "places": [{"n": i, "name": ordinal(i)} for i in range(1, k + 1)],
@@ -121,7 +122,7 @@ def _item_context(request, a, form, skip_form):
         "skip_reasons": queue.SKIP_REASONS,
         "progress": progress,
         "position": progress["done"] + 1,
-        "can_undo": queue.has_live_ranking(round, request.user),
+        "can_undo": progress["done"] > 0,
         "instructions": round.instructions_text(),
         "lease_expires_at": a.expires_at,
         "errors": _error_list(form),
@@ -181,7 +182,9 @@ def item(request, token):
 
 
 def _render_item(request, a):
-    previous = Ranking.objects.filter(assignment=a, withdrawn_at__isnull=False).order_by("-id").first()
+    previous = None
+    if not getattr(a, "is_new", False):
+        previous = Ranking.objects.filter(assignment=a, withdrawn_at__isnull=False).order_by("-id").first()
     return render(request, "humaneval/item.html", _item_context(request, a, _form(a, previous=previous), SkipForm()))
 
 
