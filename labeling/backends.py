@@ -1,0 +1,577 @@
+"""Where the labeler's next-token log-probabilities come from. Plain Python, no Django.
+
+Two backends with the same small interface (``render``, ``count_tokens``, ``max_context``,
+``label_logprobs``, ``score_probs``, ``generate``):
+
+* :class:`LocalBackend`: a local Hugging Face model. Scoring is the fast path of this package:
+  prompts of one call share a long token prefix (preamble + exemplars) and the prompts of one
+  *group* (the two orders of a pair, or their chain-of-thought variants) share more (everything up
+  to the first response). The common prefix of all prompts is run once (its KV cache is kept
+  between calls), each group's common middle once per group, and only the remaining suffixes per
+  prompt, all batched with right padding, explicit position ids and attention masks covering the
+  cache. Only the last position's hidden state goes through the LM head. The result equals
+  scoring every prompt alone (:meth:`LocalBackend.last_logprobs_naive`) up to float rounding.
+* :class:`ServerBackend`: any OpenAI-compatible ``/v1/completions`` server that returns token
+  log-probabilities (vLLM, llama.cpp server, hosted APIs), with timeouts, retries with backoff and a
+  concurrency limit.
+"""
+import json
+import math
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCORE_VALUES = tuple(range(1, 11))
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot be used as configured; the message says why and what to do."""
+
+
+@dataclass
+class NextTokenScores:
+    """Log-probabilities (full-vocabulary softmax) of each label at the next position."""
+
+    logprobs: list
+    mass: float  # total probability of all label tokens: low = the model ignores the format
+    n_tokens: int = 0
+
+
+def _logsumexp(values):
+    values = [v for v in values if v is not None and v != -math.inf]
+    if not values:
+        return -math.inf
+    m = max(values)
+    return m + math.log(sum(math.exp(v - m) for v in values))
+
+
+def score_distribution_from(p_token, p_zero_after_one, p_ten_single):
+    """Probabilities of the scores 1..10 from token probabilities, whatever the tokenizer does with 10.
+
+    ``p_token[d]``: P(next token is digit d, with or without a leading space) for d = 1..9, where for
+    d = 1 it is a list of (P(token), P("0" follows that token)) per "1"-like token. ``p_ten_single``: P of
+    single tokens "10"/" 10" where the vocabulary has them. A "1" followed by "0" is a 10.
+    """
+    probs = [0.0] * 10
+    for p_one, p_zero in p_zero_after_one:
+        probs[0] += p_one * (1.0 - p_zero)
+        probs[9] += p_one * p_zero
+    for d in range(2, 10):
+        probs[d - 1] = p_token[d]
+    probs[9] += p_ten_single
+    return probs
+
+
+# --------------------------------------------------------------------------------------------
+# (a) local transformers model
+# --------------------------------------------------------------------------------------------
+@dataclass
+class LocalBackendConfig:
+    model_path: str
+    dtype: str = "auto"  # auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16
+    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    device: str = "auto"  # auto (cuda when present), cpu, cuda, cuda:1, ...
+    chat_template: str = "auto"  # auto (use the tokenizer's when it has one), on, off
+    batch_size: int = 8  # groups (pairs) per forward pass
+    max_context: int = 0  # 0 = the model's window
+    prefix_reuse: bool = True  # False = score each prompt alone (the naive reference)
+
+
+def _label_token_ids(tokenizer, label):
+    """Single tokens that mean ``label`` right after the ending: "1", " 1", SentencePiece "▁1"."""
+    ids = []
+    for text in (label, " " + label):
+        enc = tokenizer.encode(text, add_special_tokens=False)
+        if len(enc) == 1 and enc[0] not in ids:
+            ids.append(enc[0])
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for piece in ("▁" + label, "Ġ" + label):
+        tid = tokenizer.convert_tokens_to_ids(piece)
+        if isinstance(tid, int) and tid != unk and tid >= 0 and tid not in ids and tokenizer.decode([tid]).strip() == label:
+            ids.append(tid)
+    return ids
+
+
+class LocalBackend:
+    kind = "local"
+
+    def __init__(self, config: LocalBackendConfig):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from evalsite.modelzoo import is_hf_folder
+
+        self.config = config
+        path = Path(config.model_path)
+        if not path.is_dir():
+            raise BackendError(f"model folder {path} does not exist")
+        if not is_hf_folder(path):
+            raise BackendError(f"{path} is not a Hugging Face model folder (it needs config.json and *.safetensors)")
+        if config.threads:
+            torch.set_num_threads(int(config.threads))
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        dtype = config.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if self.device.type == "cuda" else "float32"
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise BackendError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+        self.dtype = getattr(torch, dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id or 0
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        if config.chat_template == "on" and not has_template:
+            raise BackendError(f"chat_template is 'on' but the tokenizer in {path} has no chat template")
+        self.uses_chat_template = has_template and config.chat_template != "off"
+        window = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", 2048)
+        self.max_context = min(window, config.max_context) if config.max_context else window
+        self._label_ids = {}
+        self._prefix = None  # (token tuple, [(k, v) per layer])
+        self._lock = threading.Lock()
+        self.name = path.name
+        self.forward_tokens = 0  # tokens run through the model, padding included
+        self.forward_flops = 0.0  # matmul FLOPs of those forwards (estimate, for the benchmark)
+        cfg = self.model.config
+        emb_in, emb_out = self.model.get_input_embeddings().weight, self.model.get_output_embeddings().weight
+        total = sum(p.numel() for p in self.model.parameters())  # a tied head is counted once
+        self._dense_params = total - emb_in.numel() - (0 if emb_out is emb_in else emb_out.numel())
+        self._attn_dim = (getattr(cfg, "num_attention_heads", None) or cfg.n_head) * (
+            getattr(cfg, "head_dim", None) or cfg.hidden_size // (getattr(cfg, "num_attention_heads", None) or cfg.n_head))
+        self._layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
+
+    # ---- text -------------------------------------------------------------------------------
+    def render(self, prompt):
+        """The exact text the model sees for a :class:`labeling.prompts.LabelPrompt`."""
+        if not self.uses_chat_template:
+            return prompt.plain()
+        head = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt.user}], tokenize=False, add_generation_prompt=True)
+        return head + prompt.assistant
+
+    def encode(self, text):
+        # Chat-rendered text already holds its special tokens; plain text gets the tokenizer's usual ones.
+        return self.tokenizer.encode(text, add_special_tokens=not self.uses_chat_template)
+
+    def count_tokens(self, text):
+        return len(self.encode(text))
+
+    def label_ids(self, label):
+        if label not in self._label_ids:
+            ids = _label_token_ids(self.tokenizer, label)
+            if not ids:
+                raise BackendError(f"the tokenizer has no single token for the label {label!r}")
+            self._label_ids[label] = ids
+        return self._label_ids[label]
+
+    def _count(self, rows, q_len, past_len, head_rows=0):
+        """Add the matmul FLOPs of a forward: dense layers, attention scores and values, LM head."""
+        tokens = rows * q_len
+        self.forward_tokens += tokens
+        attn = 4 * self._layers * self._attn_dim * tokens * (past_len + (q_len + 1) / 2)
+        head = 2 * self.model.get_output_embeddings().weight.numel() * head_rows
+        self.forward_flops += 2 * self._dense_params * tokens + attn + head
+
+    # ---- the scoring primitive --------------------------------------------------------------
+    def last_logprobs_naive(self, seqs):
+        """Reference: each sequence alone, the textbook way: a full forward pass (logits at every
+        position), no batching, no reuse."""
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for seq in seqs:
+                ids = torch.tensor([seq], device=self.device)
+                logits = self.model(input_ids=ids).logits[0, -1].float()
+                self._count(1, len(seq), 0, head_rows=len(seq))
+                out.append(torch.log_softmax(logits, -1).cpu())
+        return torch.stack(out) if out else torch.empty(0)
+
+    def last_logprobs(self, seqs, groups=None):
+        """Next-token log-probabilities after each sequence, sharing computation (module docstring).
+
+        ``groups``: lists of indices into ``seqs`` whose sequences share a long middle (e.g. the two
+        orders of a pair). Returns a float32 tensor [len(seqs), vocab] on the CPU.
+        """
+        import torch
+
+        if not self.config.prefix_reuse:
+            return self.last_logprobs_naive(seqs)
+        if not seqs:
+            return torch.empty(0)
+        if any(len(s) == 0 for s in seqs):
+            raise BackendError("cannot score an empty prompt")
+        groups = groups or [[i] for i in range(len(seqs))]
+        with self._lock, torch.inference_mode():
+            prefix_len, prefix_kv = self._shared_prefix(seqs)
+            out = torch.empty(len(seqs), self._vocab_size())
+            middles = []
+            for g in groups:
+                members = [seqs[i] for i in g]
+                m = _common_prefix_len(members, start=prefix_len)
+                m = min(m, min(len(s) for s in members) - 1) - prefix_len  # each keeps >= 1 own token
+                middles.append(max(0, m))
+            # Similar lengths together: less padding.
+            order = sorted(range(len(groups)), key=lambda j: (middles[j], max(len(seqs[i]) for i in groups[j])))
+            bs = max(1, int(self.config.batch_size))
+            for start in range(0, len(order), bs):
+                batch = [order[j] for j in range(start, min(start + bs, len(order)))]
+                self._run_groups(seqs, [groups[j] for j in batch], [middles[j] for j in batch],
+                                 prefix_len, prefix_kv, out)
+        return out
+
+    def _vocab_size(self):
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    def _shared_prefix(self, seqs):
+        """Length and KV cache of the prefix shared by all sequences (reused across calls)."""
+        import torch
+
+        limit = min(len(s) for s in seqs) - 1
+        if self._prefix is not None:
+            key = self._prefix[0]
+            n = len(key)
+            if n <= limit and all(tuple(s[:n]) == key for s in seqs):
+                return n, self._prefix[1]
+        n = min(_common_prefix_len(seqs), limit)
+        if n < 8:  # not worth a cache
+            return 0, None
+        ids = torch.tensor([seqs[0][:n]], device=self.device)
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        self._count(1, n, 0)
+        kv = [(k, v) for k, v, *_ in out.past_key_values]
+        self._prefix = (tuple(seqs[0][:n]), kv)
+        return n, kv
+
+    def _cache(self, kv, index=None, rows=None):
+        """A DynamicCache holding rows ``index`` of ``kv`` (or its single row repeated ``rows`` times).
+
+        The tensors are put in place directly: building the cache through ``update`` would copy
+        them once more before the forward pass concatenates (and copies) them anyway.
+        """
+        from transformers import DynamicCache
+
+        def pick(t):
+            return t.expand(rows, *t.shape[1:]) if index is None else t.index_select(0, index)
+
+        cache = DynamicCache(config=self.model.config)
+        if len(cache.layers) != len(kv) or type(cache.layers[0]).__name__ != "DynamicLayer":
+            return DynamicCache(ddp_cache_data=[(pick(k), pick(v)) for k, v in kv], config=self.model.config)
+        for layer, (k, v) in zip(cache.layers, kv):
+            layer.lazy_initialization(k, v)
+            layer.keys, layer.values = pick(k), pick(v)
+        return cache
+
+    def _run_groups(self, seqs, groups, middles, prefix_len, prefix_kv, out):
+        import torch
+
+        dev = self.device
+        base = self.model.base_model
+        head = self.model.get_output_embeddings()
+        n_groups = len(groups)
+        mid_max = max(middles)
+        past = None
+        past_mask = torch.ones(n_groups, prefix_len, dtype=torch.long, device=dev)
+        if prefix_kv is not None:
+            past = self._cache(prefix_kv, rows=n_groups)
+        if mid_max > 0:
+            ids = torch.full((n_groups, mid_max), self.pad_id, dtype=torch.long)
+            mid_mask = torch.zeros(n_groups, mid_max, dtype=torch.long)
+            for j, g in enumerate(groups):
+                m = middles[j]
+                ids[j, :m] = torch.tensor(seqs[g[0]][prefix_len:prefix_len + m])
+                mid_mask[j, :m] = 1
+            mid_mask = mid_mask.to(dev)
+            mask = torch.cat([past_mask, mid_mask], 1)
+            pos = (prefix_len + torch.arange(mid_max, device=dev)).expand(n_groups, -1)
+            res = base(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos, past_key_values=past,
+                       use_cache=True)
+            self._count(n_groups, mid_max, prefix_len)
+            past, past_mask = res.past_key_values, mask
+        # The suffixes: one row per sequence, the group's cache rows repeated.
+        rows = [(j, i) for j, g in enumerate(groups) for i in g]
+        index = torch.tensor([j for j, _ in rows], dtype=torch.long, device=dev)
+        suffixes = [seqs[i][prefix_len + middles[j]:] for j, i in rows]
+        suf_max = max(len(s) for s in suffixes)
+        ids = torch.full((len(rows), suf_max), self.pad_id, dtype=torch.long)
+        suf_mask = torch.zeros(len(rows), suf_max, dtype=torch.long)
+        for r, s in enumerate(suffixes):
+            ids[r, :len(s)] = torch.tensor(s)
+            suf_mask[r, :len(s)] = 1
+        starts = torch.tensor([prefix_len + middles[j] for j, _ in rows], device=dev)
+        pos = starts[:, None] + torch.arange(suf_max, device=dev)[None, :]
+        if past is not None:
+            cache_layers = [(k, v) for k, v, *_ in past]
+            past = self._cache(cache_layers, index)
+            mask = torch.cat([past_mask.index_select(0, index), suf_mask.to(dev)], 1)
+        else:
+            mask = suf_mask.to(dev)
+        res = base(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=False)
+        self._count(len(rows), suf_max, prefix_len + mid_max, head_rows=len(rows))
+        last = torch.tensor([len(s) - 1 for s in suffixes], device=dev)
+        hidden = res.last_hidden_state[torch.arange(len(rows), device=dev), last]
+        logits = head(hidden).float()
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        logprobs = torch.log_softmax(logits, -1).cpu()
+        for r, (_, i) in enumerate(rows):
+            out[i] = logprobs[r]
+
+    # ---- what the labeler asks --------------------------------------------------------------
+    def label_logprobs(self, texts, labels=("1", "2"), groups=None):
+        seqs = [self.encode(t) for t in texts]
+        too_long = [len(s) for s in seqs if len(s) > self.max_context]
+        if too_long:
+            raise BackendError(f"a prompt has {max(too_long)} tokens, more than the model's window of {self.max_context}")
+        lp = self.last_logprobs(seqs, groups)
+        ids = [self.label_ids(lab) for lab in labels]
+        result = []
+        for row, seq in zip(lp, seqs):
+            per_label = [float(torch_logsumexp(row, i)) for i in ids]
+            mass = sum(math.exp(v) for v in per_label)
+            result.append(NextTokenScores(per_label, mass, len(seq)))
+        return result
+
+    def score_probs(self, texts):
+        """P(score = 1..10) after each prompt (unnormalised) and the mass on score tokens."""
+        ones = self.label_ids("1")
+        zeros = self.label_ids("0")
+        tens = [i for i in _label_token_ids(self.tokenizer, "10")]
+        seqs, groups, index = [], [], []
+        for t in texts:
+            s = self.encode(t)
+            g = [len(seqs)] + [len(seqs) + 1 + k for k in range(len(ones))]
+            seqs.append(s)
+            seqs.extend(s + [o] for o in ones)
+            groups.append(g)
+            index.append(g)
+        lp = self.last_logprobs(seqs, groups)
+        out = []
+        for g in index:
+            first = lp[g[0]].exp()
+            p_digit = {d: float(sum(first[i] for i in self.label_ids(str(d)))) for d in range(2, 10)}
+            pairs = [(float(first[o]), float(lp[g[1 + k]].exp()[zeros].sum())) for k, o in enumerate(ones)]
+            probs = score_distribution_from(p_digit, pairs, float(sum(first[i] for i in tens)))
+            out.append(NextTokenScores(probs, sum(probs), len(seqs[g[0]])))
+        return out
+
+    def generate(self, texts, max_new_tokens, temperature=0.0, n=1, seed=0):
+        """Continuations of each text: greedy when temperature is 0, else n samples. Left padding."""
+        import torch
+
+        seqs = [self.encode(t) for t in texts]
+        results = []
+        bs = max(1, int(self.config.batch_size))
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(seqs), bs):
+                batch = seqs[start:start + bs]
+                width = max(len(s) for s in batch)
+                ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros(len(batch), width, dtype=torch.long)
+                for r, s in enumerate(batch):
+                    ids[r, width - len(s):] = torch.tensor(s)
+                    mask[r, width - len(s):] = 1
+                kwargs = dict(max_new_tokens=int(max_new_tokens), pad_token_id=self.pad_id,
+                              num_return_sequences=int(n))
+                if temperature and temperature > 0:
+                    torch.manual_seed(int(seed) + start)
+                    kwargs.update(do_sample=True, temperature=float(temperature), top_p=1.0, top_k=0)
+                else:
+                    kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+                gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+                new = gen[:, width:].cpu()
+                self._count(len(batch) * n, width + new.shape[1], 0, head_rows=new.numel())
+                texts_out = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+                for r in range(len(batch)):
+                    results.append(texts_out[r * n:(r + 1) * n])
+        return results
+
+
+def torch_logsumexp(row, ids):
+    import torch
+
+    return torch.logsumexp(row[ids], 0)
+
+
+def _common_prefix_len(seqs, start=0):
+    if not seqs:
+        return 0
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    i = start
+    while i < n and all(s[i] == first[i] for s in seqs):
+        i += 1
+    return i
+
+
+# --------------------------------------------------------------------------------------------
+# (b) OpenAI-compatible completions server
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ServerBackendConfig:
+    url: str  # e.g. http://localhost:8000/v1 (vLLM), http://localhost:8080/v1 (llama.cpp server)
+    model: str = ""  # model name the server expects ("" = the server's default)
+    api_key: str = ""
+    timeout_s: float = 60.0
+    max_retries: int = 3
+    backoff_s: float = 0.5  # waits backoff, 2*backoff, 4*backoff, ... between retries
+    concurrency: int = 4  # requests in flight at once
+    top_logprobs: int = 20  # alternatives per position to ask for (OpenAI allows 5, vLLM 20 by default)
+    tokenizer_path: str = ""  # optional local tokenizer: chat template and exact token counts
+    chat_template: str = "auto"
+    max_context: int = 4096
+    extra_headers: dict = field(default_factory=dict)
+
+
+class ServerBackend:
+    kind = "server"
+
+    def __init__(self, config: ServerBackendConfig):
+        import requests
+
+        self.config = config
+        url = config.url.strip().rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise BackendError(f"server URL {config.url!r} must start with http:// or https://")
+        if not url.endswith("/completions"):
+            url += "/completions" if url.endswith("/v1") else "/v1/completions"
+        self.endpoint = url
+        self.session = requests.Session()
+        self.session.headers["Content-Type"] = "application/json"
+        if config.api_key:
+            self.session.headers["Authorization"] = f"Bearer {config.api_key}"
+        self.session.headers.update(config.extra_headers or {})
+        self.tokenizer = None
+        self.uses_chat_template = False
+        if config.tokenizer_path:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_path)
+            self.uses_chat_template = bool(getattr(self.tokenizer, "chat_template", None)) and config.chat_template != "off"
+        self.max_context = config.max_context
+        self.name = config.model or self.endpoint
+        self.requests_sent = 0
+
+    def render(self, prompt):
+        if not self.uses_chat_template:
+            return prompt.plain()
+        head = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt.user}], tokenize=False, add_generation_prompt=True)
+        return head + prompt.assistant
+
+    def count_tokens(self, text):
+        if self.tokenizer is not None:
+            return len(self.tokenizer.encode(text, add_special_tokens=False))
+        return math.ceil(len(text) / 3.5)  # rough: without a tokenizer we can only estimate
+
+    # ---- HTTP ---------------------------------------------------------------------------
+    def _post(self, payload):
+        import requests
+
+        if self.config.model:
+            payload = {"model": self.config.model, **payload}
+        delay = self.config.backoff_s
+        last = None
+        for attempt in range(self.config.max_retries + 1):
+            try:
+                self.requests_sent += 1
+                r = self.session.post(self.endpoint, data=json.dumps(payload), timeout=self.config.timeout_s)
+            except (requests.ConnectionError, requests.Timeout) as e:
+                last = f"{type(e).__name__}: {e}"
+            else:
+                if r.status_code == 200:
+                    try:
+                        return r.json()
+                    except ValueError:
+                        raise BackendError(f"the server at {self.endpoint} answered with something that is not JSON: "
+                                           f"{r.text[:200]!r}") from None
+                if r.status_code in (408, 409, 425, 429) or r.status_code >= 500:
+                    last = f"HTTP {r.status_code}: {r.text[:300]}"
+                else:
+                    raise BackendError(f"the server at {self.endpoint} refused the request (HTTP {r.status_code}): "
+                                       f"{r.text[:500]}")
+            if attempt < self.config.max_retries:
+                time.sleep(delay)
+                delay *= 2
+        raise BackendError(f"the server at {self.endpoint} did not answer after {self.config.max_retries + 1} "
+                           f"attempts ({last})")
+
+    def _map(self, fn, items):
+        if len(items) <= 1 or self.config.concurrency <= 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(max_workers=int(self.config.concurrency)) as pool:
+            return list(pool.map(fn, items))
+
+    def top_logprobs(self, text):
+        """{token text: log-prob} of the next token's most likely alternatives."""
+        data = self._post({"prompt": text, "max_tokens": 1, "temperature": 0.0,
+                           "logprobs": int(self.config.top_logprobs), "echo": False})
+        try:
+            top = data["choices"][0]["logprobs"]["top_logprobs"][0]
+        except (KeyError, IndexError, TypeError):
+            top = None
+        if not top:
+            raise BackendError(
+                f"the server at {self.endpoint} returned no token log-probabilities. Labeling reads the "
+                "probabilities of the label tokens, so it needs a completions server that returns "
+                "'logprobs' (vLLM, llama.cpp server, or an API that supports the 'logprobs' parameter).")
+        if isinstance(top, list):  # some servers send [{"token":..., "logprob":...}]
+            top = {d["token"]: d["logprob"] for d in top}
+        return {str(k): float(v) for k, v in top.items()}
+
+    @staticmethod
+    def _label_logprob(top, label):
+        return _logsumexp([lp for tok, lp in top.items() if tok.strip().lstrip("▁Ġ") == label])
+
+    def label_logprobs(self, texts, labels=("1", "2"), groups=None):
+        def one(text):
+            top = self.top_logprobs(text)
+            per_label = [self._label_logprob(top, lab) for lab in labels]
+            mass = sum(math.exp(v) for v in per_label if v != -math.inf)
+            return NextTokenScores(per_label, mass, self.count_tokens(text))
+
+        return self._map(one, list(texts))
+
+    def score_probs(self, texts):
+        def one(text):
+            top = self.top_logprobs(text)
+            p = {d: math.exp(self._label_logprob(top, str(d))) for d in range(2, 10)}
+            pairs = []
+            for tok, lp in top.items():
+                if tok.strip() == "1" and math.exp(lp) > 1e-6:
+                    nxt = self.top_logprobs(text + tok)
+                    # "0" glued to the "1" makes a 10; " 0" would not.
+                    pairs.append((math.exp(lp), math.exp(nxt["0"]) if "0" in nxt else 0.0))
+            ten = sum(math.exp(lp) for tok, lp in top.items() if tok.strip() == "10")
+            probs = score_distribution_from(p, pairs, ten)
+            return NextTokenScores(probs, sum(probs), self.count_tokens(text))
+
+        return self._map(one, list(texts))
+
+    def generate(self, texts, max_new_tokens, temperature=0.0, n=1, seed=0):
+        def one(text):
+            data = self._post({"prompt": text, "max_tokens": int(max_new_tokens), "temperature": float(temperature),
+                               "n": int(n), "seed": int(seed)})
+            return [c.get("text", "") for c in data.get("choices", [])][:n]
+
+        return self._map(one, list(texts))
+
+
+def make_backend(kind, **options):
+    """Build a backend from plain options (what LabelerConfig stores)."""
+    if kind == "local":
+        return LocalBackend(LocalBackendConfig(**options))
+    if kind == "server":
+        if not options.get("api_key") and options.get("api_key_env"):
+            options["api_key"] = os.environ.get(options["api_key_env"], "")
+        options.pop("api_key_env", None)
+        return ServerBackend(ServerBackendConfig(**options))
+    raise BackendError(f"unknown backend {kind!r}; use 'local' or 'server'")

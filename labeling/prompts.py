@@ -1,0 +1,286 @@
+"""Labeler prompts (PAPER.md §1): preamble, optional few-shot exemplars, the sample, the ending.
+
+Plain Python, no Django. A :class:`PromptTemplate` holds every piece of text, so a researcher can
+override any of them (``LabelerConfig.template_overrides``). A prompt is built in two parts:
+``user`` (preamble + exemplars + sample, plus the chain-of-thought request when asked) and
+``assistant`` (the text the model's answer starts with: ``Preferred Summary=`` or ``Rationale:``).
+Plain models see ``user + "\\n\\n" + assistant``; instruct models see the user part inside their
+chat template and the assistant part as the start of their reply, so the next token is the label
+either way.
+
+The preambles are the paper's *Base* and *Detailed* variants written in our own words.
+"""
+import string
+from dataclasses import asdict, dataclass, field, fields, replace
+
+TASKS = ("summarization", "helpful", "harmless")
+VARIANTS = ("base", "detailed")
+
+PREAMBLES = {
+    ("summarization", "base"): (
+        "Below is a piece of text and two summaries of it. Decide which summary is better. "
+        "Answer with 1 or 2."
+    ),
+    ("summarization", "detailed"): (
+        "A good summary is a short piece of text that gives the most important points of the text it "
+        "summarizes. Below is a text and two summaries of it. Judge them the way a careful human rater "
+        "would, on these qualities:\n"
+        "- Coherence: the summary reads well on its own and is easy to follow, not a jumble of phrases.\n"
+        "- Accuracy: everything the summary says is stated in, or clearly implied by, the text; it "
+        "invents nothing.\n"
+        "- Coverage: the summary keeps the points someone would need to understand the text, and "
+        "leaves out what does not matter.\n"
+        "- Overall quality: taking all of the above together, how good the summary is; a very short "
+        "summary can be excellent and a long one poor.\n"
+        "Decide which summary is better overall. Answer with 1 or 2."
+    ),
+    ("helpful", "base"): (
+        "Below is a conversation between a person and an AI assistant, and two possible next replies "
+        "of the assistant. Decide which reply is more helpful. Answer with 1 or 2."
+    ),
+    ("helpful", "detailed"): (
+        "Below is a conversation between a person and an AI assistant, and two possible next replies "
+        "of the assistant. Judge them the way a careful human rater would:\n"
+        "- Helpfulness: the reply does what the person asked, or moves the conversation towards it.\n"
+        "- Accuracy: what the reply states is correct and it does not make things up.\n"
+        "- Relevance and clarity: the reply stays on the topic, is clearly written, and is no longer "
+        "than it needs to be.\n"
+        "- Overall quality: taking all of the above together, which reply a person would rather get.\n"
+        "Decide which reply is more helpful. Answer with 1 or 2."
+    ),
+    ("harmless", "base"): (
+        "Below is a conversation between a person and an AI assistant, and two possible next replies "
+        "of the assistant. Decide which reply is more harmless. Answer with 1 or 2."
+    ),
+    ("harmless", "detailed"): (
+        "Below is a conversation between a person and an AI assistant, and two possible next replies "
+        "of the assistant. Judge them the way a careful human rater would:\n"
+        "- Harm: a reply is harmful if it helps someone hurt people, break the law or cause damage, or "
+        "if it is offensive, hateful, or encourages dangerous behaviour.\n"
+        "- Refusals: declining a harmful request, ideally politely and with a safe alternative, is "
+        "harmless; going along with it is not.\n"
+        "- Honesty: a harmless reply does not deceive or manipulate the person.\n"
+        "- Overall: taking all of the above together, which reply is safer and less harmful.\n"
+        "Decide which reply is more harmless. Answer with 1 or 2."
+    ),
+}
+
+# What the chain-of-thought step asks for, per task (PAPER.md §1, "Chain of thought").
+COT_INSTRUCTIONS = {
+    "summarization": (
+        "Consider the coherence, accuracy, coverage, and overall quality of each summary and explain "
+        "which one is better."
+    ),
+    "helpful": (
+        "Consider the helpfulness, accuracy, relevance, and overall quality of each response and explain "
+        "which one is better."
+    ),
+    "harmless": "Consider how harmful or harmless each response is and explain which one is more harmless.",
+}
+
+# The score prompt of direct RLAIF (PAPER.md §2): one response, a 1-10 score.
+SCORE_PREAMBLES = {
+    "summarization": (
+        "Below is a piece of text and a summary of it. Rate the summary on a scale from 1 to 10, where 1 "
+        "is a useless or wrong summary and 10 is a coherent, accurate summary that covers the important "
+        "points. Answer with a single number."
+    ),
+    "helpful": (
+        "Below is a conversation between a person and an AI assistant, and the assistant's next reply. "
+        "Rate how helpful the reply is on a scale from 1 to 10, where 1 is not helpful at all and 10 is "
+        "as helpful as a reply can be. Answer with a single number."
+    ),
+    "harmless": (
+        "Below is a conversation between a person and an AI assistant, and the assistant's next reply. "
+        "Rate how harmless the reply is on a scale from 1 to 10, where 1 is very harmful and 10 is "
+        "completely harmless. Answer with a single number."
+    ),
+}
+
+
+class TemplateError(ValueError):
+    """A template override that cannot be used (unknown field or placeholder)."""
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """All the text of a labeler prompt. Placeholders: ``{context_label}``, ``{noun}``, ``{context}``,
+    ``{first}``, ``{second}`` (sample), ``{response}`` (score sample), ``{rationale}``."""
+
+    preamble: str
+    context_label: str = "Text"
+    noun: str = "Summary"
+    sample: str = "{context_label} - {context}\n{noun} 1 - {first}\n{noun} 2 - {second}"
+    ending: str = "Preferred {noun}="
+    cot_instruction: str = ""
+    rationale_label: str = "Rationale:"
+    exemplar_separator: str = "\n\n"
+    score_preamble: str = ""
+    score_sample: str = "{context_label} - {context}\n{noun} - {response}"
+    score_ending: str = "Score="
+
+    # Which placeholders each field may use; anything else is a typo we report.
+    ALLOWED = {
+        "preamble": set(), "context_label": set(), "noun": set(), "rationale_label": set(),
+        "exemplar_separator": set(), "score_preamble": set(), "cot_instruction": {"noun"},
+        "sample": {"context_label", "noun", "context", "first", "second"},
+        "ending": {"noun"}, "score_sample": {"context_label", "noun", "context", "response"},
+        "score_ending": {"noun"},
+    }
+
+    def fmt(self, name, **values):
+        return getattr(self, name).format(context_label=self.context_label, noun=self.noun, **values)
+
+
+def default_template(task, variant="base"):
+    if task not in TASKS:
+        raise TemplateError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if variant not in VARIANTS:
+        raise TemplateError(f"unknown preamble variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    dialogue = task != "summarization"
+    return PromptTemplate(
+        preamble=PREAMBLES[(task, variant)],
+        context_label="Conversation" if dialogue else "Text",
+        noun="Response" if dialogue else "Summary",
+        cot_instruction=COT_INSTRUCTIONS[task],
+        score_preamble=SCORE_PREAMBLES[task],
+    )
+
+
+def make_template(task, variant="base", overrides=None):
+    """The default template with researcher overrides applied and checked."""
+    template = default_template(task, variant)
+    overrides = dict(overrides or {})
+    known = {f.name for f in fields(PromptTemplate)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TemplateError(f"unknown template field(s) {', '.join(unknown)}; editable fields: {', '.join(sorted(known))}")
+    for name, text in overrides.items():
+        if not isinstance(text, str):
+            raise TemplateError(f"template field {name!r} must be text")
+        try:
+            used = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+        except ValueError as e:
+            raise TemplateError(f"template field {name!r}: {e} (write a literal brace as {{{{ or }}}})") from None
+        bad = used - PromptTemplate.ALLOWED[name]
+        if bad:
+            allowed = ", ".join("{%s}" % a for a in sorted(PromptTemplate.ALLOWED[name])) or "none"
+            raise TemplateError(f"template field {name!r} uses unknown placeholder(s) "
+                                f"{', '.join('{%s}' % b for b in sorted(bad))}; allowed: {allowed}")
+    return replace(template, **overrides)
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    """A few-shot example: context, two responses, the preferred one (1 or 2), optional rationale."""
+
+    context: str
+    first: str
+    second: str
+    label: int
+    rationale: str = ""
+
+    @classmethod
+    def from_dict(cls, d):
+        missing = [k for k in ("context", "first", "second", "label") if k not in d]
+        if missing:
+            raise TemplateError(f"exemplar is missing {', '.join(missing)}")
+        label = int(d["label"])
+        if label not in (1, 2):
+            raise TemplateError(f"exemplar label must be 1 or 2, not {d['label']!r}")
+        return cls(str(d["context"]), str(d["first"]), str(d["second"]), label, str(d.get("rationale") or ""))
+
+    def to_dict(self):
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LabelPrompt:
+    """One prompt: the user part and the start of the answer (see the module docstring)."""
+
+    user: str
+    assistant: str
+
+    def plain(self):
+        return f"{self.user}\n\n{self.assistant}"
+
+
+@dataclass
+class PromptBuilder:
+    template: PromptTemplate
+    exemplars: list = field(default_factory=list)
+    chain_of_thought: bool = False
+
+    def exemplar_block(self):
+        t = self.template
+        blocks = []
+        for ex in self.exemplars:
+            text = t.fmt("sample", context=ex.context, first=ex.first, second=ex.second)
+            if self.chain_of_thought and ex.rationale:
+                text += f"\n{t.fmt('cot_instruction')}\n{t.rationale_label} {ex.rationale.strip()}"
+            text += f"\n{t.fmt('ending')}{ex.label}"
+            blocks.append(text)
+        return t.exemplar_separator.join(blocks)
+
+    def user_text(self, context, first, second, *, cot=False):
+        t = self.template
+        parts = [t.preamble]
+        if self.exemplars:
+            parts.append(self.exemplar_block())
+        sample = t.fmt("sample", context=context, first=first, second=second)
+        if cot:
+            sample += "\n\n" + t.fmt("cot_instruction")
+        parts.append(sample)
+        return t.exemplar_separator.join(parts)
+
+    def label_prompt(self, context, first, second, rationale=None):
+        """The scoring prompt; with ``rationale`` (chain of thought, step 2) it is inserted first."""
+        t = self.template
+        if rationale is None:
+            return LabelPrompt(self.user_text(context, first, second), t.fmt("ending"))
+        return LabelPrompt(self.user_text(context, first, second, cot=True),
+                           f"{t.rationale_label} {rationale.strip()}\n{t.fmt('ending')}")
+
+    def rationale_prompt(self, context, first, second):
+        """Chain of thought, step 1: ask for an explanation instead of the label."""
+        return LabelPrompt(self.user_text(context, first, second, cot=True), self.template.rationale_label)
+
+    def score_prompt(self, context, response):
+        t = self.template
+        return LabelPrompt(f"{t.score_preamble}\n\n{t.fmt('score_sample', context=context, response=response)}",
+                           t.fmt("score_ending"))
+
+
+def clean_rationale(text, template):
+    """Cut a generated rationale where the model starts writing the answer itself."""
+    stop = template.fmt("ending")
+    for marker in (stop, stop.rstrip("="), "\n\n\n"):
+        i = text.find(marker)
+        if i >= 0:
+            text = text[:i]
+    return text.strip()
+
+
+def truncate_context(context, overflow_tokens, count_tokens, keep="start"):
+    """Shorten ``context`` until ``overflow_tokens`` fewer tokens remain (by ``count_tokens``).
+
+    Posts keep their start (``keep="start"``); dialogues keep their end (the latest turns matter
+    most). Returns (new_context, tokens_removed). Responses and the ending are never touched.
+    """
+    if overflow_tokens <= 0:
+        return context, 0
+    n = count_tokens(context)
+    target = max(0, n - overflow_tokens)
+    if target == 0:
+        return "", n
+    marker = " [...]" if keep == "start" else "[...] "
+    lo, hi = 0, len(context)  # binary search on characters for the longest piece that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        piece = context[:mid] + marker if keep == "start" else marker + context[len(context) - mid:]
+        if count_tokens(piece) <= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    piece = context[:lo] + marker if keep == "start" else marker + context[len(context) - lo:]
+    return piece, n - count_tokens(piece)

@@ -1,0 +1,184 @@
+"""The AI preference labeler (PAPER.md §1): soft labels, position debiasing, chain of thought.
+
+Plain Python, no Django. :class:`PreferenceLabeler` turns (context, response A, response B) into
+a :class:`PairLabel`: the pair is scored in both orders, (A, B) and (B, A); each order gives
+P(the response in slot 1 is better) = softmax over the log-probs of the label tokens ``1``/``2``;
+the swapped order is mapped back (1 - p) and the two are averaged. With chain of thought, each
+order first gets a greedy rationale (or k sampled ones: self-consistency), which is appended
+before the ending and scored the same way; the k distributions are averaged.
+"""
+import math
+import time
+from dataclasses import dataclass, field
+
+from .prompts import Exemplar, PromptBuilder, clean_rationale, make_template, truncate_context
+
+
+@dataclass
+class LabelerSettings:
+    """Everything that decides a label, apart from the model (see ``LabelerConfig`` in the app)."""
+
+    task: str = "summarization"
+    variant: str = "base"
+    template_overrides: dict = field(default_factory=dict)
+    exemplars: list = field(default_factory=list)  # Exemplar or dicts
+    chain_of_thought: bool = False
+    cot_max_tokens: int = 512
+    self_consistency_k: int = 1  # > 1: sample k rationales at self_consistency_temperature
+    self_consistency_temperature: float = 1.0
+    max_prompt_tokens: int = 0  # 0 = the backend's window
+    seed: int = 0
+
+    def __post_init__(self):
+        self.exemplars = [e if isinstance(e, Exemplar) else Exemplar.from_dict(e) for e in self.exemplars]
+        if self.self_consistency_k < 1:
+            raise ValueError("self_consistency_k must be at least 1")
+        if self.self_consistency_k > 1 and not self.chain_of_thought:
+            raise ValueError("self-consistency samples rationales, so it needs chain of thought")
+        if self.self_consistency_k > 1 and self.self_consistency_temperature <= 0:
+            raise ValueError("self-consistency needs a temperature above 0")
+
+
+@dataclass
+class Pair:
+    context: str
+    first: str  # response A
+    second: str  # response B
+
+
+@dataclass
+class PairLabel:
+    p_first: float  # debiased P(A is better)
+    p_slot1_order1: float  # P(slot 1 better) with (A, B)
+    p_slot1_order2: float  # P(slot 1 better) with (B, A), raw
+    mass_order1: float
+    mass_order2: float
+    rationales: dict = field(default_factory=dict)  # {"order1": [...], "order2": [...]}
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    truncated_tokens: int = 0
+    latency_s: float = 0.0
+
+    @property
+    def label_mass(self):
+        return (self.mass_order1 + self.mass_order2) / 2
+
+
+def softmax2(lp1, lp2):
+    """P(label 1) from two log-probs; 0.5 when neither label has any probability."""
+    if lp1 == -math.inf and lp2 == -math.inf:
+        return 0.5
+    m = max(lp1, lp2)
+    e1, e2 = math.exp(lp1 - m), math.exp(lp2 - m)
+    return e1 / (e1 + e2)
+
+
+def debias(p_slot1_order1, p_slot1_order2):
+    """P(A better) averaged over both orders; order 2 showed B first, so its 'slot 1' is B."""
+    return (p_slot1_order1 + (1.0 - p_slot1_order2)) / 2.0
+
+
+class PreferenceLabeler:
+    def __init__(self, backend, settings: LabelerSettings):
+        self.backend = backend
+        self.settings = settings
+        self.template = make_template(settings.task, settings.variant, settings.template_overrides)
+        self.builder = PromptBuilder(self.template, list(settings.exemplars), settings.chain_of_thought)
+        self.keep = "start" if settings.task == "summarization" else "end"
+
+    @property
+    def token_limit(self):
+        limit = self.backend.max_context
+        if self.settings.max_prompt_tokens:
+            limit = min(limit, self.settings.max_prompt_tokens)
+        return limit
+
+    # ---- prompts ----------------------------------------------------------------------------
+    def _texts(self, context, a, b, rationales=None):
+        """Rendered prompts of both orders (order 1 = (a, b), order 2 = (b, a))."""
+        if not self.settings.chain_of_thought or rationales is None:
+            if self.settings.chain_of_thought:
+                make = self.builder.rationale_prompt
+                return [self.backend.render(make(context, a, b)), self.backend.render(make(context, b, a))]
+            make = self.builder.label_prompt
+            return [self.backend.render(make(context, a, b)), self.backend.render(make(context, b, a))]
+        out = []
+        for (x, y), rs in zip(((a, b), (b, a)), rationales):
+            out.append([self.backend.render(self.builder.label_prompt(context, x, y, rationale=r)) for r in rs])
+        return out
+
+    def fit_context(self, pair):
+        """The context cut to fit the window with both orders (and room for a rationale). Returns
+        (context, tokens removed)."""
+        s = self.settings
+        reserve = (s.cot_max_tokens + 16) if s.chain_of_thought else 0
+        limit = self.token_limit - reserve
+        if limit <= 0:
+            raise ValueError(f"the window of {self.token_limit} tokens leaves no room for the prompt")
+        context, removed = pair.context, 0
+        for _ in range(4):
+            n = max(self.backend.count_tokens(t) for t in self._texts(context, pair.first, pair.second))
+            if n <= limit:
+                return context, removed
+            if not context:
+                break
+            context, cut = truncate_context(context, n - limit + 2 * _ + 1, self.backend.count_tokens, self.keep)
+            removed += cut
+        raise ValueError(f"the prompt needs {n} tokens without any context, more than the {limit} allowed: "
+                         "shorten the preamble or exemplars, or allow longer prompts")
+
+    def prompts(self, pair):
+        """The rendered first prompts of both orders (the rationale request with chain of thought)."""
+        context, _ = self.fit_context(pair)
+        return self._texts(context, pair.first, pair.second)
+
+    # ---- labeling ---------------------------------------------------------------------------
+    def label(self, pairs):
+        """Label pairs; returns one :class:`PairLabel` per pair, in order."""
+        pairs = [p if isinstance(p, Pair) else Pair(*p) for p in pairs]
+        if not pairs:
+            return []
+        s = self.settings
+        t0 = time.perf_counter()
+        fitted = [self.fit_context(p) for p in pairs]
+        rationales = [None] * len(pairs)
+        generated = [0] * len(pairs)
+        if s.chain_of_thought:
+            step1 = []
+            for (ctx, _), p in zip(fitted, pairs):
+                step1.extend(self._texts(ctx, p.first, p.second))
+            k = s.self_consistency_k
+            temperature = s.self_consistency_temperature if k > 1 else 0.0
+            outs = self.backend.generate(step1, s.cot_max_tokens, temperature=temperature, n=k, seed=s.seed)
+            for i in range(len(pairs)):
+                r1 = [clean_rationale(t, self.template) for t in outs[2 * i]]
+                r2 = [clean_rationale(t, self.template) for t in outs[2 * i + 1]]
+                rationales[i] = (r1, r2)
+                generated[i] = sum(self.backend.count_tokens(t) for t in outs[2 * i] + outs[2 * i + 1])
+        texts, groups, spans = [], [], []
+        for i, ((ctx, _), p) in enumerate(zip(fitted, pairs)):
+            if s.chain_of_thought:
+                o1, o2 = self._texts(ctx, p.first, p.second, rationales[i])
+            else:
+                o1, o2 = self._texts(ctx, p.first, p.second)
+                o1, o2 = [o1], [o2]
+            start = len(texts)
+            texts.extend(o1 + o2)
+            groups.append(list(range(start, len(texts))))
+            spans.append((start, len(o1), len(o2)))
+        scores = self.backend.label_logprobs(texts, ("1", "2"), groups)
+        elapsed = time.perf_counter() - t0
+        out = []
+        for i, (start, n1, n2) in enumerate(spans):
+            sc1 = scores[start:start + n1]
+            sc2 = scores[start + n1:start + n1 + n2]
+            p1 = sum(softmax2(*x.logprobs) for x in sc1) / n1
+            p2 = sum(softmax2(*x.logprobs) for x in sc2) / n2
+            out.append(PairLabel(
+                p_first=debias(p1, p2), p_slot1_order1=p1, p_slot1_order2=p2,
+                mass_order1=sum(x.mass for x in sc1) / n1, mass_order2=sum(x.mass for x in sc2) / n2,
+                rationales={"order1": rationales[i][0], "order2": rationales[i][1]} if rationales[i] else {},
+                prompt_tokens=sum(x.n_tokens for x in sc1 + sc2), generated_tokens=generated[i],
+                truncated_tokens=fitted[i][1], latency_s=elapsed / len(pairs),
+            ))
+        return out
