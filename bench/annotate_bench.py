@@ -215,7 +215,7 @@ def measure(args, env, dbname):
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
 
-    if True:  # noqa: SIM108 - keeps the measurement block together
+    if True:  # keeps the measurement block together
         next_t = [x for r in results for x in r["next"]]
         submit_t = [x for r in results for x in r["submit"]]
         acknowledged = [k for r in results for k in r["acknowledged"]]
@@ -241,7 +241,7 @@ def measure(args, env, dbname):
     for name, t, secs in [("login*", login_times, base_seconds), ("next", next_t, elapsed), ("submit", submit_t, elapsed)]:
         print(f"{name:<10}{len(t):>10}{len(t) / secs:>10.1f}{ms(pct(t, 50)):>10.1f}{ms(pct(t, 99)):>10.1f}")
     print("(* baseline: the login page on the same server at the same concurrency; "
-          "'next' includes the redirect to the item page)")
+          "'next' returns the item page itself, a new lease or the current one)")
     print(f"\n{n_req} requests in {elapsed:.1f}s = {n_req / elapsed:.1f} req/s; {len(ack)} submissions acknowledged, "
           f"{len(stored)} stored; lost {lost}, doubled {doubled}, items over overlap {over}, "
           f"stored but unacknowledged {unacknowledged_stored}")
