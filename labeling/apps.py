@@ -5,3 +5,6 @@ class LabelingConfig(AppConfig):
     name = "labeling"
     verbose_name = "AI feedback"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from . import signals  # noqa: F401  (run status follows its chunks)

@@ -1,0 +1,229 @@
+"""Labeling runs: which comparisons a run covers, and how a run's status follows its chunks.
+
+How a run works (and why):
+
+* A ``label`` job (the *run*) resolves its set of comparisons, leaves out the ones this config
+  already labeled, and submits ``label_chunk`` child jobs (``parent=`` the run) of ``chunk_size``
+  comparisons each. Then it returns: it never blocks a worker waiting for its children, so any
+  number of workers take the chunks in parallel, including the one that dispatched them.
+* After its dispatch step the run's row is kept in step with its chunks by :func:`sync_run`,
+  called after every chunk (and run) finishes, via Celery's ``task_postrun`` signal, which fires
+  after the job mechanism has written the job's final status, so the run can never be left
+  behind by a race. The run shows ``running`` with the share of comparisons labeled while any
+  chunk is queued or running, then ``succeeded``, ``failed`` (naming the failed chunks) or
+  ``cancelled``. Chunks refresh the run's heartbeat as they work; if no chunk runs for longer
+  than ``JOB_STALE_AFTER_SECONDS`` (all workers busy elsewhere) the stale-job sweep may show the
+  run as failed until the next chunk finishes and syncs it back.
+* Idempotent: labels are unique per (comparison, config) and written with ``bulk_create``
+  ignoring conflicts, a chunk skips what is already labeled, and re-running the run (``resume``)
+  re-queues its failed or cancelled chunks and creates chunks only for comparisons no chunk
+  covers. A killed chunk loses at most the batch it was scoring.
+* Cancel: cancelling the run cancels its queued and running chunks (the job mechanism cascades
+  to children); the run becomes ``cancelled`` once they have stopped. Resume continues.
+"""
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+RUN_KIND = "label"
+CHUNK_KIND = "label_chunk"
+DEFAULT_CHUNK_SIZE = 64
+
+
+def comparison_queryset(params):
+    """The comparisons a run's params select (a dataset, filters, explicit ids, policies)."""
+    from evalsite.models import Comparison
+
+    qs = Comparison.objects.all()
+    if params.get("comparison_ids"):
+        qs = qs.filter(pk__in=params["comparison_ids"])
+    if params.get("dataset_id"):
+        qs = qs.filter(prompt__dataset_id=params["dataset_id"])
+    if params.get("policy_ids"):
+        ids = params["policy_ids"]
+        qs = qs.filter(sample_a__policy_id__in=ids, sample_b__policy_id__in=ids)
+    if params.get("human_labeled_only"):
+        qs = qs.filter(human_preference__in=["first", "second", "tie"])
+    if params.get("prompt_ids"):
+        qs = qs.filter(prompt_id__in=params["prompt_ids"])
+    qs = qs.order_by("pk")
+    if params.get("limit"):
+        qs = qs[: int(params["limit"])]
+    return qs
+
+
+def _int_list(value, name, errors):
+    if value in (None, "", []):
+        return []
+    if isinstance(value, str):
+        value = [v for v in value.replace(",", " ").split() if v]
+    try:
+        return [int(v) for v in value]
+    except (TypeError, ValueError):
+        errors[name] = f"{name} must be a list of whole numbers."
+        return []
+
+
+def validate_run_params(params):
+    """Clean and check the params of a labeling run; clear messages for each problem."""
+    from evalsite.models import Dataset, Policy
+
+    from .models import LabelerConfig
+
+    errors = {}
+    p = dict(params)
+    config = None
+    try:
+        config = LabelerConfig.objects.select_related("task").get(pk=int(p.get("config_id")))
+    except (TypeError, ValueError):
+        errors["config_id"] = "Choose a labeler config (config_id)."
+    except LabelerConfig.DoesNotExist:
+        errors["config_id"] = f"There is no labeler config with id {p.get('config_id')}."
+    if config is not None:
+        try:
+            config.clean()
+        except ValidationError as e:
+            errors["config_id"] = f"Labeler config '{config.name}' cannot be used: " + "; ".join(e.messages)
+        p["config_id"] = config.pk
+    for name in ("comparison_ids", "policy_ids", "prompt_ids"):
+        p[name] = _int_list(p.get(name), name, errors)
+    if p.get("dataset_id") not in (None, ""):
+        try:
+            p["dataset_id"] = int(p["dataset_id"])
+            if not Dataset.objects.filter(pk=p["dataset_id"]).exists():
+                errors["dataset_id"] = f"There is no dataset with id {p['dataset_id']}."
+        except (TypeError, ValueError):
+            errors["dataset_id"] = "dataset_id must be a whole number."
+    else:
+        p["dataset_id"] = None
+    missing = set(p["policy_ids"]) - set(Policy.objects.filter(pk__in=p["policy_ids"]).values_list("pk", flat=True))
+    if missing:
+        errors["policy_ids"] = f"No policy with id {', '.join(map(str, sorted(missing)))}."
+    try:
+        p["chunk_size"] = int(p.get("chunk_size") or DEFAULT_CHUNK_SIZE)
+        if not 1 <= p["chunk_size"] <= 100_000:
+            raise ValueError
+    except (TypeError, ValueError):
+        errors["chunk_size"] = "chunk_size must be a whole number from 1 to 100000."
+    try:
+        p["limit"] = int(p["limit"]) if p.get("limit") not in (None, "") else None
+        if p["limit"] is not None and p["limit"] < 1:
+            raise ValueError
+    except (TypeError, ValueError):
+        errors["limit"] = "limit must be a positive whole number."
+    p["human_labeled_only"] = bool(p.get("human_labeled_only"))
+    p["relabel"] = bool(p.get("relabel"))
+    if not (p["comparison_ids"] or p["dataset_id"] or p["policy_ids"] or p["prompt_ids"] or p.get("all")):
+        errors.setdefault("comparison_ids", "Say which comparisons to label: a dataset, comparison ids, "
+                                            "policies or prompts.")
+    if not errors:
+        qs = comparison_queryset(p)
+        if not qs.exists():
+            errors["comparison_ids"] = "No comparisons match this selection, so there is nothing to label."
+        elif config is not None:
+            wrong = comparison_queryset({**p, "limit": None}).exclude(prompt__dataset__task=config.task).count()
+            if wrong:
+                errors["config_id"] = (f"{wrong} selected comparison(s) belong to another task than this config's "
+                                       f"({config.task.slug}); pick a config for their task.")
+    if errors:
+        raise ValidationError(errors)
+    return p
+
+
+def _already_labeled(config_id, ids):
+    from .models import AILabel
+
+    done = set()
+    for start in range(0, len(ids), 5000):
+        done.update(AILabel.objects.filter(config_id=config_id, comparison_id__in=ids[start:start + 5000])
+                    .values_list("comparison_id", flat=True))
+    return done
+
+
+def dispatch(ctx):
+    """The run's own step: split the selection into chunk jobs (idempotent on resume)."""
+    from evalsite.models import Job
+
+    p = ctx.params
+    ids = list(comparison_queryset(p).values_list("pk", flat=True))
+    done = set() if p.get("relabel") else _already_labeled(p["config_id"], ids)
+    children = list(Job.objects.filter(parent_id=ctx.job_id, kind=CHUNK_KIND))
+    covered = set()
+    resumed = 0
+    for child in children:
+        covered.update(child.params.get("comparison_ids", []))
+        if child.status in (Job.Status.FAILED, Job.Status.CANCELLED):
+            resumed += child.resume()
+    todo = [i for i in ids if i not in done and i not in covered]
+    size = int(p.get("chunk_size") or DEFAULT_CHUNK_SIZE)
+    created = 0
+    with transaction.atomic():  # all chunk rows or none; messages go out on commit
+        for start in range(0, len(todo), size):
+            n = len(children) + created + 1
+            Job.submit(CHUNK_KIND, {"config_id": p["config_id"], "comparison_ids": todo[start:start + size],
+                                    "relabel": bool(p.get("relabel")), "run_created_at": ctx.job.created_at.isoformat()},
+                       name=f"{ctx.job.name or 'labeling'} - chunk {n}", parent=ctx.job, user=ctx.job.created_by)
+            created += 1
+    ctx.log(f"{len(ids)} comparisons selected, {len(ids) - len(done)} to label without an earlier label; "
+            f"{created} new chunk(s), {resumed} resumed, {len(children)} existing")
+    return {"dispatched": len(children) + created, "total": len(ids), "already_labeled": len(done & set(ids)),
+            "new_chunks": created, "resumed_chunks": resumed}
+
+
+def sync_run(run_id):
+    """Bring a run's status, progress and message in line with its chunks (see the module doc)."""
+    from evalsite.models import Job
+
+    with transaction.atomic():
+        run = Job.objects.select_for_update().filter(pk=run_id, kind=RUN_KIND).first()
+        if run is None or "dispatched" not in (run.result or {}) or run.status == Job.Status.QUEUED:
+            return None  # its dispatch step has not finished yet (its own end will sync)
+        chunks = list(Job.objects.filter(parent_id=run_id, kind=CHUNK_KIND).values(
+            "pk", "status", "progress", "params", "error", "result"))
+        total = int(run.result.get("total", 0))
+        pre = int(run.result.get("already_labeled", 0))
+        done = pre + sum(len(c["params"].get("comparison_ids", [])) * (1.0 if c["status"] == Job.Status.SUCCEEDED
+                                                                       else c["progress"]) for c in chunks)
+        progress = min(1.0, done / total) if total else 1.0
+        by = {s: [c for c in chunks if c["status"] == s] for s in Job.Status.values}
+        active = by["queued"] + by["running"]
+        n = len(chunks)
+        fields = {"progress": progress}
+        if active:
+            fields.update(status=Job.Status.RUNNING, finished_at=None, heartbeat_at=timezone.now(), error="",
+                          message=f"{n - len(active)}/{n} chunks done, {int(done)}/{total} comparisons labeled")
+        elif by["failed"]:
+            first = by["failed"][0]
+            fields.update(status=Job.Status.FAILED, finished_at=timezone.now(), message="chunks failed",
+                          error=f"{len(by['failed'])} of {n} chunk job(s) failed "
+                                f"(#{', #'.join(str(c['pk']) for c in by['failed'])}); the first said: {first['error']} "
+                                "Finished labels are kept; resume this job to retry the failed chunks.")
+        elif by["cancelled"]:
+            fields.update(status=Job.Status.CANCELLED, finished_at=timezone.now(),
+                          message=f"cancelled: {int(done)}/{total} comparisons labeled")
+        else:
+            labeled = sum(int((c["result"] or {}).get("labeled", 0)) for c in chunks)
+            fields.update(status=Job.Status.SUCCEEDED, finished_at=timezone.now(), progress=1.0, error="",
+                          message=(f"{total} comparisons labeled in {n} chunk(s)" if n else
+                                   f"nothing to label: all {total} comparisons already had labels"),
+                          result={**run.result, "labeled": labeled})
+        Job.objects.filter(pk=run_id).update(**fields)
+    return fields.get("status")
+
+
+def touch_run(run_id):
+    """A chunk at work keeps its run's heartbeat fresh (the run itself runs no process)."""
+    from evalsite.models import Job
+
+    Job.objects.filter(pk=run_id, status=Job.Status.RUNNING).update(heartbeat_at=timezone.now())
+
+
+def cancel_run(run):
+    """Cancel a run and its chunks, then sync (also when no worker is there to do it)."""
+    run.request_cancel()
+    for child in run.children.filter(Q(status="queued") | Q(status="running")):
+        child.request_cancel()
+    sync_run(run.pk)
+    run.refresh_from_db()
+    return run.status
