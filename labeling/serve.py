@@ -95,7 +95,7 @@ class CompletionServer:
 
         seq = self.backend.encode(text)
         row = self.backend.last_logprobs([seq])[0]
-        values, ids = torch.topk(row, max(1, top_k))
+        values, ids = torch.topk(row, min(row.numel(), max(1, top_k)))
         top = {}
         for v, i in zip(values.tolist(), ids.tolist()):
             tok = self.backend.tokenizer.decode([i])
