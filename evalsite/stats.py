@@ -580,11 +580,12 @@ def alignment_by_config(labels, confidence=0.95):
 
     ``labels``: rows like ``labeling.data.label_frame``. Accuracy and its Wilson interval come
     from ``labeler_alignment`` (human ties and unlabeled pairs left out and counted), the
-    position-bias figures from ``position_bias`` over pairs scored in both orders.
+    position-bias figures from ``position_bias`` over pairs scored in both orders; ``judge_*``:
+    the same accuracy against the dataset's external AI judge where it has one (else n = 0).
     """
     cols = ["config_id", "config_name", "n_labels", "accuracy", "n", "ci_low", "ci_high",
             "ties_excluded", "unlabeled_excluded", "same_position_pct", "first_slot_share",
-            "n_both_orders", "mean_label_mass"]
+            "n_both_orders", "mean_label_mass", "judge_accuracy", "judge_ci_low", "judge_ci_high", "judge_n"]
     if labels is None or len(labels) == 0:
         return pd.DataFrame({c: pd.Series(dtype=float) for c in cols})
     rows = []
@@ -598,10 +599,16 @@ def alignment_by_config(labels, confidence=0.95):
         bias = position_bias(both["p_slot1_order1"], both["p_slot1_order2"]) if len(both) else \
             position_bias([], [])
         mass = g["label_mass"].mean() if "label_mass" in g else np.nan
+        # Agreement with the external AI judge a dataset ships (e.g. GPT-4 on TL;DR), for reference.
+        judge = g["judge_preference"].astype(object).fillna("").to_numpy() if "judge_preference" in g \
+            else np.full(len(g), "", dtype=object)
+        jacc = labeler_alignment(p[have_p], judge[have_p], confidence)
         rows.append({
             "config_id": _py(cid), "config_name": name, "n_labels": len(g), **acc,
             "same_position_pct": bias["same_position_pct"], "first_slot_share": bias["first_slot_share"],
             "n_both_orders": bias["n"], "mean_label_mass": float(mass) if pd.notna(mass) else np.nan,
+            "judge_accuracy": jacc["accuracy"], "judge_ci_low": jacc["ci_low"], "judge_ci_high": jacc["ci_high"],
+            "judge_n": jacc["n"],
         })
     return pd.DataFrame(rows, columns=cols)
 

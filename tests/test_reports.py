@@ -330,3 +330,44 @@ def test_round_page_shows_ai_judge_win_rates_for_its_policies(client, researcher
     row = next(r for r in data if r["policy_name"] == "policy-rlaif")
     assert row["win_rate"] == pytest.approx((0.8 + 0.7 + 0.9 + 0.6 + 0.2 + 0.75) / 6)
     assert row["opponent_name"] == "policy-sft" and row["n"] == 6
+
+
+def test_labelers_page_through_the_real_label_models(client, researcher, ranked_round):
+    """AILabel rows on comparisons of the round's samples: alignment against the annotators'
+    majority (no dataset preference) and an AI-judge win-rate matrix, via labeling.data."""
+    pytest.importorskip("labeling.data")
+    from labeling.models import AILabel, LabelerConfig
+
+    from evalsite.humaneval.data import human_pair_preferences
+    from evalsite.models import Comparison, Sample
+
+    majority = stats.human_majority(human_pair_preferences([ranked_round.pk]))
+    decided = majority[majority["majority"] != "tie"].head(12)
+    config = LabelerConfig.objects.create(name="smollm2-base", task=ranked_round.task)
+    samples = Sample.objects.in_bulk(list(decided["sample_a_id"]) + list(decided["sample_b_id"]))
+    labels = []
+    for i, (sa, sb, m) in enumerate(zip(decided["sample_a_id"], decided["sample_b_id"], decided["majority"])):
+        a, b = samples[sa], samples[sb]
+        if i % 2:   # half the comparisons list the samples the other way round
+            a, b, m = b, a, {"first": "second", "second": "first"}[m]
+        c = Comparison.objects.create(prompt=a.prompt, response_a=a.text, response_b=b.text, sample_a=a, sample_b=b,
+                                      judge_preference="first" if i < 4 else "",
+                                      judge_name="GPT-4 (dataset)" if i < 4 else "")
+        right = i < 9               # agrees with the humans on 9 of 12
+        p = 0.8 if (m == "first") == right else 0.2
+        labels.append(AILabel(comparison=c, config=config, p_first=p, p_slot1_order1=0.9, p_slot1_order2=0.9,
+                              label_mass=0.95))
+    AILabel.objects.bulk_create(labels)
+    client.force_login(researcher)
+    data = client.get(reverse("reports:labelers_export", args=["alignment", "json"])).json()
+    assert len(data) == 1 and data[0]["config_name"] == "smollm2-base"
+    assert data[0]["accuracy"] == pytest.approx(9 / 12) and data[0]["n"] == 12
+    assert data[0]["same_position_pct"] == 100.0 and data[0]["first_slot_share"] == 1.0
+    assert data[0]["judge_n"] == 4
+    judge = client.get(reverse("reports:labelers_export", args=["ai_judge", "json"])).json()
+    names = {r["policy_name"] for r in judge}
+    assert names <= {"policy-sft", "policy-rlhf", "policy-rlaif"} and len(names) >= 2
+    html = client.get(reverse("reports:labelers")).content.decode()
+    assert "75.0%" in html and "table class=\"heatmap\"" in html
+    round_html = client.get(reverse("reports:round", args=[ranked_round.pk])).content.decode()
+    assert "AI-judge win rates for these policies" in round_html and "smollm2-base" in round_html

@@ -436,3 +436,12 @@ def test_length_controlled_win_rate_is_undefined_when_the_ratio_never_varies():
     row = stats.length_controlled_win_rates(outcomes).iloc[0]
     assert row["win_rate"] == pytest.approx(2 / 3)
     assert math.isnan(row["lc_win_rate"]) and math.isnan(row["ci_low"]) and math.isnan(row["length_coef"])
+
+
+def test_alignment_with_the_dataset_judge_is_reported_beside_the_human_one():
+    labels = label_rows().assign(judge_preference=["second", "second", "first", "", "", "", "", ""])
+    a = stats.alignment_by_config(labels).set_index("config_name")
+    # base p_first 0.9, 0.2, 0.6 against judge second, second, first -> wrong, right, right.
+    assert a.loc["base", "judge_n"] == 3 and a.loc["base", "judge_accuracy"] == pytest.approx(2 / 3)
+    assert a.loc["cot", "judge_n"] == 0 and math.isnan(a.loc["cot", "judge_accuracy"])
+    assert a.loc["base", "accuracy"] == pytest.approx(2.5 / 4)      # the human figure is unchanged

@@ -196,11 +196,13 @@ def alignment_table(alignment):
         ("n", "Pairs", "int"), ("ties_excluded", "Human ties left out", "int"),
         ("unlabeled_excluded", "No human label", "int"), ("same_position_pct", "Same position", "pct100"),
         ("first_slot_share", "First-slot share", "pct"), ("n_both_orders", "Scored both orders", "int"),
-        ("mean_label_mass", "Mass on 1/2", "float3")],
+        ("mean_label_mass", "Mass on 1/2", "float3"), ("judge_accuracy", "Agrees with dataset judge", "pct"),
+        ("judge_n", "Judged pairs", "int")],
         "Accuracy of the labeler's argmax against the human preference (the annotators' majority where "
         "several ranked the pair); Wilson intervals. Same position: pairs where the labeler picked the "
         "same slot in both orders (paper: PaLM 2 L 18%, XS 56%); first-slot share: how often a single order's "
-        "judgment chose the response shown first.")
+        "judgment chose the response shown first. Dataset judge: the external AI judge some datasets ship "
+        "(e.g. GPT-4 on TL;DR), never counted as human.")
 
 
 # --- heatmap and charts ----------------------------------------------------------------------
