@@ -225,7 +225,9 @@ def validate_rl(params):
     errors = _Errors()
     _policy(params, errors)
     _new_policy_name(params, errors)
-    if params.get("reward") == "reward_model":
+    if params.get("reward") == "reward_model" and params.get("reward_model_id") in (None, ""):
+        errors.add("reward_model_id", "Choose the reward model that scores the responses.")
+    elif params.get("reward") == "reward_model":
         try:
             params["reward_model_id"] = RewardModel.objects.get(pk=int(params.get("reward_model_id"))).pk
         except (TypeError, ValueError, RewardModel.DoesNotExist):

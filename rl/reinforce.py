@@ -186,11 +186,13 @@ class ReinforceTrainer:
                                             logits_to_keep=t_w + 1).logits[:, :-1]
             ref_logprobs = token_logprobs(ref_logits, targets)
             del ref_logits
+            # One pass per model: the return R needs log pi of this very pass (for the KL), so
+            # the policy's forward gives both the KL and the gradient.
             with autocast(self.device):
-                logits = self.policy(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                     logits_to_keep=t_w + 1).logits[:, :-1]
                 values = self.value_model(input_ids=ids, attention_mask=mask,
                                           position_ids=pos).logits[:, p_w - 1:-1, 0].float()
+                logits = self.policy(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                     logits_to_keep=t_w + 1).logits[:, :-1]
             logprobs = token_logprobs(logits, targets)
             sums["entropy"] += float((entropy_from_logits(logits.detach()) * resp_mask).sum())
             del logits

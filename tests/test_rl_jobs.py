@@ -201,7 +201,7 @@ def test_admin_forms_start_jobs_and_show_validation_errors(toy, client, research
     assert bad.status_code == 200
     text = bad.content.decode()
     assert "batch size 64 is larger than the data (8 prompts)" in text
-    assert "Unknown reward model" in text
+    assert "Choose the reward model" in text
     assert Job.objects.count() == 0
 
 
