@@ -204,3 +204,4 @@ class JobAdmin(admin.ModelAdmin):
 
 # Admin registrations of the human-evaluation module live beside its code.
 from evalsite.humaneval import admin as _humaneval_admin  # noqa: E402,F401
+from evalsite.experiments import admin as _experiments_admin  # noqa: E402,F401

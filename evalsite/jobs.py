@@ -118,7 +118,8 @@ class JobContext:
     @property
     def work_dir(self) -> Path:
         """Per-job folder for checkpoints and outputs; survives retries and resumes."""
-        d = Path(settings.CHECKPOINTS_DIR) / f"job-{self.job.pk}"
+        # The creation time keeps folders of a reset database's reused job ids apart.
+        d = Path(settings.CHECKPOINTS_DIR) / f"job-{self.job.pk}-{self.job.created_at:%Y%m%d%H%M%S%f}"
         d.mkdir(parents=True, exist_ok=True)
         return d
 

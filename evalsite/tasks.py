@@ -26,3 +26,4 @@ def noop_job(ctx):
 
 
 from evalsite import importjobs  # noqa: E402,F401  (registers import_dataset)
+from evalsite.experiments import tasks as _experiment_tasks  # noqa: E402,F401  (canvas tasks, job kinds)

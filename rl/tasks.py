@@ -132,7 +132,7 @@ def _make_pairs(policy, prompts, job_id):
         a, b = samples.get((pr.pk, 0)), samples.get((pr.pk, 1))
         if a is None or b is None:
             continue
-        if Comparison.objects.filter(key=pair_key(pr.pk, a.text, b.text)).exists():
+        if Comparison.objects.filter(key=pair_key(pr.pk, a.text, b.text, a.pk, b.pk)).exists():
             continue
         Comparison.objects.create(prompt=pr, response_a=a.text, response_b=b.text, sample_a=a, sample_b=b,
                                   job_id=job_id, metadata={"policy_id": policy.pk, "made_from": "samples 0 and 1"})

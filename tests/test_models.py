@@ -79,3 +79,16 @@ def test_tasks_are_seeded_again_after_a_flush():
 
     call_command("flush", interactive=False, verbosity=0)
     assert Task.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_pairs_of_samples_with_equal_text_are_distinct_comparisons(prompt):
+    """Two policies may write the same text; each pair of samples is its own comparison."""
+    p1 = Policy.objects.create(name="p1", kind=Policy.Kind.SFT)
+    p2 = Policy.objects.create(name="p2", kind=Policy.Kind.RLHF)
+    p3 = Policy.objects.create(name="p3", kind=Policy.Kind.RLAIF_DIRECT)
+    s1, s2, s3 = (Sample.objects.create(policy=p, prompt=prompt, text="same words") for p in (p1, p2, p3))
+    a = Comparison.objects.create(prompt=prompt, response_a="same words", response_b="same words", sample_a=s1, sample_b=s2)
+    b = Comparison.objects.create(prompt=prompt, response_a="same words", response_b="same words", sample_a=s1, sample_b=s3)
+    assert a.key != b.key
+    assert a.key == pair_key(prompt.pk, "same words", "same words", s1.pk, s2.pk)

@@ -139,10 +139,17 @@ class Preference(models.TextChoices):
     TIE = "tie", "Tie"
 
 
-def pair_key(prompt_id, response_a, response_b):
-    """Stable identity of (prompt, first response, second response); makes imports idempotent."""
+def pair_key(prompt_id, response_a, response_b, sample_a_id=None, sample_b_id=None):
+    """Stable identity of (prompt, first response, second response); makes imports idempotent.
+
+    Pairs of samples also include the sample ids: two policies may well write the same text,
+    and each pair of samples is its own comparison.
+    """
     h = hashlib.sha256()
-    for part in (str(prompt_id), response_a, response_b):
+    parts = [str(prompt_id), response_a, response_b]
+    if sample_a_id is not None or sample_b_id is not None:
+        parts.append(f"samples:{sample_a_id}:{sample_b_id}")
+    for part in parts:
         h.update(part.encode("utf-8"))
         h.update(b"\x00")
     return h.hexdigest()
@@ -193,7 +200,7 @@ class Comparison(models.Model):
         indexes = [models.Index(fields=["prompt"]), models.Index(fields=["human_preference"])]
 
     def save(self, *args, **kwargs):
-        self.key = pair_key(self.prompt_id, self.response_a, self.response_b)
+        self.key = pair_key(self.prompt_id, self.response_a, self.response_b, self.sample_a_id, self.sample_b_id)
         super().save(*args, **kwargs)
 
     def __str__(self):

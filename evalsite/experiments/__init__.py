@@ -1,0 +1,1 @@
+"""RLAIF experiments: SFT -> AI labels -> reward models -> RL -> evaluation, from one screen."""

@@ -1,0 +1,60 @@
+"""Experiment presets: budgets and hyperparameters. Plain data; a config overrides any key.
+
+``demo`` fits a laptop CPU in about 15 minutes with SmolLM2-135M-Instruct: a few dozen prompts
+per stage and a few RL steps, enough to see every stage work and every figure appear (not to
+see RLAIF beat SFT). ``paper`` is PAPER.md's setup, for GPUs and real datasets.
+"""
+import copy
+
+PRESETS = {
+    "demo": {
+        "seed": 0,
+        # prompts per stage (disjoint, drawn from the dataset with a seeded shuffle)
+        "sft_prompts": 24, "pair_prompts": 24, "rl_prompts": 16, "eval_prompts": 12,
+        "alignment_comparisons": 64,   # dataset comparisons with human/judge labels to label
+        "sft": {"epochs": 1, "batch_size": 4, "learning_rate": 2e-5, "max_prompt_tokens": 384,
+                "max_response_tokens": 48},
+        "pairs": {"n": 2, "temperature": 0.9, "top_p": 1.0, "max_new_tokens": 40, "batch_size": 8,
+                  "max_prompt_tokens": 384},
+        "labeler": {"preamble_variant": "base", "batch_size": 4, "max_prompt_tokens": 1024},
+        "reward_model": {"epochs": 2, "batch_size": 4, "learning_rate": 1e-5, "max_length": 448,
+                         "eval_fraction": 0.25, "optimizer": "adamw"},
+        "rl": {"beta": 0.05, "temperature": 0.9, "batch_size": 4, "epochs": 1, "learning_rate": 1e-5,
+               "max_prompt_tokens": 384, "max_response_tokens": 32, "save_every": 2},
+        "eval": {"n": 1, "temperature": 0.7, "max_new_tokens": 40, "batch_size": 8, "max_prompt_tokens": 384},
+        "round": {"overlap": 1, "question": "rank"},
+    },
+    "paper": {
+        # PAPER.md §2-3: RM Adafactor lr 1e-5, batch 128/32, max input 1152, 2-3 epochs;
+        # RL batch 128, lr 1e-5, 8 epochs, T = 0.9, beta = 0.05; ~2k rated inputs, 3 raters each.
+        "seed": 0,
+        "sft_prompts": 10000, "pair_prompts": 10000, "rl_prompts": 4000, "eval_prompts": 2000,
+        "alignment_comparisons": 2000,
+        "sft": {"epochs": 1, "batch_size": 32, "learning_rate": 1e-5, "max_prompt_tokens": 1024,
+                "max_response_tokens": 128},
+        "pairs": {"n": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 128, "batch_size": 64,
+                  "max_prompt_tokens": 1024},
+        "labeler": {"preamble_variant": "detailed", "batch_size": 16, "max_prompt_tokens": 4096},
+        "reward_model": {"epochs": 3, "batch_size": 32, "learning_rate": 1e-5, "max_length": 1152,
+                         "eval_fraction": 0.1, "optimizer": "adafactor"},
+        "rl": {"beta": 0.05, "temperature": 0.9, "batch_size": 128, "epochs": 8, "learning_rate": 1e-5,
+               "max_prompt_tokens": 1024, "max_response_tokens": 128, "save_every": 25},
+        "eval": {"n": 1, "temperature": 0.7, "max_new_tokens": 128, "batch_size": 64, "max_prompt_tokens": 1024},
+        "round": {"overlap": 3, "question": "rank"},
+    },
+}
+
+DEFAULT_ARMS = ["sft", "rlhf", "rlaif_distilled", "rlaif_direct"]
+
+
+def merged_config(preset, overrides=None):
+    """The preset with ``overrides`` merged in (nested dicts merge key by key)."""
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
+    config = copy.deepcopy(PRESETS[preset])
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    return config
