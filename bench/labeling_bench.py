@@ -11,7 +11,7 @@ the largest probability difference between the two, and the fraction of the mach
 (a large torch.mm measured in the same run) the labeler reaches. Ends with a RESULT line.
 
     bench/labeling           # 24 pairs (several minutes: the naive reference is slow)
-    bench/labeling --quick   # the 4 shortest posts, under a minute
+    bench/labeling --quick   # the 3 shortest posts, about a minute on a quiet machine
 """
 import argparse
 import os
@@ -57,14 +57,14 @@ def matmul_peak_flops(size=2048, reps=5):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the 4 shortest posts (under a minute)")
+    ap.add_argument("--quick", action="store_true", help="the 3 shortest posts (about a minute on a quiet machine)")
     ap.add_argument("--pairs", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--model", default=str(ROOT / "var" / "models" / "SmolLM2-135M-Instruct"))
     ap.add_argument("--data", default=os.environ.get("SHARED_DATA_DIR", str(ROOT.parent / "shared" / "data")))
     args = ap.parse_args()
-    n = args.pairs or (4 if args.quick else 24)
+    n = args.pairs or (3 if args.quick else 24)
 
     import torch
 
