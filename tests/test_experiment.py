@@ -160,3 +160,26 @@ def test_run_experiment_command_in_process(tiny_model_dir, tmp_path, capsys):
 
     with pytest.raises(CommandError, match="no dataset 'nope'"):
         call_command("run_experiment", str(bad))
+
+
+@pytest.mark.django_db
+def test_a_running_experiment_with_no_stage_at_work_is_shown_failed(tiny_model_dir):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    ds, prefs, base = make_data(tiny_model_dir)
+    exp = pipeline.prepare(make_experiment(ds, prefs, base, ["sft"]))
+    job = Job.submit("noop", {}, send=False)
+    Job.objects.filter(pk=job.pk).update(status="succeeded", finished_at=timezone.now() - timedelta(hours=1))
+    Experiment.objects.filter(pk=exp.pk).update(status="running", stages={"sft": job.pk},
+                                                started_at=timezone.now() - timedelta(hours=2))
+    exp.refresh_from_db()
+    assert pipeline.fail_if_stalled(exp) is True
+    exp.refresh_from_db()
+    assert exp.status == "failed" and "Relaunch to continue" in exp.message
+    # One with a stage at work is left alone.
+    Job.objects.filter(pk=job.pk).update(status="running")
+    Experiment.objects.filter(pk=exp.pk).update(status="running")
+    exp.refresh_from_db()
+    assert pipeline.fail_if_stalled(exp) is False

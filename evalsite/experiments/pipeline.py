@@ -293,13 +293,14 @@ def run_stage(exp_id, name):
                 job = None  # the experiment's settings changed since: a new job with the new parameters
         if job is None:
             try:
-                job = Job.submit(stage.kind, params, name=f"{exp.name}: {stage.label}", user=exp.created_by,
-                                 send=False)
+                with transaction.atomic():  # the job and the experiment's record of it, or neither
+                    job = Job.submit(stage.kind, params, name=f"{exp.name}: {stage.label}", user=exp.created_by,
+                                     send=False)
+                    record(exp_id, name, job.pk)
             except Exception as e:
                 text = "; ".join(getattr(e, "messages", [])) or str(e)
                 _fail(exp_id, Experiment.Status.FAILED, f"Stage '{stage.label}' could not start: {text}")
                 raise StageFailed(text) from e
-            record(exp_id, name, job.pk)
         Experiment.objects.filter(pk=exp_id).update(message=f"running: {stage.label}")
         jobs.execute(job.pk)  # claims it unless another worker already did
         if stage.kind == "label":
@@ -400,6 +401,30 @@ def cancel(exp):
             job.request_cancel()
     if not Job.objects.filter(pk__in=[j for j in exp.stages.values() if j], status__in=["queued", "running"]).exists():
         _fail(exp.pk, Experiment.Status.CANCELLED, "cancelled")
+
+
+def fail_if_stalled(exp, after_seconds=None):
+    """A running experiment with no stage at work for a while lost its canvas (a worker died
+    holding it): show it as failed, so that 'relaunch' continues from the finished stages."""
+    from datetime import timedelta
+
+    from django.conf import settings
+
+    if exp.status != Experiment.Status.RUNNING:
+        return False
+    ids = [j for j in exp.stages.values() if j]
+    if Job.objects.filter(pk__in=ids, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).exists():
+        return False
+    after = timedelta(seconds=after_seconds if after_seconds is not None else 2 * settings.JOB_STALE_AFTER_SECONDS)
+    times = [t for t in Job.objects.filter(pk__in=ids).values_list("finished_at", flat=True) if t]
+    last = max(times + [exp.started_at] if exp.started_at else times, default=None)
+    if last is None or timezone.now() - last < after:
+        return False
+    n = Experiment.objects.filter(pk=exp.pk, status=Experiment.Status.RUNNING).update(
+        status=Experiment.Status.FAILED, finished_at=timezone.now(),
+        message="No stage has run for a while: the worker holding this experiment stopped. Relaunch to continue "
+                "from the finished stages.")
+    return bool(n)
 
 
 def progress(exp):

@@ -12,6 +12,8 @@ from evalsite.models import Experiment, Job
 def detail(request, pk):
     exp = get_object_or_404(Experiment.objects.select_related("task", "dataset", "base_policy", "labeler_config"), pk=pk)
     Job.objects.fail_stale()
+    if pipeline.fail_if_stalled(exp):
+        exp.refresh_from_db()
     done, rows = pipeline.progress(exp)
     return render(request, "experiments/detail.html", {
         "exp": exp, "done": done, "rows": rows, "figures": figures.all_figures(exp),
@@ -22,6 +24,8 @@ def detail(request, pk):
 def detail_json(request, pk):
     exp = get_object_or_404(Experiment, pk=pk)
     Job.objects.fail_stale()
+    if pipeline.fail_if_stalled(exp):
+        exp.refresh_from_db()
     done, rows = pipeline.progress(exp)
     return JsonResponse({
         "id": exp.pk, "status": exp.status, "message": exp.message, "progress": round(done, 4),

@@ -17,6 +17,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--skip-model", action="store_true", help="Do not convert/register SmolLM2")
+        parser.add_argument("--no-experiment", action="store_true", help="Do not create and launch the demo experiment")
 
     def handle(self, *args, **o):
         call_command("migrate", interactive=False, verbosity=0)
@@ -37,7 +38,40 @@ class Command(BaseCommand):
                 user.save()
             if not staff:
                 user.groups.add(annotators)
+        if not o["skip_model"] and not o["no_experiment"]:
+            self._demo_experiment()
         url = os.environ.get("EVALSITE_URL", "http://127.0.0.1:8000/")
         self.stdout.write(self.style.SUCCESS("\nDemo ready. Log in at " + url))
         for username, password, staff in DEMO_USERS:
             self.stdout.write(f"  {'researcher' if staff else 'annotator ':10}  user: {username:11} password: {password}")
+
+    def _demo_experiment(self):
+        """The paper's comparison on the demo data, launched for the worker that `serve` starts."""
+        from django.core.exceptions import ValidationError
+
+        from evalsite.defaultmodel import ensure_default_model
+        from evalsite.experiments import pipeline
+        from evalsite.experiments.presets import DEFAULT_ARMS, merged_config
+        from evalsite.models import Dataset, Experiment, Task
+
+        posts = Dataset.objects.filter(name="demo-summarization").first()
+        prefs = Dataset.objects.filter(name="demo-summarization-comparisons").first()
+        if posts is None:
+            self.stderr.write("demo experiment skipped: the demo data is not loaded")
+            return
+        exp, created = Experiment.objects.get_or_create(name="Demo: RLAIF vs RLHF vs SFT on demo posts", defaults=dict(
+            task=Task.objects.get(slug="summarization"), dataset=posts, preference_dataset=prefs,
+            base_policy=ensure_default_model(log=lambda *_: None), preset="demo", arms=list(DEFAULT_ARMS),
+            config=merged_config("demo", {"sft_prompts": 12, "pair_prompts": 12, "rl_prompts": 8,
+                                          "eval_prompts": 8, "alignment_comparisons": 12}),
+        ))
+        if exp.status in (Experiment.Status.SUCCEEDED, Experiment.Status.RUNNING):
+            self.stdout.write(f"demo experiment: {exp.get_status_display().lower()} (/experiments/{exp.pk}/)")
+            return
+        try:
+            pipeline.launch(exp)
+        except ValidationError as e:
+            self.stderr.write(f"demo experiment not launched: {' '.join(e.messages)}")
+            return
+        self.stdout.write(f"demo experiment launched: it runs on the worker (about 15 minutes on a laptop CPU); "
+                          f"watch it at /experiments/{exp.pk}/")
