@@ -4,7 +4,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, render
 
-from evalsite.models import Comparison, Dataset, Job, Policy, Prompt
+from evalsite.models import Comparison, Dataset, Experiment, Job, Policy, Prompt
 
 
 @login_required
@@ -22,6 +22,7 @@ def home(request):
                 "active_jobs": Job.objects.active().count(),
             },
             recent_jobs=Job.objects.filter(parent__isnull=True)[:10],
+            experiments=Experiment.objects.select_related("task", "dataset")[:10],
             datasets=Dataset.objects.select_related("task")[:20],
             policies=Policy.objects.all()[:20],
         )

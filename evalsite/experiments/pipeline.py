@@ -243,6 +243,7 @@ def _finish_label_run(run, exp_id):
     from labeling.runs import CHUNK_KIND, sync_run
 
     while True:
+        sync_run(run.pk)  # executing the run only dispatched its chunks: show it as running
         chunks = list(Job.objects.filter(parent=run, kind=CHUNK_KIND).values_list("pk", "status"))
         for pk, status in chunks:
             if status == Job.Status.QUEUED:

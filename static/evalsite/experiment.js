@@ -10,6 +10,7 @@
         label: arm, data: r.curve.map((p) => ({ x: p.step, y: p[key] })), pointRadius: 0, borderWidth: 1.5,
       }));
       if (!datasets.length) continue;
+      document.getElementById(id).parentElement.hidden = false;
       if (charts[id]) { charts[id].data.datasets = datasets; charts[id].update("none"); continue; }
       charts[id] = new Chart(document.getElementById(id), {
         type: "line", data: { datasets },
