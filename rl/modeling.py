@@ -190,7 +190,8 @@ def make_optimizer(params, name, lr, weight_decay=0.0):
     first moment, so it needs almost no memory beyond the weights)."""
     params = [p for p in params if p.requires_grad]
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        # the fused kernel (CPU and GPU) does the update in one pass over each tensor
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
