@@ -38,13 +38,14 @@ def held_out(prompt_id, fraction, seed):
 
 def _human_pairs(params, prompt_filter):
     rows = []  # (prompt_id, response_a, response_b, p_first, human p or None)
-    qs = Comparison.objects.exclude(human_preference="")
+    field = params.get("human_label_field", "human_preference")
+    qs = Comparison.objects.exclude(**{field: ""})
     if prompt_filter is not None:
         qs = qs.filter(prompt_id__in=prompt_filter)
-    for c in qs.values("prompt_id", "response_a", "response_b", "human_preference"):
-        p = P_FROM_PREFERENCE[c["human_preference"]]
+    for c in qs.values("prompt_id", "response_a", "response_b", field):
+        p = P_FROM_PREFERENCE[c[field]]
         rows.append((c["prompt_id"], c["response_a"], c["response_b"], p, p))
-    if params.get("include_annotator_rankings", True):
+    if params.get("include_annotator_rankings", True) and field == "human_preference":
         try:
             from evalsite.humaneval.data import human_pair_preferences
         except ImportError:

@@ -11,7 +11,10 @@ SFT_DEFAULTS = {"learning_rate": 2e-5, "epochs": 1, "batch_size": 8, "gradient_a
                 "max_prompt_tokens": 512, "max_response_tokens": 128, "optimizer": "adamw", "seed": 0}
 SAMPLE_DEFAULTS = {"n": 1, "temperature": 0.9, "top_p": 1.0, "max_new_tokens": 64, "seed": 0, "make_pairs": False,
                    "batch_size": 16, "max_prompt_tokens": 1024}
+# human_label_field: "judge_preference" trains the "human" reward model on a dataset's external AI
+# judge (e.g. GPT-4 on TL;DR, which ships no human labels) as a stated stand-in for people.
 RM_DEFAULTS = {"labels": "human", "label_config_ids": [], "include_annotator_rankings": True, "eval_fraction": 0.1,
+               "human_label_field": "human_preference",
                "learning_rate": 1e-5, "epochs": 2, "batch_size": 32, "gradient_accumulation_steps": 1,
                "max_length": 1152, "optimizer": "adafactor", "seed": 0}
 RL_DEFAULTS = {"reward": "reward_model", "beta": 0.05, "temperature": 0.9, "top_p": 1.0, "batch_size": 16,
@@ -185,6 +188,8 @@ def validate_reward_model(params):
         if not params.get("base_model") or not is_hf_folder(params["base_model"]):
             errors.add("policy_id", "Choose the policy to initialise from (the paper uses SFT) or give a model "
                                     f"folder (not found: {params.get('base_model')!r}).")
+    if params.get("human_label_field") not in ("human_preference", "judge_preference"):
+        errors.add("human_label_field", "human_label_field must be 'human_preference' or 'judge_preference'.")
     if params.get("labels") not in ("human", "ai"):
         errors.add("labels", "labels must be 'human' (RLHF) or 'ai' (distilled RLAIF).")
     if params.get("labels") == "ai":

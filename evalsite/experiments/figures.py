@@ -43,6 +43,8 @@ def reward_model_figures(exp):
         if rm is None:
             continue
         m = rm.metrics or {}
+        if (rm.metadata.get("config") or {}).get("human_label_field") == "judge_preference":
+            label = "RLHF reward model (the dataset's AI-judge labels standing in for human ones)"
         out[key] = {"name": rm.name, "id": rm.pk, "n_train": rm.n_train_pairs, "n_eval": rm.n_eval_pairs,
                     "held_out": m.get("held_out"), "held_out_vs_human": m.get("held_out_vs_human"),
                     "train": m.get("train"), "label": label}
