@@ -19,6 +19,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **o):
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.setdefault("TORCH_THREADS_PER_PROCESS", str(max(1, (os.cpu_count() or 1) // max(1, o["concurrency"]))))
         if o["gunicorn"]:
             web = [sys.executable, "-m", "gunicorn", "evalsite.wsgi", "-b", o["addr"], "-w", "2", "--threads", "4"]
         else:
