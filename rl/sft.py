@@ -110,7 +110,7 @@ def train_sft(model, tokenizer, prompts, responses, config: SFTConfig, *, on_ste
                 loss_sum, _ = sft_loss_sum(model, collate(batch[m:m + micro], tokenizer.pad_token_id))
                 # Every response token of the whole batch weighs the same, however it is split.
                 (loss_sum / n_tokens).backward()
-                total += float(loss_sum)
+                total += loss_sum.item()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             schedule.step()
