@@ -65,6 +65,16 @@ def score_distribution_from(p_token, p_zero_after_one, p_ten_single):
     return probs
 
 
+def render_prompt(prompt, chat_tokenizer=None):
+    """A LabelPrompt as plain text, or wrapped in ``chat_tokenizer``'s chat template (the user turn
+    holds the question; the assistant turn starts with the ending the label follows)."""
+    if chat_tokenizer is None:
+        return prompt.plain()
+    head = chat_tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt.user}], tokenize=False, add_generation_prompt=True)
+    return head + prompt.assistant
+
+
 # --------------------------------------------------------------------------------------------
 # (a) local transformers model
 # --------------------------------------------------------------------------------------------
@@ -150,11 +160,7 @@ class LocalBackend:
     # ---- text -------------------------------------------------------------------------------
     def render(self, prompt):
         """The exact text the model sees for a :class:`labeling.prompts.LabelPrompt`."""
-        if not self.uses_chat_template:
-            return prompt.plain()
-        head = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt.user}], tokenize=False, add_generation_prompt=True)
-        return head + prompt.assistant
+        return render_prompt(prompt, self.tokenizer if self.uses_chat_template else None)
 
     def encode(self, text):
         # Chat-rendered text already holds its special tokens; plain text gets the tokenizer's usual ones.
@@ -461,11 +467,7 @@ class ServerBackend:
         self.requests_sent = 0
 
     def render(self, prompt):
-        if not self.uses_chat_template:
-            return prompt.plain()
-        head = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt.user}], tokenize=False, add_generation_prompt=True)
-        return head + prompt.assistant
+        return render_prompt(prompt, self.tokenizer if self.uses_chat_template else None)
 
     def count_tokens(self, text):
         if self.tokenizer is not None:

@@ -129,6 +129,12 @@ def save_hf_folder(model, tokenizer, dest, *, extra_files=None):
         tokenizer.save_pretrained(tmp)
     for name, text in (extra_files or {}).items():
         (tmp / name).write_text(text)
+    return replace_dir(tmp, dest)
+
+
+def replace_dir(tmp, dest):
+    """Move the finished folder ``tmp`` to ``dest``, replacing what was there (never half of both)."""
+    tmp, dest = Path(tmp), Path(dest)
     old = dest.with_name(dest.name + ".old")
     if dest.exists():
         if old.exists():

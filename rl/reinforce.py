@@ -17,7 +17,6 @@ Log-probabilities are those of the model itself (temperature 1); the temperature
 how responses are drawn. The stop token, when produced, is one of the actions.
 """
 import math
-import os
 import random
 import shutil
 import time
@@ -35,6 +34,7 @@ from rl.modeling import (
     load_value_model,
     make_optimizer,
     pick_device,
+    replace_dir,
     save_hf_folder,
     seed_everything,
     stop_token_ids,
@@ -282,15 +282,7 @@ class ReinforceTrainer:
             "policy_optimizer": self.policy_optimizer.state_dict(),
             "value_optimizer": self.value_optimizer.state_dict(),
         }, tmp / "state.pt")
-        old = directory / "checkpoint.old"
-        if final.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old.exists():
-            shutil.rmtree(old)
-        return final
+        return replace_dir(tmp, final)
 
     @staticmethod
     def checkpoint_step(directory):
