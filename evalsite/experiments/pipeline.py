@@ -113,6 +113,16 @@ def alignment_comparison_ids(exp):
     return list(qs.values_list("pk", flat=True)[: exp.config.get("alignment_comparisons", 64)])
 
 
+def human_pair_prompt_ids(exp):
+    """Prompts of the preference dataset whose labelled comparisons train the RLHF reward model,
+    a seeded sample within the ``human_pairs`` budget."""
+    field = exp.config.get("human_label_field", "human_preference")
+    ids = sorted(set(Comparison.objects.filter(prompt__dataset=preference_dataset(exp))
+                     .exclude(**{field: ""}).values_list("prompt_id", flat=True)))
+    random.Random(exp.config.get("seed", 0)).shuffle(ids)
+    return sorted(ids[: exp.config.get("human_pairs", len(ids))])
+
+
 def arm_policy_id(exp, arm):
     return exp.artifacts.get("sft_policy_id") if arm == "sft" else exp.artifacts.get(f"{arm}_policy_id")
 
@@ -147,7 +157,7 @@ def _rm(exp, labels, same_size=False):
     p = {"policy_id": exp.artifacts["sft_policy_id"], "labels": labels, "seed": exp.config.get("seed", 0),
          **exp.config["reward_model"]}
     if labels == "human":
-        p.update(name=f"{exp.name} · RM (human labels)", dataset_id=preference_dataset(exp).pk)
+        p.update(name=f"{exp.name} · RM (human labels)", prompt_ids=human_pair_prompt_ids(exp))
         if exp.config.get("human_label_field"):
             p["human_label_field"] = exp.config["human_label_field"]
     else:
@@ -261,6 +271,7 @@ def _finish_label_run(run, exp_id):
 
 def _wait(job, exp_id):
     while True:
+        Job.objects.fail_stale()  # a stage job whose worker died must not be waited on forever
         job.refresh_from_db()
         if job.status in Job.FINISHED:
             return job

@@ -12,12 +12,13 @@ PRESETS = {
         # prompts per stage (disjoint, drawn from the dataset with a seeded shuffle)
         "sft_prompts": 24, "pair_prompts": 24, "rl_prompts": 16, "eval_prompts": 12,
         "alignment_comparisons": 64,   # dataset comparisons with human/judge labels to label
+        "human_pairs": 48,             # labelled comparisons the RLHF reward model trains on
         "sft": {"epochs": 1, "batch_size": 4, "learning_rate": 2e-5, "max_prompt_tokens": 384,
                 "max_response_tokens": 48},
         "pairs": {"n": 2, "temperature": 0.9, "top_p": 1.0, "max_new_tokens": 40, "batch_size": 8,
                   "max_prompt_tokens": 384},
         "labeler": {"preamble_variant": "base", "batch_size": 4, "max_prompt_tokens": 1024},
-        "reward_model": {"epochs": 2, "batch_size": 4, "learning_rate": 1e-5, "max_length": 448,
+        "reward_model": {"epochs": 1, "batch_size": 4, "learning_rate": 1e-5, "max_length": 384,
                          "eval_fraction": 0.25, "optimizer": "adamw"},
         "rl": {"beta": 0.05, "temperature": 0.9, "batch_size": 4, "epochs": 1, "learning_rate": 1e-5,
                "max_prompt_tokens": 384, "max_response_tokens": 32, "save_every": 2},
@@ -29,7 +30,7 @@ PRESETS = {
         # RL batch 128, lr 1e-5, 8 epochs, T = 0.9, beta = 0.05; ~2k rated inputs, 3 raters each.
         "seed": 0,
         "sft_prompts": 10000, "pair_prompts": 10000, "rl_prompts": 4000, "eval_prompts": 2000,
-        "alignment_comparisons": 2000,
+        "alignment_comparisons": 2000, "human_pairs": 100000,
         "sft": {"epochs": 1, "batch_size": 32, "learning_rate": 1e-5, "max_prompt_tokens": 1024,
                 "max_response_tokens": 128},
         "pairs": {"n": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 128, "batch_size": 64,

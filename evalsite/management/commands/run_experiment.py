@@ -115,7 +115,8 @@ class Command(BaseCommand):
             if fields["labeler_config"] is None:
                 raise CommandError(f"labeler: no labeler config named {spec['labeler']!r}.")
         exp, created = Experiment.objects.get_or_create(name=spec["name"], defaults=fields)
-        if not created and exp.status == Experiment.Status.DRAFT:
+        if not created:
+            # The file is the truth: stages whose parameters it changed run again, the rest are reused.
             Experiment.objects.filter(pk=exp.pk).update(**fields)
             exp.refresh_from_db()
         return exp
