@@ -154,6 +154,13 @@ def test_run_experiment_command_in_process(tiny_model_dir, tmp_path, capsys):
     assert exp.status == "succeeded"
     out = capsys.readouterr().out
     assert '"status": "succeeded"' in out and "rlaif_direct_policy_id" in out
+    import json
+
+    def no_nan(constant):
+        raise AssertionError(f"{constant} in the summary is not valid JSON")
+
+    summary = json.loads(out[out.index('{'):out.rindex('}') + 1], parse_constant=no_nan)
+    assert summary["status"] == "succeeded"
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ndataset: nope\n")
     from django.core.management.base import CommandError

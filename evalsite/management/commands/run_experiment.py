@@ -88,7 +88,7 @@ class Command(BaseCommand):
         finally:
             watcher.stop()
         exp.refresh_from_db()
-        self.stdout.write(json.dumps(_summary(exp), indent=2, default=str))
+        self.stdout.write(json.dumps(_finite(_summary(exp)), indent=2, default=str))
         if exp.status != Experiment.Status.SUCCEEDED:
             raise CommandError(f"experiment {exp.status}: {exp.message}")
         self.stdout.write(self.style.SUCCESS(f"done: /experiments/{exp.pk}/"))
@@ -120,6 +120,17 @@ class Command(BaseCommand):
             Experiment.objects.filter(pk=exp.pk).update(**fields)
             exp.refresh_from_db()
         return exp
+
+
+def _finite(value):
+    """NaN (e.g. an alignment with no human-labelled pairs) as null, so the output is valid JSON."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _summary(exp):
