@@ -10,11 +10,11 @@
         label: arm, data: r.curve.map((p) => ({ x: p.step, y: p[key] })), pointRadius: 0, borderWidth: 1.5,
       }));
       if (!datasets.length) continue;
-      document.getElementById(id).parentElement.hidden = false;
+      document.getElementById(id).closest(".exp-charts").hidden = false;
       if (charts[id]) { charts[id].data.datasets = datasets; charts[id].update("none"); continue; }
       charts[id] = new Chart(document.getElementById(id), {
         type: "line", data: { datasets },
-        options: { animation: false, parsing: true, plugins: { title: { display: true, text: title } },
+        options: { animation: false, parsing: true, maintainAspectRatio: false, plugins: { title: { display: true, text: title } },
                    scales: { x: { type: "linear", title: { display: true, text: "step" } } } },
       });
     }
