@@ -75,6 +75,103 @@ def render_prompt(prompt, chat_tokenizer=None):
     return head + prompt.assistant
 
 
+_BLOCK_ATTENTION = "labeling_shared_blocks"
+
+
+class _KVBlocks:
+    """What one forward of the fast path attends to besides its own tokens.
+
+    ``prefix``: per layer (k, v) of batch 1, seen by every row (never copied per row).
+    ``middle``: per layer (k, v) of batch G; row b sees group b // ``rows_per_group``, and
+    ``middle_mask`` [G, 1, 1, M] (0 or a huge negative) hides the padding of the groups' middles.
+    ``capture``: when a dict, each layer's own (k, v) is put there (it becomes the next stage's block).
+    """
+
+    def __init__(self, prefix=None, middle=None, middle_mask=None, rows_per_group=1, capture=None):
+        self.prefix, self.middle, self.middle_mask = prefix, middle, middle_mask
+        self.rows_per_group, self.capture, self.calls = rows_per_group, capture, 0
+
+
+def _flash(query, key, value, causal=False, mask=None, scale=None):
+    """torch's fused CPU attention kernel; also returns each query's log-sum-exp of scores, which
+    lets attention over separate key blocks be merged exactly."""
+    import torch
+
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query, key, value, 0.0, causal, attn_mask=mask, scale=scale)
+
+
+def _block_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, kv_blocks=None,
+                     **kwargs):
+    """Causal attention over [shared prefix, group middle, own tokens] without concatenating them.
+
+    Installed (as an attention implementation) only for the fast path's forwards. Each key block
+    is attended with the fused kernel, and the results are merged by their log-sum-exps (as flash
+    attention merges tiles). The prefix block is one call for the whole batch: rows and the query
+    heads sharing a key head are folded into one long query, so the prefix cache is never copied
+    per row or repeated per head; a group's middle is attended once for all rows of the group.
+    """
+    import torch
+
+    blocks = kv_blocks
+    layer = module.layer_idx
+    blocks.calls += 1
+    if blocks.capture is not None:
+        blocks.capture[layer] = (key, value)
+    b, heads, q, d = query.shape
+    kv_heads = key.shape[1]
+    rep = heads // kv_heads  # query head h uses key head h // rep
+    if scaling is None:
+        scaling = d ** -0.5
+    folded = query.reshape(b, kv_heads, rep * q, d)
+    parts = []
+    if blocks.prefix is not None:
+        kp, vp = blocks.prefix[layer]
+        flat = folded.transpose(0, 1).reshape(1, kv_heads, b * rep * q, d)
+        o, lse = _flash(flat, kp, vp, scale=scaling)
+        parts.append((o.view(kv_heads, b, rep * q, d).transpose(0, 1).reshape(b, heads, q, d),
+                      lse.view(kv_heads, b, rep * q).transpose(0, 1).reshape(b, heads, q)))
+    if blocks.middle is not None:
+        km, vm = blocks.middle[layer]
+        g, r = km.shape[0], blocks.rows_per_group
+        grouped = folded.view(g, r, kv_heads, rep * q, d).transpose(1, 2).reshape(g, kv_heads, r * rep * q, d)
+        o, lse = _flash(grouped, km, vm, mask=blocks.middle_mask, scale=scaling)
+        parts.append((o.view(g, kv_heads, r, rep * q, d).transpose(1, 2).reshape(b, heads, q, d),
+                      lse.view(g, kv_heads, r, rep * q).transpose(1, 2).reshape(b, heads, q)))
+    if rep > 1:
+        key = key[:, :, None].expand(b, kv_heads, rep, q, d).reshape(b, heads, q, d)
+        value = value[:, :, None].expand(b, kv_heads, rep, q, d).reshape(b, heads, q, d)
+    parts.append(_flash(query, key, value, causal=True, scale=scaling))
+    if len(parts) == 1:
+        out = parts[0][0]
+    else:
+        total = parts[0][1]
+        for _, lse in parts[1:]:
+            total = torch.logaddexp(total, lse)
+        out = sum(o * (lse - total).exp_()[..., None] for o, lse in parts)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _block_attention_fits(config, device):
+    """Whether :func:`_block_attention` computes what the model's own attention does: plain causal
+    softmax attention (no sliding window, no score soft-capping, no ALiBi-style biases)."""
+    from transformers import AttentionInterface
+
+    if device.type != "cpu":  # the fused kernel with log-sum-exp used here is torch's CPU one
+        return False
+    if getattr(config, "attn_logit_softcapping", None) or getattr(config, "alibi", False):
+        return False
+    if getattr(config, "model_type", "") in ("bloom", "falcon", "mpt"):
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types and any(t != "full_attention" for t in layer_types):
+        return False
+    if not layer_types and getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False
+    AttentionInterface.register(_BLOCK_ATTENTION, _block_attention)
+    return True
+
+
 # --------------------------------------------------------------------------------------------
 # (a) local transformers model
 # --------------------------------------------------------------------------------------------
@@ -156,6 +253,7 @@ class LocalBackend:
         self._attn_dim = (getattr(cfg, "num_attention_heads", None) or cfg.n_head) * (
             getattr(cfg, "head_dim", None) or cfg.hidden_size // (getattr(cfg, "num_attention_heads", None) or cfg.n_head))
         self._layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
+        self._block_attention = _block_attention_fits(cfg, self.device)
 
     # ---- text -------------------------------------------------------------------------------
     def render(self, prompt):
@@ -229,8 +327,9 @@ class LocalBackend:
             bs = max(1, int(self.config.batch_size))
             for start in range(0, len(order), bs):
                 batch = [order[j] for j in range(start, min(start + bs, len(order)))]
-                self._run_groups(seqs, [groups[j] for j in batch], [middles[j] for j in batch],
-                                 prefix_len, prefix_kv, out)
+                args = (seqs, [groups[j] for j in batch], [middles[j] for j in batch], prefix_len, prefix_kv, out)
+                if not (self._block_attention and self._run_groups_blocks(*args)):
+                    self._run_groups(*args)
         return out
 
     def _vocab_size(self):
@@ -274,6 +373,78 @@ class LocalBackend:
             layer.lazy_initialization(k, v)
             layer.keys, layer.values = pick(k), pick(v)
         return cache
+
+    def _blocks_forward(self, blocks, **inputs):
+        """One forward of the base model with :func:`_block_attention` (False: the model does not
+        route its attention through the interface, so the caller must use the generic path)."""
+        config = self.model.config
+        before = config._attn_implementation
+        config._attn_implementation = _BLOCK_ATTENTION
+        try:
+            res = self.model.base_model(**inputs, use_cache=False, kv_blocks=blocks)
+        finally:
+            config._attn_implementation = before
+        if blocks.calls != self._layers:
+            self._block_attention = False
+            return None
+        return res
+
+    def _run_groups_blocks(self, seqs, groups, middles, prefix_len, prefix_kv, out):
+        """:meth:`_run_groups` without per-row KV copies: the prefix cache is attended once for the
+        whole batch, each group's middle once per group (rows of a group are adjacent)."""
+        import torch
+
+        dev = self.device
+        n_groups, mid_max = len(groups), max(middles)
+        middle = valid = None
+        if mid_max > 0:
+            ids = torch.full((n_groups, mid_max), self.pad_id, dtype=torch.long)
+            for j, g in enumerate(groups):
+                ids[j, :middles[j]] = torch.tensor(seqs[g[0]][prefix_len:prefix_len + middles[j]])
+            pos = (prefix_len + torch.arange(mid_max, device=dev)).expand(n_groups, -1)
+            blocks = _KVBlocks(prefix=prefix_kv, capture={})
+            if self._blocks_forward(blocks, input_ids=ids.to(dev), position_ids=pos) is None:
+                return False
+            self._count(n_groups, mid_max, prefix_len)
+            middle = [blocks.capture[i] for i in range(self._layers)]
+            valid = (torch.arange(mid_max, device=dev)[None, :] < torch.tensor(middles, device=dev)[:, None])
+        rows = [(j, i) for j, g in enumerate(groups) for i in g]
+        per_group = len(groups[0])
+        if middle is not None and any(len(g) != per_group for g in groups):
+            # Uneven groups: give every row its own copy of its group's middle.
+            index = torch.tensor([j for j, _ in rows], device=dev)
+            middle = [(k.index_select(0, index), v.index_select(0, index)) for k, v in middle]
+            valid, per_group = valid.index_select(0, index), 1
+        suffixes = [seqs[i][prefix_len + middles[j]:] for j, i in rows]
+        suf_max = max(len(s) for s in suffixes)
+        ids = torch.full((len(rows), suf_max), self.pad_id, dtype=torch.long)
+        for r, s in enumerate(suffixes):
+            ids[r, :len(s)] = torch.tensor(s)
+        starts = torch.tensor([prefix_len + middles[j] for j, _ in rows], device=dev)
+        pos = starts[:, None] + torch.arange(suf_max, device=dev)[None, :]
+        if valid is not None:
+            # A huge negative, not -inf: a group without middle gets weight exp(-huge) = 0, not NaN.
+            mask = torch.zeros(valid.shape, dtype=self.dtype, device=dev)
+            valid = mask.masked_fill_(~valid, torch.finfo(self.dtype).min)[:, None, None, :]
+        blocks = _KVBlocks(prefix=prefix_kv, middle=middle, rows_per_group=per_group, middle_mask=valid)
+        res = self._blocks_forward(blocks, input_ids=ids.to(dev), position_ids=pos)
+        if res is None:
+            return False
+        self._count(len(rows), suf_max, prefix_len + mid_max, head_rows=len(rows))
+        last = torch.tensor([len(s) - 1 for s in suffixes], device=dev)
+        self._head_into(out, res.last_hidden_state[torch.arange(len(rows), device=dev), last], [i for _, i in rows])
+        return True
+
+    def _head_into(self, out, hidden, indices):
+        import torch
+
+        logits = self.model.get_output_embeddings()(hidden).float()
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        logprobs = torch.log_softmax(logits, -1).cpu()
+        for r, i in enumerate(indices):
+            out[i] = logprobs[r]
 
     def _run_groups(self, seqs, groups, middles, prefix_len, prefix_kv, out):
         import torch
