@@ -79,37 +79,37 @@ _BLOCK_ATTENTION = "labeling_shared_blocks"
 
 
 class _KVBlocks:
-    """What one forward of the fast path attends to besides its own tokens.
+    """What one packed forward of the fast path attends to (batch 1: the sequences of a batch are
+    laid end to end, so no padding is ever computed).
 
-    ``prefix``: per layer (k, v) of batch 1, seen by every row (never copied per row).
-    ``middle``: per layer (k, v) of batch G; row b sees group b // ``rows_per_group``, and
-    ``middle_mask`` [G, 1, 1, M] (0 or a huge negative) hides the padding of the groups' middles.
-    ``capture``: when a dict, each layer's own (k, v) is put there (it becomes the next stage's block).
+    ``own``: (start, end) of each sequence in the packed tokens; each attends causally to itself.
+    ``prefix``: per layer (k, v) of the shared prefix, seen by every token (never copied).
+    ``middle``: per layer (k, v) of the packed middles of a previous forward; ``middle_spans``:
+    ((start, end) of a group's tokens here, (start, end) of that group's middle there).
+    ``capture``: when a dict, each layer's own (k, v) goes there (the next stage's ``middle``).
     """
 
-    def __init__(self, prefix=None, middle=None, middle_mask=None, rows_per_group=1, capture=None):
-        self.prefix, self.middle, self.middle_mask = prefix, middle, middle_mask
-        self.rows_per_group, self.capture, self.calls = rows_per_group, capture, 0
+    def __init__(self, own, prefix=None, middle=None, middle_spans=(), capture=None):
+        self.own, self.prefix, self.middle, self.middle_spans = own, prefix, middle, middle_spans
+        self.capture, self.calls = capture, 0
 
 
-def _flash(query, key, value, causal=False, mask=None, scale=None):
-    """torch's fused CPU attention kernel; also returns each query's log-sum-exp of scores, which
-    lets attention over separate key blocks be merged exactly."""
+def _flash(query, key, value, causal=False, scale=None):
+    """torch's fused CPU attention kernel; it also returns each query's log-sum-exp of scores,
+    which lets attention over separate key blocks be merged exactly."""
     import torch
 
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        query, key, value, 0.0, causal, attn_mask=mask, scale=scale)
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, causal, scale=scale)
 
 
 def _block_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, kv_blocks=None,
                      **kwargs):
-    """Causal attention over [shared prefix, group middle, own tokens] without concatenating them.
+    """Causal attention of packed sequences over [shared prefix, their group's middle, themselves].
 
     Installed (as an attention implementation) only for the fast path's forwards. Each key block
-    is attended with the fused kernel, and the results are merged by their log-sum-exps (as flash
-    attention merges tiles). The prefix block is one call for the whole batch: rows and the query
-    heads sharing a key head are folded into one long query, so the prefix cache is never copied
-    per row or repeated per head; a group's middle is attended once for all rows of the group.
+    is attended with the fused kernel and the results are merged by their log-sum-exps (as flash
+    attention merges tiles). The prefix is one call for all tokens, with the query heads that share
+    a key head folded into one long query: the prefix cache is never copied per sequence or head.
     """
     import torch
 
@@ -118,30 +118,41 @@ def _block_attention(module, query, key, value, attention_mask=None, scaling=Non
     blocks.calls += 1
     if blocks.capture is not None:
         blocks.capture[layer] = (key, value)
-    b, heads, q, d = query.shape
+    _, heads, t, d = query.shape
     kv_heads = key.shape[1]
     rep = heads // kv_heads  # query head h uses key head h // rep
     if scaling is None:
         scaling = d ** -0.5
-    folded = query.reshape(b, kv_heads, rep * q, d)
     parts = []
     if blocks.prefix is not None:
         kp, vp = blocks.prefix[layer]
-        flat = folded.transpose(0, 1).reshape(1, kv_heads, b * rep * q, d)
-        o, lse = _flash(flat, kp, vp, scale=scaling)
-        parts.append((o.view(kv_heads, b, rep * q, d).transpose(0, 1).reshape(b, heads, q, d),
-                      lse.view(kv_heads, b, rep * q).transpose(0, 1).reshape(b, heads, q)))
+        o, lse = _flash(query.reshape(1, kv_heads, rep * t, d), kp, vp, scale=scaling)
+        parts.append((o.reshape(1, heads, t, d), lse.reshape(1, heads, t)))
     if blocks.middle is not None:
         km, vm = blocks.middle[layer]
-        g, r = km.shape[0], blocks.rows_per_group
-        grouped = folded.view(g, r, kv_heads, rep * q, d).transpose(1, 2).reshape(g, kv_heads, r * rep * q, d)
-        o, lse = _flash(grouped, km, vm, mask=blocks.middle_mask, scale=scaling)
-        parts.append((o.view(g, kv_heads, r, rep * q, d).transpose(1, 2).reshape(b, heads, q, d),
-                      lse.view(g, kv_heads, r, rep * q).transpose(1, 2).reshape(b, heads, q)))
+        o_mid = query.new_zeros(1, heads, t, d)
+        lse_mid = query.new_full((1, heads, t), -math.inf)
+        for (qs, qe), (ks, ke) in blocks.middle_spans:
+            if ke > ks:
+                n = qe - qs
+                o, lse = _flash(query[:, :, qs:qe].reshape(1, kv_heads, rep * n, d), km[:, :, ks:ke], vm[:, :, ks:ke],
+                                scale=scaling)
+                o_mid[:, :, qs:qe] = o.reshape(1, heads, n, d)
+                lse_mid[:, :, qs:qe] = lse.reshape(1, heads, n)
+        parts.append((o_mid, lse_mid))
     if rep > 1:
-        key = key[:, :, None].expand(b, kv_heads, rep, q, d).reshape(b, heads, q, d)
-        value = value[:, :, None].expand(b, kv_heads, rep, q, d).reshape(b, heads, q, d)
-    parts.append(_flash(query, key, value, causal=True, scale=scaling))
+        key = key[:, :, None].expand(1, kv_heads, rep, t, d).reshape(1, heads, t, d)
+        value = value[:, :, None].expand(1, kv_heads, rep, t, d).reshape(1, heads, t, d)
+    if len(blocks.own) == 1:
+        parts.append(_flash(query, key, value, causal=True, scale=scaling))
+    else:
+        o_own = torch.empty(1, heads, t, d, dtype=query.dtype, device=query.device)
+        lse_own = torch.empty(1, heads, t, dtype=torch.float32, device=query.device)
+        for a, e in blocks.own:
+            o, lse = _flash(query[:, :, a:e], key[:, :, a:e], value[:, :, a:e], causal=True, scale=scaling)
+            o_own[:, :, a:e] = o
+            lse_own[:, :, a:e] = lse
+        parts.append((o_own, lse_own))
     if len(parts) == 1:
         out = parts[0][0]
     else:
@@ -374,14 +385,18 @@ class LocalBackend:
             layer.keys, layer.values = pick(k), pick(v)
         return cache
 
-    def _blocks_forward(self, blocks, **inputs):
-        """One forward of the base model with :func:`_block_attention` (False: the model does not
-        route its attention through the interface, so the caller must use the generic path)."""
+    def _blocks_forward(self, blocks, tokens, positions):
+        """One packed forward of the base model with :func:`_block_attention` (None: the model does
+        not route its attention through the interface; the caller falls back to padded batches)."""
+        import torch
+
         config = self.model.config
         before = config._attn_implementation
         config._attn_implementation = _BLOCK_ATTENTION
         try:
-            res = self.model.base_model(**inputs, use_cache=False, kv_blocks=blocks)
+            res = self.model.base_model(input_ids=torch.tensor([tokens], device=self.device),
+                                        position_ids=torch.tensor([positions], device=self.device),
+                                        use_cache=False, kv_blocks=blocks)
         finally:
             config._attn_implementation = before
         if blocks.calls != self._layers:
@@ -390,49 +405,44 @@ class LocalBackend:
         return res
 
     def _run_groups_blocks(self, seqs, groups, middles, prefix_len, prefix_kv, out):
-        """:meth:`_run_groups` without per-row KV copies: the prefix cache is attended once for the
-        whole batch, each group's middle once per group (rows of a group are adjacent)."""
+        """:meth:`_run_groups` packed, with :func:`_block_attention`: no padding, no per-row KV
+        copies; the prefix cache is attended once for the whole batch, each group's middle once for
+        all of its rows. False when the model turns out not to use the attention interface."""
         import torch
 
         dev = self.device
-        n_groups, mid_max = len(groups), max(middles)
-        middle = valid = None
-        if mid_max > 0:
-            ids = torch.full((n_groups, mid_max), self.pad_id, dtype=torch.long)
-            for j, g in enumerate(groups):
-                ids[j, :middles[j]] = torch.tensor(seqs[g[0]][prefix_len:prefix_len + middles[j]])
-            pos = (prefix_len + torch.arange(mid_max, device=dev)).expand(n_groups, -1)
-            blocks = _KVBlocks(prefix=prefix_kv, capture={})
-            if self._blocks_forward(blocks, input_ids=ids.to(dev), position_ids=pos) is None:
+        tokens, positions, own, mid_kv = [], [], [], []
+        for j, g in enumerate(groups):
+            start, m = len(tokens), middles[j]
+            tokens += seqs[g[0]][prefix_len:prefix_len + m]
+            positions += range(prefix_len, prefix_len + m)
+            mid_kv.append((start, len(tokens)))
+            if m:
+                own.append((start, len(tokens)))
+                self._count(1, m, prefix_len)
+        middle = None
+        if tokens:
+            blocks = _KVBlocks(own, prefix=prefix_kv, capture={})
+            if not self._blocks_forward(blocks, tokens, positions):
                 return False
-            self._count(n_groups, mid_max, prefix_len)
             middle = [blocks.capture[i] for i in range(self._layers)]
-            valid = (torch.arange(mid_max, device=dev)[None, :] < torch.tensor(middles, device=dev)[:, None])
-        rows = [(j, i) for j, g in enumerate(groups) for i in g]
-        per_group = len(groups[0])
-        if middle is not None and any(len(g) != per_group for g in groups):
-            # Uneven groups: give every row its own copy of its group's middle.
-            index = torch.tensor([j for j, _ in rows], device=dev)
-            middle = [(k.index_select(0, index), v.index_select(0, index)) for k, v in middle]
-            valid, per_group = valid.index_select(0, index), 1
-        suffixes = [seqs[i][prefix_len + middles[j]:] for j, i in rows]
-        suf_max = max(len(s) for s in suffixes)
-        ids = torch.full((len(rows), suf_max), self.pad_id, dtype=torch.long)
-        for r, s in enumerate(suffixes):
-            ids[r, :len(s)] = torch.tensor(s)
-        starts = torch.tensor([prefix_len + middles[j] for j, _ in rows], device=dev)
-        pos = starts[:, None] + torch.arange(suf_max, device=dev)[None, :]
-        if valid is not None:
-            # A huge negative, not -inf: a group without middle gets weight exp(-huge) = 0, not NaN.
-            mask = torch.zeros(valid.shape, dtype=self.dtype, device=dev)
-            valid = mask.masked_fill_(~valid, torch.finfo(self.dtype).min)[:, None, None, :]
-        blocks = _KVBlocks(prefix=prefix_kv, middle=middle, rows_per_group=per_group, middle_mask=valid)
-        res = self._blocks_forward(blocks, input_ids=ids.to(dev), position_ids=pos)
-        if res is None:
+        tokens, positions, own, spans, last, targets = [], [], [], [], [], []
+        for j, g in enumerate(groups):
+            group_start, at = len(tokens), prefix_len + middles[j]
+            for i in g:
+                suffix = seqs[i][at:]
+                own.append((len(tokens), len(tokens) + len(suffix)))
+                tokens += suffix
+                positions += range(at, at + len(suffix))
+                last.append(len(tokens) - 1)
+                targets.append(i)
+                self._count(1, len(suffix), at, head_rows=1)
+            spans.append(((group_start, len(tokens)), mid_kv[j]))
+        blocks = _KVBlocks(own, prefix=prefix_kv, middle=middle, middle_spans=spans)
+        res = self._blocks_forward(blocks, tokens, positions)
+        if not res:
             return False
-        self._count(len(rows), suf_max, prefix_len + mid_max, head_rows=len(rows))
-        last = torch.tensor([len(s) - 1 for s in suffixes], device=dev)
-        self._head_into(out, res.last_hidden_state[torch.arange(len(rows), device=dev), last], [i for _, i in rows])
+        self._head_into(out, res.last_hidden_state[0, torch.tensor(last, device=dev)], targets)
         return True
 
     def _head_into(self, out, hidden, indices):
