@@ -67,6 +67,25 @@ class RLConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def reinforce_returns(logprobs, ref_logprobs, mask, scores, beta):
+    """(KL estimate, return R) per sequence: R = (1 - beta) r - beta sum_t (log pi - log pi_SFT)."""
+    mask = mask.to(ref_logprobs.dtype)
+    kl = ((logprobs.detach() - ref_logprobs) * mask).sum(-1)
+    return kl, (1 - beta) * scores - beta * kl               # R, given at the last token
+
+
+def value_loss_of(values, returns, mask, n):
+    """sum_t (V(X_t) - Z_t)^2 with Z_t = R for every t (gamma = 1), mean over the step's n sequences."""
+    z = returns[:, None].expand_as(values)
+    return (((values - z) ** 2) * mask.to(values.dtype)).sum() / n
+
+
+def policy_loss_of(logprobs, returns, values, mask, n):
+    """-sum_t log pi(A_t | X_t) * stopgrad(Z_t - V(X_t)), mean over the step's n sequences."""
+    advantage = (returns[:, None].expand_as(logprobs) - values).detach()
+    return -(logprobs * advantage * mask.to(logprobs.dtype)).sum() / n
+
+
 def reinforce_losses(logprobs, ref_logprobs, values, mask, scores, beta, *, batch_size=None):
     """The paper's losses for a batch of sampled responses.
 
@@ -76,14 +95,9 @@ def reinforce_losses(logprobs, ref_logprobs, values, mask, scores, beta, *, batc
     accumulating micro-batches).
     """
     n = batch_size or logprobs.shape[0]
-    mask = mask.to(logprobs.dtype)
-    kl = ((logprobs.detach() - ref_logprobs) * mask).sum(-1)
-    returns = (1 - beta) * scores - beta * kl                 # R, given at the last token
-    z = returns[:, None].expand_as(logprobs)                  # gamma = 1: Z_t = R for every t
-    advantage = (z - values).detach()
-    policy_loss = -(logprobs * advantage * mask).sum() / n
-    value_loss = (((values - z) ** 2) * mask).sum() / n
-    return {"policy_loss": policy_loss, "value_loss": value_loss, "kl": kl, "returns": returns}
+    kl, returns = reinforce_returns(logprobs, ref_logprobs, mask, scores, beta)
+    return {"policy_loss": policy_loss_of(logprobs, returns, values, mask, n),
+            "value_loss": value_loss_of(values, returns, mask, n), "kl": kl, "returns": returns}
 
 
 def _batch_tensors(prompt_ids, response_ids, pad_id, device):
@@ -135,20 +149,23 @@ class ReinforceTrainer:
 
     # --- one step ----------------------------------------------------------------------
     def sample(self, prompt_ids, step):
+        """(response ids, log pi of each sampled token) per prompt; the policy's own log-probs come
+        from the generation pass, so the KL term needs no extra forward."""
         cfg = self.config
         rows = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))  # less padding
         size = cfg.generation_batch_size or len(rows)
-        out = [None] * len(prompt_ids)
+        out, out_logprobs = [None] * len(prompt_ids), [None] * len(prompt_ids)
         for s in range(0, len(rows), size):
             chunk = rows[s:s + size]
-            responses = sample_token_ids(
+            responses, logprobs = sample_token_ids(
                 self.policy, [prompt_ids[i] for i in chunk], max_new_tokens=cfg.max_response_tokens,
                 temperature=cfg.temperature, top_p=cfg.top_p, stop_ids=self.stop_ids,
                 pad_id=self.tokenizer.pad_token_id, seeds=[row_seed(cfg.seed, step, i) for i in chunk],
+                return_logprobs=True,
             )
-            for i, r in zip(chunk, responses):
-                out[i] = r if r else [self.stop_ids[0] if self.stop_ids else self.tokenizer.pad_token_id]
-        return out
+            for i, r, lp in zip(chunk, responses, logprobs):
+                out[i], out_logprobs[i] = r, lp
+        return out, out_logprobs
 
     def response_text(self, ids):
         if ids and ids[-1] in self.stop_ids:
@@ -159,7 +176,7 @@ class ReinforceTrainer:
         """Sample, score and update once; returns (the step's metrics, the response texts)."""
         cfg = self.config
         t0 = time.perf_counter()
-        responses = self.sample(prompt_ids, step)
+        responses, sampled_logprobs = self.sample(prompt_ids, step)
         t_gen = time.perf_counter() - t0
         texts = [self.response_text(r) for r in responses]
         scores = torch.tensor([float(x) for x in self.reward_fn(list(contexts), texts)], dtype=torch.float32)
@@ -186,25 +203,34 @@ class ReinforceTrainer:
                                             logits_to_keep=t_w + 1).logits[:, :-1]
             ref_logprobs = token_logprobs(ref_logits, targets)
             del ref_logits
-            # One pass per model: the return R needs log pi of this very pass (for the KL), so
-            # the policy's forward gives both the KL and the gradient.
+            # R needs log pi of the sampled tokens: the generation pass computed them with these very
+            # weights, so R is known before either training pass. Then each model's forward and
+            # backward run in turn, and only one model's activations are held at a time.
+            gen_logprobs = torch.zeros_like(ref_logprobs)
+            for row, i in enumerate(idx):
+                gen_logprobs[row, :len(sampled_logprobs[i])] = torch.tensor(sampled_logprobs[i])
+            kl, returns = reinforce_returns(gen_logprobs, ref_logprobs, resp_mask, scores[idx].to(self.device),
+                                            cfg.beta)
             with autocast(self.device):
                 values = self.value_model(input_ids=ids, attention_mask=mask,
                                           position_ids=pos).logits[:, p_w - 1:-1, 0].float()
+            value_loss = value_loss_of(values, returns, resp_mask, n)
+            value_loss.backward()
+            values = values.detach()
+            with autocast(self.device):
                 logits = self.policy(input_ids=ids, attention_mask=mask, position_ids=pos,
                                      logits_to_keep=t_w + 1).logits[:, :-1]
             logprobs = token_logprobs(logits, targets)
             sums["entropy"] += float((entropy_from_logits(logits.detach()) * resp_mask).sum())
             del logits
-            out = reinforce_losses(logprobs, ref_logprobs, values, resp_mask,
-                                   scores[idx].to(self.device), cfg.beta, batch_size=n)
-            (out["policy_loss"] + out["value_loss"]).backward()
-            sums["policy_loss"] += float(out["policy_loss"].detach())
-            sums["value_loss"] += float(out["value_loss"].detach())
+            policy_loss = policy_loss_of(logprobs, returns, values, resp_mask, n)
+            policy_loss.backward()
+            sums["policy_loss"] += float(policy_loss.detach())
+            sums["value_loss"] += float(value_loss.detach())
             sums["tokens"] += int(resp_mask.sum())
-            sums["value"] += float((values.detach() * resp_mask).sum())
-            kl_all[idx] = out["kl"].float().cpu()
-            returns_all[idx] = out["returns"].float().cpu()
+            sums["value"] += float((values * resp_mask).sum())
+            kl_all[idx] = kl.float().cpu()
+            returns_all[idx] = returns.float().cpu()
         policy_grad = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
         value_grad = torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), cfg.max_grad_norm)
         self.policy_optimizer.step()

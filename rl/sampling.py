@@ -55,8 +55,13 @@ def _draw(logits, temperature, top_p, generators):
 
 
 @torch.no_grad()
-def sample_token_ids(model, prompt_ids, *, max_new_tokens, temperature, top_p, stop_ids, pad_id, seeds):
-    """Continue each prompt (a list of token ids); returns one list of response ids per prompt."""
+def sample_token_ids(model, prompt_ids, *, max_new_tokens, temperature, top_p, stop_ids, pad_id, seeds,
+                     return_logprobs=False):
+    """Continue each prompt (a list of token ids); returns one list of response ids per prompt.
+
+    ``return_logprobs``: also return, per prompt, log pi(token) of each sampled token under the
+    model itself (temperature 1, no top-p): what RL's KL term needs, at no extra forward pass.
+    """
     device = next(model.parameters()).device
     from transformers import DynamicCache
 
@@ -69,6 +74,7 @@ def sample_token_ids(model, prompt_ids, *, max_new_tokens, temperature, top_p, s
     stop = torch.tensor(stop_ids or [-1], device=device)
     active = list(range(len(prompt_ids)))        # original row of each batch row
     out = [[] for _ in prompt_ids]
+    out_logprobs = [[] for _ in prompt_ids]
     cache = DynamicCache()
     with autocast(device):
         logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
@@ -78,6 +84,10 @@ def sample_token_ids(model, prompt_ids, *, max_new_tokens, temperature, top_p, s
         tokens = _draw(logits, temperature, top_p, [generators[r] for r in active])
         for row, t in zip(active, tokens.tolist()):
             out[row].append(t)
+        if return_logprobs:
+            lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None])[:, 0]
+            for row, v in zip(active, lp.tolist()):
+                out_logprobs[row].append(v)
         done = torch.isin(tokens, stop)
         if bool(done.any()):
             keep = (~done).nonzero().flatten()
@@ -93,7 +103,7 @@ def sample_token_ids(model, prompt_ids, *, max_new_tokens, temperature, top_p, s
         with autocast(device):
             logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
                            past_key_values=cache, use_cache=True).logits[:, -1]
-    return out
+    return (out, out_logprobs) if return_logprobs else out
 
 
 def generate(model, tokenizer, prompts, config: SamplingConfig, *, prompt_keys=None, only=None, progress=None):

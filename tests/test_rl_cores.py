@@ -75,6 +75,21 @@ def test_kv_cached_greedy_sampling_matches_full_recompute(tiny_model_dir):
         assert got == seq[len(p):]
 
 
+def test_sampled_logprobs_equal_a_full_forward(tiny_model_dir):
+    """RL's KL uses the generation pass's log pi: it must be the model's own (T = 1) log-probs."""
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_causal_lm(tiny_model_dir, "cpu", trainable=False)
+    prompts = [tok("Human: hi\n\nAssistant:")["input_ids"], tok("TL;DR:")["input_ids"]]
+    out, logprobs = sample_token_ids(model, prompts, max_new_tokens=5, temperature=0.9, top_p=1.0, stop_ids=[],
+                                     pad_id=tok.pad_token_id, seeds=[3, 4], return_logprobs=True)
+    for p, got, lps in zip(prompts, out, logprobs):
+        with torch.no_grad():
+            full = torch.log_softmax(model(torch.tensor([list(p) + got])).logits[0].float(), -1)
+        expected = [float(full[len(p) - 1 + t, tok_id]) for t, tok_id in enumerate(got)]
+        assert len(lps) == len(got) == 5
+        assert lps == pytest.approx(expected, abs=1e-4)
+
+
 def test_sampling_n_per_prompt_seeded_per_row(tiny_model_dir):
     tok = load_tokenizer(tiny_model_dir)
     model = load_causal_lm(tiny_model_dir, "cpu", trainable=False)
