@@ -89,17 +89,61 @@ class _KVBlocks:
     ``capture``: when a dict, each layer's own (k, v) goes there (the next stage's ``middle``).
     """
 
-    def __init__(self, own, prefix=None, middle=None, middle_spans=(), capture=None):
+    def __init__(self, own, prefix=None, middle=None, middle_spans=(), capture=None, device=None, dtype=None):
         self.own, self.prefix, self.middle, self.middle_spans = own, prefix, middle, middle_spans
         self.capture, self.calls = capture, 0
+        self.own_index = None if len(own) == 1 else _padded_index(own, device)
+        self.middle_index = None
+        if middle is not None:
+            qi, keep = _padded_index([q for q, _ in middle_spans], device)
+            ki, key_keep = _padded_index([k for _, k in middle_spans], device)
+            mask = torch_zeros(ki.shape, dtype, device)
+            mask.view(-1)[~_mask_of(key_keep, ki.numel(), device)] = _huge_negative(dtype)
+            self.middle_index = (qi, ki, mask[:, None, None, :], keep)
 
 
-def _flash(query, key, value, causal=False, scale=None):
+def torch_zeros(shape, dtype, device):
+    import torch
+
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+def _huge_negative(dtype):
+    # Not -inf: a group without middle then gets weight exp(-huge) = 0 instead of NaN.
+    import torch
+
+    return torch.finfo(dtype).min
+
+
+def _mask_of(keep, size, device):
+    import torch
+
+    mask = torch.zeros(size, dtype=torch.bool, device=device)
+    mask[keep] = True
+    return mask
+
+
+def _padded_index(spans, device):
+    """For spans (start, end) of a packed sequence: an index [spans, longest] gathering each span
+    into a padded row (padding repeats the span's last token, or token 0 for an empty span), and
+    the positions in the flattened rows of the real tokens, in packed order."""
+    import torch
+
+    width = max(1, max(e - a for a, e in spans))
+    index, keep = [], []
+    for r, (a, e) in enumerate(spans):
+        row = list(range(a, e))
+        index.append(row + [row[-1] if row else 0] * (width - len(row)))
+        keep.extend(r * width + j for j in range(e - a))
+    return torch.tensor(index, device=device), torch.tensor(keep, dtype=torch.long, device=device)
+
+
+def _flash(query, key, value, causal=False, mask=None, scale=None):
     """torch's fused CPU attention kernel; it also returns each query's log-sum-exp of scores,
     which lets attention over separate key blocks be merged exactly."""
     import torch
 
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, causal, scale=scale)
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, causal, attn_mask=mask, scale=scale)
 
 
 def _block_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, kv_blocks=None,
@@ -129,30 +173,29 @@ def _block_attention(module, query, key, value, attention_mask=None, scaling=Non
         o, lse = _flash(query.reshape(1, kv_heads, rep * t, d), kp, vp, scale=scaling)
         parts.append((o.reshape(1, heads, t, d), lse.reshape(1, heads, t)))
     if blocks.middle is not None:
+        # Each group's rows against its own middle: one padded batch call (queries and keys gathered
+        # into [groups, ...], padded keys masked, padded queries dropped).
         km, vm = blocks.middle[layer]
-        o_mid = query.new_zeros(1, heads, t, d)
-        lse_mid = query.new_full((1, heads, t), -math.inf)
-        for (qs, qe), (ks, ke) in blocks.middle_spans:
-            if ke > ks:
-                n = qe - qs
-                o, lse = _flash(query[:, :, qs:qe].reshape(1, kv_heads, rep * n, d), km[:, :, ks:ke], vm[:, :, ks:ke],
-                                scale=scaling)
-                o_mid[:, :, qs:qe] = o.reshape(1, heads, n, d)
-                lse_mid[:, :, qs:qe] = lse.reshape(1, heads, n)
-        parts.append((o_mid, lse_mid))
+        qi, ki, mask, keep = blocks.middle_index
+        g, lq = qi.shape
+        qg = query[0][:, qi].transpose(0, 1).reshape(g, kv_heads, rep * lq, d)
+        o, lse = _flash(qg, km[0][:, ki].transpose(0, 1), vm[0][:, ki].transpose(0, 1), mask=mask, scale=scaling)
+        parts.append((o.reshape(g, heads, lq, d).transpose(0, 1).reshape(heads, g * lq, d)[:, keep][None],
+                      lse.reshape(g, heads, lq).transpose(0, 1).reshape(heads, g * lq)[:, keep][None]))
     if rep > 1:
         key = key[:, :, None].expand(1, kv_heads, rep, t, d).reshape(1, heads, t, d)
         value = value[:, :, None].expand(1, kv_heads, rep, t, d).reshape(1, heads, t, d)
-    if len(blocks.own) == 1:
+    if blocks.own_index is None:
         parts.append(_flash(query, key, value, causal=True, scale=scaling))
     else:
-        o_own = torch.empty(1, heads, t, d, dtype=query.dtype, device=query.device)
-        lse_own = torch.empty(1, heads, t, dtype=torch.float32, device=query.device)
-        for a, e in blocks.own:
-            o, lse = _flash(query[:, :, a:e], key[:, :, a:e], value[:, :, a:e], causal=True, scale=scaling)
-            o_own[:, :, a:e] = o
-            lse_own[:, :, a:e] = lse
-        parts.append((o_own, lse_own))
+        # The sequences against themselves: one padded batch call; padding sits after each
+        # sequence's tokens, so the causal mask already hides it from them.
+        oi, keep = blocks.own_index
+        n, lo = oi.shape
+        o, lse = _flash(query[0][:, oi].transpose(0, 1), key[0][:, oi].transpose(0, 1), value[0][:, oi].transpose(0, 1),
+                        causal=True, scale=scaling)
+        parts.append((o.transpose(0, 1).reshape(heads, n * lo, d)[:, keep][None],
+                      lse.transpose(0, 1).reshape(heads, n * lo)[:, keep][None]))
     if len(parts) == 1:
         out = parts[0][0]
     else:
@@ -422,7 +465,7 @@ class LocalBackend:
                 self._count(1, m, prefix_len)
         middle = None
         if tokens:
-            blocks = _KVBlocks(own, prefix=prefix_kv, capture={})
+            blocks = _KVBlocks(own, prefix=prefix_kv, capture={}, device=dev, dtype=self.dtype)
             if not self._blocks_forward(blocks, tokens, positions):
                 return False
             middle = [blocks.capture[i] for i in range(self._layers)]
@@ -438,7 +481,7 @@ class LocalBackend:
                 targets.append(i)
                 self._count(1, len(suffix), at, head_rows=1)
             spans.append(((group_start, len(tokens)), mid_kv[j]))
-        blocks = _KVBlocks(own, prefix=prefix_kv, middle=middle, middle_spans=spans)
+        blocks = _KVBlocks(own, prefix=prefix_kv, middle=middle, middle_spans=spans, device=dev, dtype=self.dtype)
         res = self._blocks_forward(blocks, tokens, positions)
         if not res:
             return False

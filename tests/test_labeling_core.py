@@ -300,3 +300,23 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
         LocalBackend(LocalBackendConfig(str(tmp_path / "nope")))
     with pytest.raises(BackendError, match="not a Hugging Face model folder"):
         LocalBackend(LocalBackendConfig(str(tmp_path)))
+
+
+def test_packed_fast_path_equals_naive_for_very_different_lengths_and_uneven_groups(tiny_model_dir):
+    backend = LocalBackend(LocalBackendConfig(str(tiny_model_dir), batch_size=4))
+    assert backend._block_attention  # GPT-2 routes its attention through the interface
+    head = backend.encode("Below is a shared preamble that every prompt starts with, long enough to cache. ")
+    seqs, groups = [], []
+    for i, (mid, sufs) in enumerate([(1, [2, 40]), (60, [1, 3, 7]), (0, [5]), (25, [30, 30]), (3, [9, 1])]):
+        middle = [(7 * i + k) % 90 + 5 for k in range(mid)]
+        group = []
+        for j, n in enumerate(sufs):
+            group.append(len(seqs))
+            seqs.append(head + middle + [(11 * j + 3 * k + i) % 90 + 5 for k in range(n)])
+        groups.append(group)
+    fast = backend.last_logprobs(seqs, groups)
+    assert backend._block_attention  # the packed path ran, not the padded fallback
+    naive = backend.last_logprobs_naive(seqs)
+    assert (fast - naive).abs().max().item() < 1e-4
+    backend._block_attention = False  # the padded path (models that do not use the interface)
+    assert (backend.last_logprobs(seqs, groups) - naive).abs().max().item() < 1e-4
