@@ -8,8 +8,11 @@ Two backends with the same small interface (``render``, ``count_tokens``, ``max_
   *group* (the two orders of a pair, or their chain-of-thought variants) share more (everything up
   to the first response). The common prefix of all prompts is run once (its KV cache is kept
   between calls), each group's common middle once per group, and only the remaining suffixes per
-  prompt, all batched with right padding, explicit position ids and attention masks covering the
-  cache. Only the last position's hidden state goes through the LM head. The result equals
+  prompt. On CPU a batch is packed end to end (no padding) and a custom attention implementation
+  attends the prefix cache once for all tokens, each group's middle once for all of its rows, and
+  merges the blocks by log-sum-exp (no KV cache is copied per row); elsewhere, or for models that
+  do not use transformers' attention interface, batches are right-padded with the prefix cache
+  repeated per row. Only the last position's hidden state goes through the LM head. The result equals
   scoring every prompt alone (:meth:`LocalBackend.last_logprobs_naive`) up to float rounding.
 * :class:`ServerBackend`: any OpenAI-compatible ``/v1/completions`` server that returns token
   log-probabilities (vLLM, llama.cpp server, hosted APIs), with timeouts, retries with backoff and a
@@ -90,37 +93,20 @@ class _KVBlocks:
     """
 
     def __init__(self, own, prefix=None, middle=None, middle_spans=(), capture=None, device=None, dtype=None):
+        import torch
+
         self.own, self.prefix, self.middle, self.middle_spans = own, prefix, middle, middle_spans
         self.capture, self.calls = capture, 0
+        # Gather indices, built once per forward and used by every layer.
         self.own_index = None if len(own) == 1 else _padded_index(own, device)
         self.middle_index = None
         if middle is not None:
             qi, keep = _padded_index([q for q, _ in middle_spans], device)
-            ki, key_keep = _padded_index([k for _, k in middle_spans], device)
-            mask = torch_zeros(ki.shape, dtype, device)
-            mask.view(-1)[~_mask_of(key_keep, ki.numel(), device)] = _huge_negative(dtype)
-            self.middle_index = (qi, ki, mask[:, None, None, :], keep)
-
-
-def torch_zeros(shape, dtype, device):
-    import torch
-
-    return torch.zeros(shape, dtype=dtype, device=device)
-
-
-def _huge_negative(dtype):
-    # Not -inf: a group without middle then gets weight exp(-huge) = 0 instead of NaN.
-    import torch
-
-    return torch.finfo(dtype).min
-
-
-def _mask_of(keep, size, device):
-    import torch
-
-    mask = torch.zeros(size, dtype=torch.bool, device=device)
-    mask[keep] = True
-    return mask
+            ki, real_keys = _padded_index([k for _, k in middle_spans], device)
+            # A huge negative, not -inf: a group without middle gets weight exp(-huge) = 0, not NaN.
+            mask = torch.full((ki.numel(),), torch.finfo(dtype).min, dtype=dtype, device=device)
+            mask[real_keys] = 0
+            self.middle_index = (qi, ki, mask.view(ki.shape)[:, None, None, :], keep)
 
 
 def _padded_index(spans, device):
