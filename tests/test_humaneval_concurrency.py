@@ -9,7 +9,7 @@ from evalsite.humaneval.demo import make_annotators, make_round
 from evalsite.humaneval.simulate import Annotator, session_for
 from evalsite.models import Assignment, Ranking
 
-pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_concurrent_annotators_never_exceed_overlap_and_every_submission_is_stored_once(live_server):

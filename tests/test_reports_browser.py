@@ -12,7 +12,7 @@ from tests.helpers import wait_for
 from tests.test_reports import rank_round
 from tests.test_stats import label_rows
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")   # ORM calls beside Playwright's event loop
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "var" / "screenshots"
