@@ -212,7 +212,7 @@ def train_reward_model(scorer, pairs, config: RewardModelConfig, *, eval_pairs=N
                 target = torch.tensor([p.p_first for p in part], dtype=torch.float32, device=rewards.device)
                 loss = soft_label_loss(r_a, r_b, target)
                 (loss * len(part) / len(batch)).backward()
-                loss_total += float(loss) * len(part)
+                loss_total += loss.item() * len(part)
                 correct += float(((r_a > r_b) == (target > 0.5)).float()[target != 0.5].sum())
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
