@@ -190,3 +190,28 @@ def test_a_running_experiment_with_no_stage_at_work_is_shown_failed(tiny_model_d
     Experiment.objects.filter(pk=exp.pk).update(status="running")
     exp.refresh_from_db()
     assert pipeline.fail_if_stalled(exp) is False
+
+
+@pytest.mark.django_db
+def test_experiment_admin_form_and_page(client, researcher, django_user_model, tiny_model_dir):
+    """The admin form refuses a dataset of another task; the page is for researchers only."""
+    ds, prefs, base = make_data(tiny_model_dir)
+    client.force_login(researcher)
+    helpful = Task.objects.get(slug="helpful")
+    form = {"name": "via admin", "task": helpful.pk, "dataset": ds.pk, "preference_dataset": prefs.pk,
+            "base_policy": base.pk, "preset": "demo", "arms": ["sft", "rlhf"], "config": "{}"}
+    r = client.post("/admin/evalsite/experiment/add/", form)
+    assert r.status_code == 200 and "This dataset is for" in r.content.decode()
+    assert not Experiment.objects.filter(name="via admin").exists()
+    form["task"] = ds.task_id
+    form["config"] = '{"rl_prompts": 5}'
+    r = client.post("/admin/evalsite/experiment/add/", form)
+    assert r.status_code == 302, r.content.decode()[:2000]
+    exp = Experiment.objects.get(name="via admin")
+    assert exp.config["rl_prompts"] == 5 and exp.config["sft"]["batch_size"] == 4  # preset + override
+    page = client.get(f"/experiments/{exp.pk}/")
+    assert page.status_code == 200 and "Not launched yet." in page.content.decode()
+    assert client.get(f"/experiments/{exp.pk}.json").json()["status"] == "draft"
+    annotator = django_user_model.objects.create_user("ann-x", password="pw")
+    client.force_login(annotator)
+    assert client.get(f"/experiments/{exp.pk}/").status_code == 302  # to the admin login
