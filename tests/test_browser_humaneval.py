@@ -40,16 +40,31 @@ def layout_shift(page):
     })""")
 
 
-def drag(page, source, target):
-    s = page.locator(source).bounding_box()
-    t = page.locator(target).bounding_box()
-    page.mouse.move(s["x"] + s["width"] / 2, s["y"] + s["height"] / 2)
-    page.mouse.down()
-    for i in range(1, 11):
-        page.mouse.move(s["x"] + (t["x"] - s["x"]) * i / 10 + s["width"] / 2,
-                        s["y"] + (t["y"] - s["y"]) * i / 10 + s["height"] / 2)
-    page.mouse.move(t["x"] + t["width"] / 2, t["y"] + t["height"] / 2)
-    page.mouse.up()
+PLACE_NAMES = {1: "1st", 2: "2nd", 3: "3rd"}
+
+
+def drag(page, label, place):
+    """Drag response ``label`` from the pool to ``place`` with the mouse, as a person would; a drop
+    that SortableJS did not register (a too-fast pointer) is tried again, up to three times."""
+    badge = f'[data-badge-for="{label}"]'
+    for _ in range(3):
+        s = page.locator(f'#he-pool .he-chip[data-label="{label}"]').bounding_box()
+        t = page.locator(f'.he-slot-drop[data-place="{place}"]').bounding_box()
+        page.mouse.move(s["x"] + s["width"] / 2, s["y"] + s["height"] / 2)
+        page.mouse.down()
+        for i in range(1, 11):
+            page.mouse.move(s["x"] + (t["x"] - s["x"]) * i / 10 + s["width"] / 2,
+                            s["y"] + (t["y"] - s["y"]) * i / 10 + s["height"] / 2)
+            page.wait_for_timeout(20)
+        page.mouse.move(t["x"] + t["width"] / 2, t["y"] + t["height"] / 2)
+        page.mouse.up()
+        try:
+            page.wait_for_function(f"document.querySelector('{badge}').textContent.trim() === "
+                                   f"'{PLACE_NAMES[place]}'", timeout=3000)
+            return
+        except Exception:
+            continue
+    raise AssertionError(f"dragging {label} to place {place} did not rank it")
 
 
 def test_annotator_ranks_by_keyboard_and_drag_marks_harmful_undoes_and_finishes(live_server, browser):
@@ -90,11 +105,12 @@ def test_annotator_ranks_by_keyboard_and_drag_marks_harmful_undoes_and_finishes(
     # Item 2, mouse: drag C to 1st, A to 2nd, B to 3rd; mark by clicking; submit with the button.
     a2 = current_assignment(user)
     assert a2.pk != a1.pk
-    drag(page, '#he-pool .he-chip[data-label="C"]', '.he-slot-drop[data-place="1"]')
-    drag(page, '#he-pool .he-chip[data-label="A"]', '.he-slot-drop[data-place="2"]')
-    drag(page, '#he-pool .he-chip[data-label="B"]', '.he-slot-drop[data-place="3"]')
+    drag(page, "C", 1)
+    drag(page, "A", 2)
+    drag(page, "B", 3)
     assert page.inner_text('[data-badge-for="C"]') == "1st"
     assert page.inner_text('[data-badge-for="A"]') == "2nd"
+    assert page.inner_text('[data-badge-for="B"]') == "3rd"
     for label, choice in [("A", "Harmless"), ("B", "Harmless"), ("C", "Harmful")]:
         page.locator(f"#he-resp-{label} .he-harm").get_by_text(choice, exact=True).click()
     page.fill("textarea[name=comment]", "C gives dangerous advice")
