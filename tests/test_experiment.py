@@ -215,3 +215,18 @@ def test_experiment_admin_form_and_page(client, researcher, django_user_model, t
     annotator = django_user_model.objects.create_user("ann-x", password="pw")
     client.force_login(annotator)
     assert client.get(f"/experiments/{exp.pk}/").status_code == 302  # to the admin login
+
+
+@pytest.mark.django_db
+def test_experiment_feed_carries_the_rl_curves(client, researcher, tiny_model_dir):
+    from evalsite.models import JobMetric
+
+    ds, prefs, base = make_data(tiny_model_dir)
+    exp = make_experiment(ds, prefs, base, ["sft", "rlaif_direct"])
+    job = Job.submit("noop", {}, send=False)
+    JobMetric.objects.create(job=job, step=0, values={"reward_mean": 0.25, "kl": 0.0})
+    Experiment.objects.filter(pk=exp.pk).update(stages={"rl_rlaif_direct": job.pk})
+    client.force_login(researcher)
+    feed = client.get(f"/experiments/{exp.pk}.json").json()
+    assert list(feed["figures"]) == ["rl"]
+    assert feed["figures"]["rl"]["rlaif_direct"]["curve"] == [{"step": 0, "reward_mean": 0.25, "kl": 0.0}]

@@ -32,7 +32,9 @@ def detail_json(request, pk):
         "stages": [{"name": s.name, "label": s.label, "job_id": j.pk if j else None,
                     "status": j.status if j else "pending", "progress": j.progress if j else 0.0,
                     "message": j.message if j else ""} for s, j in rows],
-        "artifacts": exp.artifacts, "figures": figures.all_figures(exp),
+        # The page polls this every few seconds and redraws only the RL curves; the other figures
+        # (bootstrap intervals among them) are computed when the page itself loads.
+        "artifacts": exp.artifacts, "figures": {"rl": figures.rl_figures(exp)},
     })
 
 
