@@ -74,6 +74,7 @@ def client_process(base_url, round_id, sessions, seed, deadline, retry_every, qu
     [t.start() for t in threads]
     [t.join() for t in threads]
     queue.put({
+        "cpu": time.process_time(),  # this process, all its threads
         "next": [x for b in bots for x in b.timings["next"]],
         "submit": [x for b in bots for x in b.timings["submit"]],
         "acknowledged": [key for b in bots for _, key in b.acknowledged],
@@ -82,22 +83,47 @@ def client_process(base_url, round_id, sessions, seed, deadline, retry_every, qu
 
 
 def baseline_process(base_url, sessions, deadline, queue):
-    import requests
+    from evalsite.humaneval.simulate import Annotator
 
     times = []
 
     def work(s):
-        http = requests.Session()
-        http.cookies.set("sessionid", s)
+        bot = Annotator(base_url, s, round_id=0)  # the same HTTP client as the annotators
         while time.time() < deadline:
             t = time.perf_counter()
-            http.get(base_url + "/login/", timeout=30)
+            bot.request("GET", "/login/")
             times.append(time.perf_counter() - t)
 
     threads = [threading.Thread(target=work, args=(s,)) for s in sessions]
     [t.start() for t in threads]
     [t.join() for t in threads]
     queue.put(times)
+
+
+def cpu_seconds(pids):
+    """User + system CPU seconds used so far by these processes (processes gone since count 0)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def server_pids(server):
+    import psutil
+
+    return [server.pid] + [c.pid for c in psutil.Process(server.pid).children(recursive=True)]
+
+
+def postgres_pids():
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")]
 
 
 def run_clients(target, per_process_args, n_procs):
@@ -193,12 +219,20 @@ def measure(args, env, dbname):
         print(f"gunicorn: {args.workers} sync workers on {base_url}", flush=True)
 
         groups = [sessions[i::args.client_procs] for i in range(args.client_procs)]
+        # Warm-up, not measured: every worker opens its database connection and compiles its templates.
+        warm_deadline = time.time() + 2
+        run_clients(baseline_process, [(base_url, g, warm_deadline) for g in groups], len(groups))
         # Baseline: the login page, same server, same concurrency.
         base_seconds = max(2.0, min(5.0, args.seconds / 6))
         deadline = time.time() + base_seconds
+        srv_before = cpu_seconds(server_pids(server))
         base = run_clients(baseline_process, [(base_url, g, deadline) for g in groups], len(groups))
         login_times = [x for r in base for x in r]
+        login_srv_cpu = cpu_seconds(server_pids(server)) - srv_before
 
+        # PostgreSQL backends are forked per connection: count the ones that exist while measuring.
+        pg_before = {pid: cpu_seconds([pid]) for pid in postgres_pids()}
+        srv_before = cpu_seconds(server_pids(server))
         start = time.time()
         deadline = start + args.seconds
         results = run_clients(
@@ -207,6 +241,9 @@ def measure(args, env, dbname):
             len(groups),
         )
         elapsed = time.time() - start
+        srv_cpu = cpu_seconds(server_pids(server)) - srv_before
+        pg_cpu = sum(cpu_seconds([pid]) - pg_before.get(pid, 0.0) for pid in postgres_pids())
+        client_cpu = sum(r["cpu"] for r in results)
     finally:
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)
@@ -245,6 +282,10 @@ def measure(args, env, dbname):
     print(f"\n{n_req} requests in {elapsed:.1f}s = {n_req / elapsed:.1f} req/s; {len(ack)} submissions acknowledged, "
           f"{len(stored)} stored; lost {lost}, doubled {doubled}, items over overlap {over}, "
           f"stored but unacknowledged {unacknowledged_stored}")
+    per = lambda c: 1000 * c / max(1, n_req)  # noqa: E731
+    print(f"CPU per request: server {per(srv_cpu):.2f} ms (login page: {1000 * login_srv_cpu / max(1, len(login_times)):.2f} ms), PostgreSQL {per(pg_cpu):.2f} ms, "
+          f"clients {per(client_cpu):.2f} ms; machine capacity {os.cpu_count() * elapsed:.0f} CPU-s, "
+          f"used {srv_cpu + pg_cpu + client_cpu:.0f} (server {srv_cpu:.0f}, PostgreSQL {pg_cpu:.0f}, clients {client_cpu:.0f})")
     if errors:
         from collections import Counter
 
@@ -255,7 +296,7 @@ def measure(args, env, dbname):
     print(f"RESULT rps={n_req / elapsed:.1f} p50_next_ms={ms(pct(next_t, 50)):.1f} p99_next_ms={p99_next:.1f} "
           f"p50_submit_ms={ms(pct(submit_t, 50)):.1f} p99_submit_ms={p99_submit:.1f} "
           f"next_vs_login={pct(next_t, 50) / pct(login_times, 50):.2f} lost={lost} doubled={doubled} "
-          f"over_overlap={over}")
+          f"over_overlap={over} server_cpu_ms_per_req={per(srv_cpu):.2f}")
     return 0 if lost == 0 and doubled == 0 and over == 0 else 1
 
 
