@@ -11,12 +11,11 @@ import random
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
-from django.db.models.functions import Coalesce
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from evalsite.models import Assignment, EvalItem, EvalRound, RankedResponse, Ranking
+from evalsite.models import Assignment, EvalItem, EvalRound, Prompt, RankedResponse, Ranking, Sample
 from evalsite.models.humaneval import ANNOTATORS_GROUP
 
 SKIP_REASONS = [
@@ -55,16 +54,31 @@ def rounds_for(user, statuses=(EvalRound.Status.OPEN,)):
     return qs.filter(named)
 
 
-def check_may_annotate(round, user):
-    """One query: the user is named on the round, or the round is unrestricted and they are an annotator."""
+def _may_annotate(user):
+    """True for a round that names the user, or names no one while the user is an annotator (not a draft)."""
     through = EvalRound.annotators.through.objects
     in_group = Exists(user.groups.through.objects.filter(user_id=user.pk, group__name=ANNOTATORS_GROUP))
-    allowed = EvalRound.objects.filter(pk=round.pk).exclude(status=EvalRound.Status.DRAFT).filter(
+    return ~Q(status=EvalRound.Status.DRAFT) & (
         Q(Exists(through.filter(evalround_id=OuterRef("pk"), user_id=user.pk)))
         | (~Exists(through.filter(evalround_id=OuterRef("pk"))) & in_group)
     )
-    if not user.is_authenticated or not allowed.exists():
+
+
+def check_may_annotate(round, user):
+    """One query: the user is named on the round, or the round is unrestricted and they are an annotator."""
+    if not user.is_authenticated or not EvalRound.objects.filter(pk=round.pk).filter(_may_annotate(user)).exists():
         raise Refused("This evaluation round is not available to you.", status=403)
+
+
+def round_for_annotator(round_id, user):
+    """The round (with its task), checked as check_may_annotate does, in one query; None if there is none."""
+    round = (
+        EvalRound.objects.select_related("task").annotate(may_annotate=_may_annotate(user))
+        .filter(pk=round_id).first()
+    )
+    if round is not None and not round.may_annotate:
+        raise Refused("This evaluation round is not available to you.", status=403)
+    return round
 
 
 def check_accepts_work(round):
@@ -78,22 +92,59 @@ def check_accepts_work(round):
 
 
 # --- slots --------------------------------------------------------------------------------
+# The queue runs on every "next" and "submit", so its queries are written out in SQL: the ORM
+# spent more CPU building the annotated subqueries than PostgreSQL spent running them. The SQL
+# is plain enough for SQLite too; only the row-lock clauses are PostgreSQL's (SQLite's
+# immediate transactions already let one writer in at a time).
 
-def _active_q(now):
-    return Q(status=Assignment.Status.SUBMITTED) | Q(status=Assignment.Status.LEASED, expires_at__gt=now)
+def _sql(query):
+    return query.format(
+        item=EvalItem._meta.db_table, asg=Assignment._meta.db_table,
+        sample=Sample._meta.db_table, item_samples=EvalItem.samples.through._meta.db_table,
+        user=get_user_model()._meta.db_table,
+    )
+
+
+def _row_locks():
+    return connection.features.has_select_for_update_skip_locked
+
+
+_ACTIVE = "(s.status = %s OR (s.status = %s AND s.expires_at > %s))"
+
+
+def _active_params(now):
+    return [Assignment.Status.SUBMITTED, Assignment.Status.LEASED, connection.ops.adapt_datetimefield_value(now)]
 
 
 def active_count(item_id, now, exclude_id=None):
-    qs = Assignment.objects.filter(item_id=item_id).filter(_active_q(now))
+    """Slots of this item in use: submitted answers plus leases that have not expired."""
+    sql = _sql("SELECT COUNT(*) FROM {asg} s WHERE s.item_id = %s AND " + _ACTIVE)
+    params = [item_id, *_active_params(now)]
     if exclude_id is not None:
-        qs = qs.exclude(pk=exclude_id)
-    return qs.count()
+        sql += " AND s.id <> %s"
+        params.append(exclude_id)
+    with connection.cursor() as c:
+        c.execute(sql, params)
+        return c.fetchone()[0]
 
 
-def _new_order(item, user):
-    sample_ids = list(item.samples.order_by("id").values_list("id", flat=True))
-    random.SystemRandom().shuffle(sample_ids)
-    return sample_ids
+def _lock_row(table_sql, pk):
+    if _row_locks():
+        with connection.cursor() as c:
+            c.execute(_sql(table_sql + " FOR NO KEY UPDATE"), [pk])
+
+
+def _samples_in_order(item_id):
+    """The item's samples, ids shuffled for this annotator, with their texts for the page."""
+    with connection.cursor() as c:
+        c.execute(_sql(
+            "SELECT s.id, s.text FROM {sample} s JOIN {item_samples} t ON t.sample_id = s.id "
+            "WHERE t.evalitem_id = %s ORDER BY s.id"
+        ), [item_id])
+        texts = dict(c.fetchall())
+    order = list(texts)
+    random.SystemRandom().shuffle(order)
+    return order, texts
 
 
 def next_assignment(round, user, now=None):
@@ -105,12 +156,12 @@ def next_assignment(round, user, now=None):
     check_accepts_work(round)
     with transaction.atomic():
         # One request per annotator at a time: a double click on "Start" gets one lease, not two.
-        get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).first()
+        _lock_row("SELECT 1 FROM {user} WHERE id = %s", user.pk)
         own = Assignment.objects.filter(round=round, annotator=user, status=Assignment.Status.LEASED)
-        for a in own.select_related("item__prompt").order_by("id"):
+        for a in own.order_by("id"):
             if a.expires_at > now:
                 return a
-            EvalItem.objects.select_for_update(no_key=True).filter(pk=a.item_id).first()
+            _lock_row("SELECT 1 FROM {item} WHERE id = %s", a.item_id)
             if active_count(a.item_id, now, exclude_id=a.pk) < round.overlap:
                 a.expires_at = now + round.lease
                 a.save(update_fields=["expires_at"])
@@ -120,61 +171,62 @@ def next_assignment(round, user, now=None):
         item = _lock_free_item(round, user, now)
         if item is None:
             return None
+        order, texts = _samples_in_order(item.pk)
         a = Assignment.objects.create(
-            round=round, item=item, annotator=user, order=_new_order(item, user),
-            leased_at=now, expires_at=now + round.lease,
+            round=round, item=item, annotator=user, order=order, leased_at=now, expires_at=now + round.lease,
         )
         a.is_new = True  # nothing to pre-fill: it was never answered
+        a.texts = texts  # the page needs them; saves reading them again
         return a
 
 
-# Candidates are scanned in queue order, this many at a time: the slot count (a subquery) is
-# evaluated only for them, not for every unfinished item of a large round.
-BATCH = 100
-
-
-def _n_active(now):
-    return Coalesce(
-        Subquery(
-            Assignment.objects.filter(item_id=OuterRef("pk")).filter(_active_q(now)).order_by()
-            .values("item_id").annotate(c=Count("id")).values("c")[:1]
-        ),
-        0,
-    )
+_FREE_ITEM = (
+    "SELECT i.id, i.prompt_id, i.position, i.n_submitted, p.context FROM {item} i "
+    "JOIN " + Prompt._meta.db_table + " p ON p.id = i.prompt_id "
+    "WHERE i.round_id = %s AND i.n_submitted < %s "
+    "AND NOT EXISTS (SELECT 1 FROM {asg} m WHERE m.item_id = i.id AND m.annotator_id = %s) "
+    "AND (SELECT COUNT(*) FROM {asg} s WHERE s.item_id = i.id AND " + _ACTIVE + ") < %s "
+    "ORDER BY i.position LIMIT 1"
+)
 
 
 def _lock_free_item(round, user, now):
-    """Lock and return the first item in queue order with a free slot this user has not had; or None."""
-    mine = Assignment.objects.filter(item_id=OuterRef("pk"), annotator=user)
-    unfinished = (
-        EvalItem.objects.filter(round=round, n_submitted__lt=round.overlap).exclude(Exists(mine)).order_by("position")
-    )
-    after = None
-    for _ in range(10_000):
-        scan = unfinished if after is None else unfinished.filter(position__gt=after)
-        batch = list(scan.values_list("pk", "position")[:BATCH])
-        if not batch:
+    """Lock and return the first item in queue order with a free slot this user has not had; or None.
+
+    PostgreSQL walks the (round, position) index and stops at the first row that passes, so
+    the slot count is computed only for the items it passes over (full or leased ones), not
+    for the whole round. SKIP LOCKED passes over items other annotators are being given right
+    now, so fifty annotators never queue behind one another.
+    """
+    params = [round.pk, round.overlap, user.pk, *_active_params(now), round.overlap]
+    for _ in range(1000):
+        row = None
+        with connection.cursor() as c:
+            if _row_locks():
+                c.execute(_sql(_FREE_ITEM + " FOR NO KEY UPDATE OF i SKIP LOCKED"), params)
+                row = c.fetchone()
+                if row is None:
+                    # Every free item may be locked by annotators being served right now: wait for the first.
+                    c.execute(_sql(_FREE_ITEM + " FOR NO KEY UPDATE OF i"), params)
+                    row = c.fetchone()
+            else:
+                c.execute(_sql(_FREE_ITEM), params)
+                row = c.fetchone()
+        if row is None:
             return None
-        free = (
-            EvalItem.objects.filter(pk__in=[pk for pk, _ in batch]).select_related("prompt").annotate(n_active=_n_active(now))
-            .filter(n_active__lt=round.overlap).order_by("position")
-        )
-        item = free.select_for_update(skip_locked=True, no_key=True, of=("self",)).first()
-        if item is None and free.exists():
-            # Every free item here is locked by annotators being served right now: wait for the first.
-            item = free.select_for_update(no_key=True, of=("self",)).first()
-        if item is None:
-            after = batch[-1][1]
-            continue
+        pk, prompt_id, position, n_submitted, context = row
         # Re-read the count now that we hold the lock: a new statement sees every commit before it.
-        if active_count(item.pk, timezone.now()) < round.overlap:
+        if active_count(pk, timezone.now()) < round.overlap:
+            item = EvalItem(pk=pk, round_id=round.pk, prompt_id=prompt_id, position=position, n_submitted=n_submitted)
+            item.prompt = Prompt(pk=prompt_id, context=context)
             return item
-        after = None  # someone filled it just before we locked it; rescan from the start
+        # Someone filled it just before we locked it: look again.
     return None
 
 
-def get_assignment(token, user):
-    a = Assignment.objects.select_related("round", "round__task", "item", "item__prompt").filter(token=token).first()
+def get_assignment(token, user, related=("round__task", "item__prompt")):
+    """The user's assignment with this token (and the rows named in ``related``), or Refused."""
+    a = Assignment.objects.select_related(*related).filter(token=token).first()
     if a is None or a.annotator_id != user.pk:
         raise Refused("This item is not assigned to you. Nothing was saved.", status=403)
     return a
@@ -200,10 +252,13 @@ def submit(token, user, *, ranks, harmless, comment="", time_on_page_ms=None, us
     try:
         return _store(token, user, ranks, harmless, comment, time_on_page_ms, user_agent, key, now)
     except IntegrityError:
-        # The unique key (or one live ranking per assignment) caught a concurrent twin of this request.
-        done = Ranking.objects.filter(idempotency_key=key, assignment__token=token, annotator=user).first()
+        # The unique key caught a twin of this request (a retry, or one that raced this one), or
+        # one live ranking per assignment caught a second answer with another key.
+        done = Ranking.objects.filter(idempotency_key=key).select_related("assignment").first()
         if done is None:
             raise Refused("This item was already submitted. Use “Undo last submission” to change it.")
+        if done.assignment.token != token or done.annotator_id != user.pk:
+            raise Refused("This submission key belongs to another item; reload the page.", status=400)
         return Submitted(done, duplicate=True)
 
 
@@ -214,11 +269,13 @@ def _store(token, user, ranks, harmless, comment, time_on_page_ms, user_agent, k
         )
         if a is None or a.annotator_id != user.pk:
             raise Refused("This item is not assigned to you. Nothing was saved.", status=403)
-        done = Ranking.objects.filter(idempotency_key=key).first()
-        if done is not None:
-            if done.assignment_id != a.pk:
-                raise Refused("This submission key belongs to another item; reload the page.", status=400)
-            return Submitted(done, duplicate=True)
+        if a.status != Assignment.Status.LEASED:
+            # Most often a retry of a submission that was stored: answer it as the first time.
+            done = Ranking.objects.filter(idempotency_key=key).first()
+            if done is not None:
+                if done.assignment_id != a.pk:
+                    raise Refused("This submission key belongs to another item; reload the page.", status=400)
+                return Submitted(done, duplicate=True)
         round = a.round
         check_accepts_work(round)
         if a.status == Assignment.Status.SUBMITTED:
@@ -226,7 +283,7 @@ def _store(token, user, ranks, harmless, comment, time_on_page_ms, user_agent, k
         if a.status == Assignment.Status.SKIPPED:
             raise Refused("You skipped this item, so it cannot be submitted now.")
         if a.expires_at <= now:
-            EvalItem.objects.select_for_update(no_key=True).filter(pk=a.item_id).first()
+            _lock_row("SELECT 1 FROM {item} WHERE id = %s", a.item_id)
             if active_count(a.item_id, now, exclude_id=a.pk) >= round.overlap:
                 raise Refused(
                     "Your time on this item ran out and it went to another annotator. Nothing was saved; "
@@ -235,6 +292,8 @@ def _store(token, user, ranks, harmless, comment, time_on_page_ms, user_agent, k
         labels = a.labels
         if set(ranks) - set(labels) or set(harmless) - set(labels):
             raise Refused("The answer names responses that are not on this page. Nothing was saved.", status=400)
+        # A key used before (a retry after an undo, or a form posted for another item) breaks
+        # the unique constraint on idempotency_key; submit() answers that case.
         ranking = Ranking(
             assignment=a, round=round, item_id=a.item_id, annotator=user, shown_order=list(a.order),
             comment=comment.strip()[:5000], time_on_page_ms=time_on_page_ms, user_agent=user_agent[:500],
@@ -249,9 +308,7 @@ def _store(token, user, ranks, harmless, comment, time_on_page_ms, user_agent, k
             )
             for i, (label, sample_id) in enumerate(zip(labels, a.order))
         ])
-        a.status = Assignment.Status.SUBMITTED
-        a.finished_at = now
-        a.save(update_fields=["status", "finished_at", "expires_at"])
+        Assignment.objects.filter(pk=a.pk).update(status=Assignment.Status.SUBMITTED, finished_at=now)
         EvalItem.objects.filter(pk=a.item_id).update(n_submitted=F("n_submitted") + 1)
         return Submitted(ranking, duplicate=False)
 

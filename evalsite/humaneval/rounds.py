@@ -3,7 +3,7 @@ import builtins
 import random
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -124,7 +124,22 @@ def open_round(round):
         round.closed_at = None
         round.metadata = {**round.metadata, "n_items": round.items.count()}
         round.save(update_fields=["status", "opened_at", "closed_at", "metadata"])
+    _refresh_planner_statistics()
     return round
+
+
+def _refresh_planner_statistics():
+    """Let PostgreSQL see the items just added before annotators arrive.
+
+    The queue finds the next free item by walking the round's items in queue order and
+    stopping at the first with a free slot. On statistics older than a bulk insert the planner
+    instead counts the slots of every item in the round (8 ms instead of 0.2 ms per "next" on
+    3,000 items); autovacuum would catch up only a minute or more later.
+    """
+    if connection.vendor == "postgresql":
+        tables = [EvalItem._meta.db_table, EvalItem.samples.through._meta.db_table, Assignment._meta.db_table]
+        with connection.cursor() as c:
+            c.execute("ANALYZE " + ", ".join(connection.ops.quote_name(t) for t in tables))
 
 
 def close_round(round):

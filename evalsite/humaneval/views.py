@@ -7,6 +7,7 @@ import secrets
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
@@ -60,9 +61,13 @@ def index(request):
 
 @login_required
 def next_item(request, round_id):
-    round = get_object_or_404(EvalRound.objects.select_related("task"), pk=round_id)
     try:
-        queue.check_may_annotate(round, request.user)
+        round = queue.round_for_annotator(round_id, request.user)
+    except Refused as e:
+        return refused(request, e)
+    if round is None:
+        raise Http404("No such round.")
+    try:
         a = queue.next_assignment(round, request.user)
     except Refused as e:
         return refused(request, e, round)
@@ -90,7 +95,7 @@ def done(request, round_id):
 
 def _item_context(request, a, form, skip_form):
     round = a.round
-    texts = dict(Sample.objects.filter(pk__in=a.order).values_list("pk", "text"))
+    texts = getattr(a, "texts", None) or dict(Sample.objects.filter(pk__in=a.order).values_list("pk", "text"))
     context = a.item.prompt.context
     responses = []
     k = len(a.order)
@@ -162,12 +167,14 @@ def _form(a, data=None, previous=None):
 
 @login_required
 def item(request, token):
+    posted = request.method == "POST"
     try:
-        a = queue.get_assignment(token, request.user)
+        # A submit reads only what the form needs; the page (and a form sent back with errors) more.
+        a = queue.get_assignment(token, request.user, related=("round",) if posted else ("round__task", "item__prompt"))
     except Refused as e:
         return refused(request, e)
     round = a.round
-    if request.method == "POST":
+    if posted:
         return _submit(request, a)
     if a.status != Assignment.Status.LEASED:
         messages.info(request, "You already answered that item; here is your next one.")
