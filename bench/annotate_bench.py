@@ -41,6 +41,17 @@ def pct(values, q):
     return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))]
 
 
+def redis_reachable(url):
+    if not url:
+        return False
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except Exception:  # noqa: BLE001 - any failure means "run without Redis"
+        return False
+
+
 def admin_conn(base_url):
     import psycopg
 
@@ -147,6 +158,7 @@ def main():
     ap.add_argument("--items", type=int, default=0, help="items in the round (default: enough for the run)")
     ap.add_argument("--retry-every", type=int, default=10, help="every Nth submission is sent twice")
     ap.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"))
+    ap.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = ap.parse_args()
 
     dbname = f"evalsite_bench_annotate_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -158,6 +170,8 @@ def main():
         "CSRF_COOKIE_SECURE": "0", "SECURE_HSTS_SECONDS": "0", "STATIC_MANIFEST": "0",
         "ALLOWED_HOSTS": "127.0.0.1,localhost", "LOG_LEVEL": "WARNING", "CONN_MAX_AGE": "600",
         "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL", "memory://"),
+        # As in production (docker-compose.yml): sessions cached in Redis. --redis-url "" runs without.
+        "REDIS_URL": args.redis_url if redis_reachable(args.redis_url) else "",
     }
     with admin_conn(args.database_url) as c:
         c.execute(f'CREATE DATABASE "{dbname}"')
@@ -216,7 +230,8 @@ def measure(args, env, dbname):
                 time.sleep(0.2)
         else:
             raise RuntimeError("gunicorn did not start")
-        print(f"gunicorn: {args.workers} sync workers on {base_url}", flush=True)
+        print(f"gunicorn: {args.workers} sync workers on {base_url}; sessions in "
+              f"{'Redis (cached_db)' if env['REDIS_URL'] else 'PostgreSQL'}", flush=True)
 
         groups = [sessions[i::args.client_procs] for i in range(args.client_procs)]
         # Warm-up, not measured: every worker opens its database connection and compiles its templates.

@@ -89,6 +89,9 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Parameters travel apart from the SQL, so psycopg prepares a statement the fifth time it
+    # sees it and PostgreSQL stops parsing and planning the queue's queries on every request.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(server_side_binding=True, prepare_threshold=5)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -133,8 +136,19 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
-# --- Celery ---------------------------------------------------------------------------
+# --- Cache and sessions ---------------------------------------------------------------
 _redis_url = env("REDIS_URL", default="")
+if _redis_url:
+    # Shared by every web worker: sessions are read from Redis and written through to the
+    # database, saving a query on each annotator request.
+    CACHES = {"default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": env("CACHE_URL", default=_redis_url),
+        "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="evalsite"),
+    }}
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+
+# --- Celery ---------------------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=_redis_url or "filesystem://")
 if CELERY_BROKER_URL == "filesystem://":
     # Embedded default: a folder queue that any number of local worker processes share.

@@ -25,3 +25,7 @@ STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticF
 import uuid as _uuid  # noqa: E402
 
 CELERY_TASK_DEFAULT_QUEUE = os.environ.setdefault("CELERY_TASK_DEFAULT_QUEUE", f"evalsite-test-{_uuid.uuid4().hex[:8]}")
+
+if "CACHES" in globals():
+    # Redis is shared: keep this session's cache keys (sessions) apart from other runs'.
+    CACHES["default"]["KEY_PREFIX"] = f"evalsite-test-{_uuid.uuid4().hex[:8]}"  # noqa: F405

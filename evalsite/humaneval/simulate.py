@@ -22,11 +22,12 @@ _LABEL = re.compile(r'id="he-resp-([A-Z]+)"')
 
 def session_for(user):
     """A logged-in session key for ``user`` without a password round trip (runs where Django is set up)."""
+    from importlib import import_module
+
     from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from django.contrib.sessions.backends.db import SessionStore
 
-    s = SessionStore()
+    s = import_module(settings.SESSION_ENGINE).SessionStore()
     s[SESSION_KEY] = str(user.pk)
     s[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0] if hasattr(settings, "AUTHENTICATION_BACKENDS") \
         else "django.contrib.auth.backends.ModelBackend"
