@@ -161,8 +161,11 @@ def next_assignment(round, user, now=None):
     with transaction.atomic():
         # One request per annotator at a time: a double click on "Start" gets one lease, not two.
         _lock_row("SELECT 1 FROM {user} WHERE id = %s", user.pk)
-        own = Assignment.objects.filter(round=round, annotator=user, status=Assignment.Status.LEASED)
-        for a in own.order_by("id"):
+        with connection.cursor() as c:
+            c.execute(_sql("SELECT id FROM {asg} WHERE round_id = %s AND annotator_id = %s AND status = %s"),
+                      [round.pk, user.pk, Assignment.Status.LEASED])
+            own = [row[0] for row in c.fetchall()]  # usually none: read the rows only when there are some
+        for a in Assignment.objects.filter(pk__in=own).order_by("id") if own else []:
             if a.expires_at > now:
                 return a
             _lock_row("SELECT 1 FROM {item} WHERE id = %s", a.item_id)
@@ -244,17 +247,18 @@ class Submitted:
     duplicate: bool  # True when this exact submission had already been stored
 
 
-def submit(token, user, *, ranks, harmless, comment="", time_on_page_ms=None, user_agent="", key):
+def submit(token, user, *, ranks, harmless, comment="", time_on_page_ms=None, user_agent="", key, assignment=None):
     """Store a ranking once. ``ranks`` / ``harmless`` map shown labels (A, B, ...) to values.
 
     The caller has validated the values (see forms.RankingForm); this re-checks everything
-    that depends on the database, under the assignment's row lock.
+    that depends on the database, under the assignment's row lock. ``assignment``: the one
+    with this token, with its round, if the caller has already read it.
     """
     if not key or len(key) > 64:
         raise Refused("The form is missing its submission key; reload the page and try again.", status=400)
     now = timezone.now()
     try:
-        return _store(token, user, ranks, harmless, comment, time_on_page_ms, user_agent, key, now)
+        return _store(token, user, ranks, harmless, comment, time_on_page_ms, user_agent, key, now, assignment)
     except IntegrityError:
         # The unique key caught a twin of this request (a retry, or one that raced this one), or
         # one live ranking per assignment caught a second answer with another key.
@@ -266,13 +270,16 @@ def submit(token, user, *, ranks, harmless, comment="", time_on_page_ms=None, us
         return Submitted(done, duplicate=True)
 
 
-def _store(token, user, ranks, harmless, comment, time_on_page_ms, user_agent, key, now):
+def _store(token, user, ranks, harmless, comment, time_on_page_ms, user_agent, key, now, a=None):
     with transaction.atomic():
-        a = (
-            Assignment.objects.select_for_update(no_key=True, of=("self",)).select_related("round").filter(token=token).first()
-        )
+        if a is None or a.token != token:
+            a = Assignment.objects.select_related("round").filter(token=token).first()
         if a is None or a.annotator_id != user.pk:
             raise Refused("This item is not assigned to you. Nothing was saved.", status=403)
+        # Lock the row, then re-read what a concurrent request may have changed.
+        a.status, a.expires_at = (
+            Assignment.objects.select_for_update(no_key=True).filter(pk=a.pk).values_list("status", "expires_at").get()
+        )
         if a.status != Assignment.Status.LEASED:
             # Most often a retry of a submission that was stored: answer it as the first time.
             done = Ranking.objects.filter(idempotency_key=key).first()
@@ -362,7 +369,10 @@ def undo_last(round, user):
 # --- progress -----------------------------------------------------------------------------
 
 def annotator_progress(round, user):
-    done = Ranking.objects.filter(round=round, annotator=user, withdrawn_at__isnull=True).count()
+    with connection.cursor() as c:
+        c.execute(f"SELECT COUNT(*) FROM {Ranking._meta.db_table} WHERE round_id = %s AND annotator_id = %s "
+                  "AND withdrawn_at IS NULL", [round.pk, user.pk])
+        done = c.fetchone()[0]
     # Items are fixed once a round opens; open_round stores their number.
     total = round.metadata.get("n_items") if round.status != EvalRound.Status.DRAFT else None
     return {"done": done, "total": total if total is not None else round.items.count()}

@@ -209,7 +209,7 @@ def _submit(request, a):
     try:
         result = queue.submit(
             a.token, request.user, ranks=d["ranks"], harmless=d["harmless"], comment=d.get("comment", ""),
-            time_on_page_ms=elapsed, user_agent=request.META.get("HTTP_USER_AGENT", ""), key=d["key"],
+            time_on_page_ms=elapsed, user_agent=request.META.get("HTTP_USER_AGENT", ""), key=d["key"], assignment=a,
         )
     except Refused as e:
         return refused(request, e, a.round)
