@@ -105,7 +105,7 @@ def _sql(query):
     return query.format(
         item=EvalItem._meta.db_table, asg=Assignment._meta.db_table,
         sample=Sample._meta.db_table, item_samples=EvalItem.samples.through._meta.db_table,
-        user=get_user_model()._meta.db_table,
+        user=get_user_model()._meta.db_table, fence=" OFFSET 0" if connection.vendor == "postgresql" else "",
     )
 
 
@@ -191,10 +191,13 @@ _FREE_ITEM = (
     "SELECT i.id, i.prompt_id, i.position, i.n_submitted, p.context FROM {item} i "
     "JOIN " + Prompt._meta.db_table + " p ON p.id = i.prompt_id "
     "WHERE i.round_id = %s AND i.n_submitted < %s "
-    "AND NOT EXISTS (SELECT 1 FROM {asg} m WHERE m.item_id = i.id AND m.annotator_id = %s) "
+    "AND NOT EXISTS (SELECT 1 FROM {asg} m WHERE m.item_id = i.id AND m.annotator_id = %s{fence}) "
     "AND (SELECT COUNT(*) FROM {asg} s WHERE s.item_id = i.id AND " + _ACTIVE + ") < %s "
     "ORDER BY i.position LIMIT 1"
 )
+# OFFSET 0 keeps "not had by me" a per-row check that PostgreSQL runs before the (dearer) slot
+# count; as an anti-join it ran after it, and an annotator far ahead of the others paid for a
+# slot count on every item they had already done (3.6 ms instead of 1.5 ms after 300 items).
 
 
 def _lock_free_item(round, user, now):

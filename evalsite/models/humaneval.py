@@ -114,8 +114,9 @@ class EvalItem(models.Model):
     class Meta:
         ordering = ["round_id", "position", "id"]
         constraints = [models.UniqueConstraint(fields=["round", "prompt"], name="evalitem_unique_round_prompt")]
+        # No index holds n_submitted: a submit then updates the item in place (a HOT update in
+        # PostgreSQL) instead of adding index entries that every "next" would walk past.
         indexes = [
-            models.Index(fields=["round", "n_submitted", "position"]),
             models.Index(fields=["round", "position"], name="evalitem_queue_order"),
         ]
 
