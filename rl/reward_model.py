@@ -161,6 +161,66 @@ class RewardScorer:
                 return scalar_head(self.model)(pooled).float().squeeze(-1)
             return self.model(**batch).logits.float().squeeze(-1)
 
+    def forward_pairs(self, prompts, responses_a, responses_b):
+        """(r_a, r_b) for pairs sharing their prompt, with gradients when enabled.
+
+        A causal LM reads each prompt once: its keys and values are computed in one pass and
+        both responses continue from them in a second, so the prompt (most of the tokens in
+        TL;DR or HH pairs) costs one forward and one backward instead of two. Gradients from
+        both responses flow back into the one prompt pass, so they are those of two full
+        passes. The prompt is cut from the left to leave room for the longer response. Encoders
+        (and pairs with an empty prompt or response) are scored as two ordinary rows.
+        """
+        n = len(prompts)
+        rows = self._pair_ids(prompts, responses_a, responses_b) if self.causal else None
+        if rows is None:
+            rewards = self.forward(self.encode(list(prompts) * 2, list(responses_a) + list(responses_b)))
+            return rewards[:n], rewards[n:]
+        prompt_rows, answer_rows = rows  # answers interleaved: a0, b0, a1, b1, ...
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        lp, la = max(map(len, prompt_rows)), max(map(len, answer_rows))
+        p_ids = torch.full((n, lp), pad, dtype=torch.long)
+        p_mask = torch.zeros((n, lp), dtype=torch.long)
+        for i, x in enumerate(prompt_rows):  # left-padded: every prompt ends at column lp
+            p_ids[i, lp - len(x):] = torch.tensor(x, dtype=torch.long)
+            p_mask[i, lp - len(x):] = 1
+        a_ids = torch.full((2 * n, la), pad, dtype=torch.long)
+        a_mask = torch.zeros((2 * n, la), dtype=torch.long)
+        for i, x in enumerate(answer_rows):  # right-padded: every answer starts at column lp
+            a_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+            a_mask[i, : len(x)] = 1
+        p_ids, p_mask, a_ids, a_mask = (t.to(device) for t in (p_ids, p_mask, a_ids, a_mask))
+        p_len = p_mask.sum(-1)
+        body = trunk(self.model)
+        with autocast(device):
+            cache = body(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
+                         use_cache=True).past_key_values
+            cache.batch_repeat_interleave(2)  # differentiable copies: row 2i and 2i+1 share prompt i
+            hidden = body(
+                input_ids=a_ids, attention_mask=torch.cat([p_mask.repeat_interleave(2, dim=0), a_mask], dim=1),
+                position_ids=p_len.repeat_interleave(2)[:, None] + torch.arange(la, device=device)[None],
+                past_key_values=cache, use_cache=True,
+            ).last_hidden_state
+            last = a_mask.sum(-1) - 1
+            rewards = scalar_head(self.model)(hidden[torch.arange(2 * n, device=device), last]).float().squeeze(-1)
+        return rewards[0::2], rewards[1::2]
+
+    def _pair_ids(self, prompts, responses_a, responses_b):
+        """(prompt ids, interleaved answer ids), or None when some prompt or answer is empty."""
+        tok = self.tokenizer
+        prompt_rows, answer_rows = [], []
+        for p, a, b in zip(prompts, responses_a, responses_b):
+            a_ids = tok(a, add_special_tokens=False)["input_ids"][: self.max_length - 1]
+            b_ids = tok(b, add_special_tokens=False)["input_ids"][: self.max_length - 1]
+            p_ids = tok(p, add_special_tokens=False)["input_ids"]
+            p_ids = p_ids[-(self.max_length - max(len(a_ids), len(b_ids))):]
+            if not (p_ids and a_ids and b_ids):
+                return None
+            prompt_rows.append(p_ids)
+            answer_rows += [a_ids, b_ids]
+        return prompt_rows, answer_rows
+
     def score(self, prompts, responses):
         out = []
         with torch.no_grad():
@@ -173,9 +233,16 @@ class RewardScorer:
 
 
 def evaluate_pairs(scorer, pairs):
-    r_a = scorer.score([p.prompt for p in pairs], [p.response_a for p in pairs])
-    r_b = scorer.score([p.prompt for p in pairs], [p.response_b for p in pairs])
-    return pairwise_metrics(r_a, r_b, [p.p_first for p in pairs])
+    r_a, r_b = [], []
+    with torch.no_grad():
+        for i in range(0, len(pairs), scorer.batch_size):
+            part = pairs[i:i + scorer.batch_size]
+            a, b = scorer.forward_pairs([p.prompt for p in part], [p.response_a for p in part],
+                                        [p.response_b for p in part])
+            r_a.append(a)
+            r_b.append(b)
+    cat = lambda x: torch.cat(x) if x else torch.zeros(0)  # noqa: E731
+    return pairwise_metrics(cat(r_a), cat(r_b), [p.p_first for p in pairs])
 
 
 def train_reward_model(scorer, pairs, config: RewardModelConfig, *, eval_pairs=None, on_step=None):
@@ -204,12 +271,9 @@ def train_reward_model(scorer, pairs, config: RewardModelConfig, *, eval_pairs=N
             loss_total, correct = 0.0, 0.0
             for m in range(0, len(batch), micro):
                 part = batch[m:m + micro]
-                # a and b of each pair go through the model in one batch
-                enc = scorer.encode([p.prompt for p in part] * 2,
-                                    [p.response_a for p in part] + [p.response_b for p in part])
-                rewards = scorer.forward(enc)
-                r_a, r_b = rewards[: len(part)], rewards[len(part):]
-                target = torch.tensor([p.p_first for p in part], dtype=torch.float32, device=rewards.device)
+                r_a, r_b = scorer.forward_pairs([p.prompt for p in part], [p.response_a for p in part],
+                                                [p.response_b for p in part])
+                target = torch.tensor([p.p_first for p in part], dtype=torch.float32, device=r_a.device)
                 loss = soft_label_loss(r_a, r_b, target)
                 (loss * len(part) / len(batch)).backward()
                 loss_total += loss.item() * len(part)

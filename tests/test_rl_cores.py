@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from rl.modeling import load_causal_lm, load_tokenizer, save_hf_folder
+from rl.modeling import load_causal_lm, load_tokenizer, save_hf_folder, scalar_head
 from rl.reinforce import ReinforceTrainer, RLConfig, reinforce_losses
 from rl.reward_model import (
     Pair,
@@ -168,6 +168,32 @@ def test_reward_model_learns_a_visible_property(tiny_model_dir, tmp_path):
     again = RewardScorer.from_folder(tmp_path / "rm", "cpu", max_length=64)
     texts = [p.response_a for p in held_out[:5]]
     assert torch.allclose(again.score(["TL;DR:"] * 5, texts), scorer.score(["TL;DR:"] * 5, texts), atol=1e-5)
+
+
+def test_shared_prompt_pair_pass_equals_two_full_passes(tiny_model_dir):
+    """Training reads each prompt once for both responses; rewards, loss and gradients must be
+    those of scoring prompt+a and prompt+b as two ordinary rows."""
+    scorer = RewardScorer.from_folder(tiny_model_dir, "cpu", max_length=64)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        scalar_head(scorer.model).weight.normal_(0, 0.5)  # a fresh head is zero: make rewards differ
+    scorer.model.requires_grad_(True)
+    prompts = ["TL;DR: a short post", "SUBREDDIT: r/cats TITLE: my cat sleeps all day and all night TL;DR:"]
+    a, b = [" cats sleep", " it is a long and winding answer"], [" nothing at all here", " no"]
+    target = torch.tensor([1.0, 0.3])
+
+    r_a, r_b = scorer.forward_pairs(prompts, a, b)
+    soft_label_loss(r_a, r_b, target).backward()
+    shared = {k: p.grad.clone() for k, p in scorer.model.named_parameters()}
+    scorer.model.zero_grad(set_to_none=True)
+    full = scorer.forward(scorer.encode(prompts * 2, a + b))
+    soft_label_loss(full[:2], full[2:], target).backward()
+
+    assert torch.allclose(torch.cat([r_a, r_b]), full, atol=1e-5)
+    assert float(r_a[0]) != pytest.approx(float(r_b[0]), abs=1e-3)  # the comparison means something
+    for name, p in scorer.model.named_parameters():
+        assert torch.allclose(shared[name], p.grad, atol=1e-5, rtol=1e-4), name
+    assert any(float(p.grad.abs().max()) > 0 for p in scorer.model.parameters())
 
 
 # --- REINFORCE -----------------------------------------------------------------------------
