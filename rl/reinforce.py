@@ -187,16 +187,13 @@ class ReinforceTrainer:
         n = len(prompt_ids)
         order = sorted(range(n), key=lambda i: len(prompt_ids[i]) + len(responses[i]))
         micro = max(1, math.ceil(n / cfg.gradient_accumulation_steps))
-        self.policy_optimizer.zero_grad(set_to_none=True)
-        self.value_optimizer.zero_grad(set_to_none=True)
-        sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "tokens": 0, "value": 0.0}
+        batches = []
         kl_all, returns_all = torch.zeros(n), torch.zeros(n)
         for m in range(0, n, micro):
             idx = order[m:m + micro]
             ids, mask, pos, p_w, t_w = _batch_tensors([prompt_ids[i] for i in idx], [responses[i] for i in idx],
                                                       self.tokenizer.pad_token_id, self.device)
-            targets = ids[:, p_w:]
-            resp_mask = mask[:, p_w:]
+            targets, resp_mask = ids[:, p_w:], mask[:, p_w:]
             # the logits at positions P-1 .. P+T-2 predict the response tokens
             with torch.no_grad(), autocast(self.device):
                 ref_logits = self.reference(input_ids=ids, attention_mask=mask, position_ids=pos,
@@ -204,39 +201,52 @@ class ReinforceTrainer:
             ref_logprobs = token_logprobs(ref_logits, targets)
             del ref_logits
             # R needs log pi of the sampled tokens: the generation pass computed them with these very
-            # weights, so R is known before either training pass. Then each model's forward and
-            # backward run in turn, and only one model's activations are held at a time.
+            # weights, so R is known before either model trains.
             gen_logprobs = torch.zeros_like(ref_logprobs)
             for row, i in enumerate(idx):
                 gen_logprobs[row, :len(sampled_logprobs[i])] = torch.tensor(sampled_logprobs[i])
             kl, returns = reinforce_returns(gen_logprobs, ref_logprobs, resp_mask, scores[idx].to(self.device),
                                             cfg.beta)
-            with autocast(self.device):
-                values = self.value_model(input_ids=ids, attention_mask=mask,
-                                          position_ids=pos).logits[:, p_w - 1:-1, 0].float()
-            value_loss = value_loss_of(values, returns, resp_mask, n)
-            value_loss.backward()
-            values = values.detach()
-            with autocast(self.device):
-                logits = self.policy(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                     logits_to_keep=t_w + 1).logits[:, :-1]
-            logprobs = token_logprobs(logits, targets)
-            sums["entropy"] += float((entropy_from_logits(logits.detach()) * resp_mask).sum())
-            del logits
-            policy_loss = policy_loss_of(logprobs, returns, values, resp_mask, n)
-            policy_loss.backward()
-            sums["policy_loss"] += float(policy_loss.detach())
-            sums["value_loss"] += float(value_loss.detach())
-            sums["tokens"] += int(resp_mask.sum())
-            sums["value"] += float((values * resp_mask).sum())
             kl_all[idx] = kl.float().cpu()
             returns_all[idx] = returns.float().cpu()
-        policy_grad = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-        value_grad = torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), cfg.max_grad_norm)
-        self.policy_optimizer.step()
-        self.value_optimizer.step()
-        self.policy_optimizer.zero_grad(set_to_none=True)  # free gradient memory between steps
+            batches.append({"ids": ids, "mask": mask, "pos": pos, "p_w": p_w, "t_w": t_w, "targets": targets,
+                            "resp_mask": resp_mask, "returns": returns})
+
+        # The value model trains first, over every micro-batch, and steps; then the policy does,
+        # using V(s_t) from before the value update (as when both step together). Only one
+        # model's gradients and activations exist at any time.
+        sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "tokens": 0, "value": 0.0}
         self.value_optimizer.zero_grad(set_to_none=True)
+        for b in batches:
+            with autocast(self.device):
+                values = self.value_model(input_ids=b["ids"], attention_mask=b["mask"],
+                                          position_ids=b["pos"]).logits[:, b["p_w"] - 1:-1, 0].float()
+            value_loss = value_loss_of(values, b["returns"], b["resp_mask"], n)
+            value_loss.backward()
+            b["values"] = values.detach()
+            sums["value_loss"] += float(value_loss.detach())
+            sums["value"] += float((b["values"] * b["resp_mask"]).sum())
+            del values, value_loss
+        value_grad = torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), cfg.max_grad_norm)
+        self.value_optimizer.step()
+        self.value_optimizer.zero_grad(set_to_none=True)  # free the value gradients before the policy's exist
+
+        self.policy_optimizer.zero_grad(set_to_none=True)
+        for b in batches:
+            with autocast(self.device):
+                logits = self.policy(input_ids=b["ids"], attention_mask=b["mask"], position_ids=b["pos"],
+                                     logits_to_keep=b["t_w"] + 1).logits[:, :-1]
+            logprobs = token_logprobs(logits, b["targets"])
+            sums["entropy"] += float((entropy_from_logits(logits.detach()) * b["resp_mask"]).sum())
+            del logits
+            policy_loss = policy_loss_of(logprobs, b["returns"], b["values"], b["resp_mask"], n)
+            policy_loss.backward()
+            sums["policy_loss"] += float(policy_loss.detach())
+            sums["tokens"] += int(b["resp_mask"].sum())
+            del logprobs, policy_loss
+        policy_grad = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+        self.policy_optimizer.step()
+        self.policy_optimizer.zero_grad(set_to_none=True)  # free gradient memory between steps
         self.completed_steps = step + 1
         lengths = torch.tensor([len(r) for r in responses], dtype=torch.float32)
         return {
