@@ -1,7 +1,10 @@
 """Our RL step and reward-model training against TRL's RLOOTrainer and RewardTrainer.
 
-Same model (SmolLM2-135M-Instruct), same prompts, same batch size (samples per optimizer
-step), same response length, same torch threads, same learning rate and KL weight. Each
+Same model (SmolLM2-135M-Instruct), same prompts in the same order, same batch size (samples
+per optimizer step), same response length, same torch threads, same learning rate and KL
+weight. RLOO needs two samples per prompt, so each step of both trainers sees the same B/2
+prompts twice: the same tokens go through both (our trainer gets each prompt listed twice,
+unshuffled; the paper's method itself samples once per prompt). Each
 trainer runs in its own subprocess so that its peak memory (max RSS; on a GPU also peak
 CUDA memory) is its own. Both sides generate exactly ``--response-tokens`` tokens (EOS is
 not allowed to stop early), so samples/s counts the same work. The first step of each run is
@@ -71,10 +74,11 @@ def run_ours_rl(a):
     from rl.reinforce import ReinforceTrainer, RLConfig
 
     cfg = RLConfig(batch_size=a.batch, epochs=1, max_response_tokens=a.response_tokens, max_prompt_tokens=a.prompt_tokens,
-                   learning_rate=1e-5, beta=0.05, temperature=0.9, save_every=10**9, optimizer=a.ours_optimizer)
+                   learning_rate=1e-5, beta=0.05, temperature=0.9, save_every=10**9, optimizer=a.ours_optimizer,
+                   shuffle=False)
     trainer = ReinforceTrainer.from_sft(MODEL, lambda contexts, texts: length_reward(texts), cfg)
     trainer.stop_ids = []  # exactly response_tokens tokens, as on the TRL side
-    prompts = prompts_for(a.batch * (a.steps + 1), a.prompt_words)
+    prompts = [p for p in prompts_for(a.batch * (a.steps + 1) // 2, a.prompt_words) for _ in range(2)]
     times = []
 
     def on_step(step, total, metrics, texts):
@@ -193,8 +197,9 @@ def main():
     ap.add_argument("--steps", type=int, default=None, help="timed steps after one warm-up step")
     ap.add_argument("--trl-gradient-checkpointing", action="store_true",
                     help="TRL's default; off by default because our trainer does not recompute activations either")
-    ap.add_argument("--ours-optimizer", default="adamw", choices=["adamw", "adafactor"],
-                    help="our RL optimizer (adamw = TRL's; adafactor = the paper's, ~2 GB less for two 135M models)")
+    ap.add_argument("--ours-optimizer", default="adafactor", choices=["adamw", "adafactor"],
+                    help="our RL optimizer: adafactor (the paper's and our default; ~2 GB less for two 135M "
+                         "models) or adamw (TRL's default)")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     a = ap.parse_args()
     a.batch = a.batch or (4 if a.quick else 16)

@@ -20,7 +20,7 @@ RM_DEFAULTS = {"labels": "human", "label_config_ids": [], "include_annotator_ran
 RL_DEFAULTS = {"reward": "reward_model", "beta": 0.05, "temperature": 0.9, "top_p": 1.0, "batch_size": 16,
                "learning_rate": 1e-5, "value_learning_rate": 0.0, "epochs": 8, "max_prompt_tokens": 512,
                "max_response_tokens": 64, "gradient_accumulation_steps": 1, "generation_batch_size": 0,
-               "optimizer": "adamw", "max_grad_norm": 1.0, "save_every": 25, "seed": 0}
+               "optimizer": "adafactor", "max_grad_norm": 1.0, "save_every": 25, "seed": 0}
 OPTIMIZERS = ("adamw", "adafactor")
 
 

@@ -56,9 +56,10 @@ class RLConfig:
     max_response_tokens: int = 64
     gradient_accumulation_steps: int = 1   # the step's batch is trained in this many micro-batches
     generation_batch_size: int = 0     # rows sampled together (0: the whole step's batch)
-    optimizer: str = "adamw"           # or "adafactor"
+    optimizer: str = "adafactor"       # the paper's (PaLM 2 / T5X) optimizer; or "adamw"
     max_grad_norm: float = 1.0
     save_every: int = 25               # checkpoint every N steps (and at the end)
+    shuffle: bool = True               # a new prompt order each epoch (False: the order given)
     seed: int = 0
 
     @classmethod
@@ -212,6 +213,7 @@ class ReinforceTrainer:
             batches.append({"ids": ids, "mask": mask, "pos": pos, "p_w": p_w, "t_w": t_w, "targets": targets,
                             "resp_mask": resp_mask, "returns": returns})
 
+        t_ref = time.perf_counter()
         # The value model trains first, over every micro-batch, and steps; then the policy does,
         # using V(s_t) from before the value update (as when both step together). Only one
         # model's gradients and activations exist at any time.
@@ -230,6 +232,7 @@ class ReinforceTrainer:
         value_grad = torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), cfg.max_grad_norm)
         self.value_optimizer.step()
         self.value_optimizer.zero_grad(set_to_none=True)  # free the value gradients before the policy's exist
+        t_value = time.perf_counter()
 
         self.policy_optimizer.zero_grad(set_to_none=True)
         for b in batches:
@@ -264,13 +267,17 @@ class ReinforceTrainer:
             "value_grad_norm": float(value_grad),
             "generation_seconds": t_gen,
             "reward_seconds": t_reward,
+            "reference_seconds": t_ref - t0 - t_gen - t_reward,  # with building the batches and R
+            "value_train_seconds": t_value - t_ref,
+            "policy_train_seconds": time.perf_counter() - t_value,
             "seconds_per_step": time.perf_counter() - t0,
         }, texts
 
     # --- the loop ----------------------------------------------------------------------
     def epoch_order(self, epoch, n):
         order = list(range(n))
-        random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
+        if self.config.shuffle:
+            random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
         return order
 
     def total_steps(self, n_prompts):
