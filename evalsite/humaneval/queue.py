@@ -311,20 +311,46 @@ def _store(token, user, ranks, harmless, comment, time_on_page_ms, user_agent, k
         ranking = Ranking(
             assignment=a, round=round, item_id=a.item_id, annotator=user, shown_order=list(a.order),
             comment=comment.strip()[:5000], time_on_page_ms=time_on_page_ms, user_agent=user_agent[:500],
-            idempotency_key=key,
+            idempotency_key=key, created_at=now,
         )
-        ranking.save()
-        RankedResponse.objects.bulk_create([
-            RankedResponse(
-                ranking=ranking, sample_id=sample_id, label=label, position=i,
-                rank=ranks.get(label) if round.asks_rank else None,
-                harmless=harmless.get(label) if round.asks_harmless else None,
-            )
+        [ranking.pk] = _insert_rows(Ranking, [{
+            f: getattr(ranking, f) for f in ("assignment_id", "round_id", "item_id", "annotator_id", "shown_order",
+                                             "comment", "time_on_page_ms", "user_agent", "idempotency_key",
+                                             "created_at", "withdrawn_at")
+        }])
+        _insert_rows(RankedResponse, [
+            {"ranking_id": ranking.pk, "sample_id": sample_id, "label": label, "position": i,
+             "rank": ranks.get(label) if round.asks_rank else None,
+             "harmless": harmless.get(label) if round.asks_harmless else None}
             for i, (label, sample_id) in enumerate(zip(labels, a.order))
         ])
-        Assignment.objects.filter(pk=a.pk).update(status=Assignment.Status.SUBMITTED, finished_at=now)
-        EvalItem.objects.filter(pk=a.item_id).update(n_submitted=F("n_submitted") + 1)
+        with connection.cursor() as c:
+            c.execute(_sql("UPDATE {asg} SET status = %s, finished_at = %s WHERE id = %s"),
+                      [Assignment.Status.SUBMITTED, connection.ops.adapt_datetimefield_value(now), a.pk])
+            c.execute(_sql("UPDATE {item} SET n_submitted = n_submitted + 1 WHERE id = %s"), [a.item_id])
+        ranking._state.adding, ranking._state.db = False, connection.alias  # it is in the database now
+        a.status, a.finished_at = Assignment.Status.SUBMITTED, now
         return Submitted(ranking, duplicate=False)
+
+
+def _insert_rows(model, rows):
+    """INSERT ``rows`` (dicts of field attname -> value) in one statement; returns their ids.
+
+    Written out because every submit runs it: save() and bulk_create() spent more CPU in
+    Python than the database spent storing the rows. Values go through each field's own
+    conversion (JSON, datetimes), as the ORM's would.
+    """
+    qn = connection.ops.quote_name
+    fields = [next(f for f in model._meta.concrete_fields if f.attname == name) for name in rows[0]]
+    one_row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    params = [f.get_db_prep_save(row[f.attname], connection) for row in rows for f in fields]
+    with connection.cursor() as c:
+        c.execute(
+            f"INSERT INTO {qn(model._meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
+            f"VALUES {', '.join([one_row] * len(rows))} RETURNING {qn(model._meta.pk.column)}",
+            params,
+        )
+        return [row[0] for row in c.fetchall()]
 
 
 def skip(token, user, reason):
