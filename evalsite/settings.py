@@ -91,7 +91,9 @@ else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     # Parameters travel apart from the SQL, so psycopg prepares a statement the fifth time it
     # sees it and PostgreSQL stops parsing and planning the queue's queries on every request.
-    DATABASES["default"].setdefault("OPTIONS", {}).update(server_side_binding=True, prepare_threshold=5)
+    # Behind PgBouncer in transaction mode (no prepared statements) set DATABASE_PREPARE=0.
+    if env.bool("DATABASE_PREPARE", default=True):
+        DATABASES["default"].setdefault("OPTIONS", {}).update(server_side_binding=True, prepare_threshold=5)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
