@@ -490,7 +490,6 @@ class LocalBackend:
 
         dev = self.device
         base = self.model.base_model
-        head = self.model.get_output_embeddings()
         n_groups = len(groups)
         mid_max = max(middles)
         past = None
@@ -532,14 +531,7 @@ class LocalBackend:
         res = base(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=False)
         self._count(len(rows), suf_max, prefix_len + mid_max, head_rows=len(rows))
         last = torch.tensor([len(s) - 1 for s in suffixes], device=dev)
-        hidden = res.last_hidden_state[torch.arange(len(rows), device=dev), last]
-        logits = head(hidden).float()
-        softcap = getattr(self.model.config, "final_logit_softcapping", None)
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        logprobs = torch.log_softmax(logits, -1).cpu()
-        for r, (_, i) in enumerate(rows):
-            out[i] = logprobs[r]
+        self._head_into(out, res.last_hidden_state[torch.arange(len(rows), device=dev), last], [i for _, i in rows])
 
     # ---- what the labeler asks --------------------------------------------------------------
     def label_logprobs(self, texts, labels=("1", "2"), groups=None):
