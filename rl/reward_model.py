@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rl.modeling import autocast, make_optimizer, pick_device, scalar_head, seed_everything, trunk
+from rl.modeling import autocast, make_optimizer, pad_left, pick_device, scalar_head, seed_everything, trunk
 
 
 @dataclass
@@ -179,23 +179,18 @@ class RewardScorer:
         prompt_rows, answer_rows = rows  # answers interleaved: a0, b0, a1, b1, ...
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id
-        lp, la = max(map(len, prompt_rows)), max(map(len, answer_rows))
-        p_ids = torch.full((n, lp), pad, dtype=torch.long)
-        p_mask = torch.zeros((n, lp), dtype=torch.long)
-        for i, x in enumerate(prompt_rows):  # left-padded: every prompt ends at column lp
-            p_ids[i, lp - len(x):] = torch.tensor(x, dtype=torch.long)
-            p_mask[i, lp - len(x):] = 1
+        p_ids, p_mask, p_pos = pad_left(prompt_rows, pad, device)  # every prompt ends at the same column
+        la = max(map(len, answer_rows))
         a_ids = torch.full((2 * n, la), pad, dtype=torch.long)
         a_mask = torch.zeros((2 * n, la), dtype=torch.long)
-        for i, x in enumerate(answer_rows):  # right-padded: every answer starts at column lp
+        for i, x in enumerate(answer_rows):  # right-padded: every answer starts right after its prompt
             a_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
             a_mask[i, : len(x)] = 1
-        p_ids, p_mask, a_ids, a_mask = (t.to(device) for t in (p_ids, p_mask, a_ids, a_mask))
+        a_ids, a_mask = a_ids.to(device), a_mask.to(device)
         p_len = p_mask.sum(-1)
         body = trunk(self.model)
         with autocast(device):
-            cache = body(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
-                         use_cache=True).past_key_values
+            cache = body(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True).past_key_values
             cache.batch_repeat_interleave(2)  # differentiable copies: row 2i and 2i+1 share prompt i
             hidden = body(
                 input_ids=a_ids, attention_mask=torch.cat([p_mask.repeat_interleave(2, dim=0), a_mask], dim=1),
