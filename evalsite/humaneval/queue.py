@@ -105,12 +105,13 @@ def _sql(query):
     return query.format(
         item=EvalItem._meta.db_table, asg=Assignment._meta.db_table,
         sample=Sample._meta.db_table, item_samples=EvalItem.samples.through._meta.db_table,
-        user=get_user_model()._meta.db_table, fence=" OFFSET 0" if connection.vendor == "postgresql" else "",
+        user=get_user_model()._meta.db_table, fence=" OFFSET 0" if _row_locks() else "",
     )
 
 
 def _row_locks():
-    return connection.features.has_select_for_update_skip_locked
+    """PostgreSQL: its row-lock clauses (FOR NO KEY UPDATE, SKIP LOCKED) and planner fences apply."""
+    return connection.vendor == "postgresql"
 
 
 _ACTIVE = "(s.status = %s OR (s.status = %s AND s.expires_at > %s))"
