@@ -362,3 +362,22 @@ def test_nothing_served_to_the_annotator_reveals_the_policy(client, annotators):
         assert not re.search(rf"\b{assignment_id}\b", served)
     static_js = open("static/humaneval/annotate.js").read()
     assert "policy" not in static_js.lower()
+
+
+def test_next_shows_progress_read_with_the_lease_and_an_unknown_round_is_404(client, rnd, annotators):
+    u = annotators[0]
+    login(client, u)
+    assert client.get(reverse("humaneval:next", args=[rnd.pk + 1000])).status_code == 404
+    page = client.get(reverse("humaneval:next", args=[rnd.pk])).content.decode()
+    assert "item 1 · " in page and "0 / 4 done" in page
+    a = Assignment.objects.get(annotator=u)
+    assert client.post(reverse("humaneval:item", args=[a.token]), answer(a)).status_code == 302
+    page = client.get(reverse("humaneval:next", args=[rnd.pk])).content.decode()
+    assert "item 2 · " in page and "1 / 4 done" in page
+    # Another annotator's answers do not count towards this one's progress.
+    other = annotators[1]
+    submit_direct(queue.next_assignment(rnd, other), other)
+    b = Assignment.objects.filter(annotator=u, status=Assignment.Status.LEASED).get()
+    submit_direct(b, u)
+    page = client.get(reverse("humaneval:next", args=[rnd.pk])).content.decode()
+    assert "2 / 4 done" in page

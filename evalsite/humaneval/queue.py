@@ -2,11 +2,12 @@
 
 Concurrency: an item's slots are handed out while holding its row lock. On PostgreSQL the
 candidate row is taken with ``SELECT ... FOR UPDATE SKIP LOCKED`` (so fifty annotators never
-wait on one another), and its slot count is read again *after* the lock is held, in a new
-statement that sees every transaction committed before it. Two annotators therefore never
-take the same last slot. A lease that expires stops counting, which returns the item to the
+wait on one another), and the lease is inserted only if the slot count, read again *after* the
+lock is held by the INSERT itself (a new statement, which sees every transaction committed
+before it), leaves a slot free. Two annotators therefore never take the same last slot. A lease that expires stops counting, which returns the item to the
 pool; the annotator who let it lapse gets it back only if the slot is still free.
 """
+import json
 import random
 from dataclasses import dataclass
 
@@ -16,7 +17,8 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from evalsite.models import Assignment, EvalItem, EvalRound, Prompt, RankedResponse, Ranking, Sample
+from evalsite.humaneval import rawsql
+from evalsite.models import Assignment, EvalItem, EvalRound, Prompt, RankedResponse, Ranking, Sample, Task
 from evalsite.models.humaneval import ANNOTATORS_GROUP
 
 SKIP_REASONS = [
@@ -31,10 +33,11 @@ SKIP_REASONS = [
 class Refused(Exception):
     """A request the annotator may not make now; ``message`` is shown to them, nothing changed."""
 
-    def __init__(self, message, status=409):
+    def __init__(self, message, status=409, round=None):
         super().__init__(message)
         self.message = message
         self.status = status
+        self.round = round  # the round it is about, where known (the page links back to it)
 
 
 # --- who may annotate what ----------------------------------------------------------------
@@ -55,21 +58,25 @@ def rounds_for(user, statuses=(EvalRound.Status.OPEN,)):
     return qs.filter(named)
 
 
+# Round r names user u, or names no one and u is in the annotators group (parameter: the group's name).
+_MAY_ANNOTATE = (
+    "(EXISTS (SELECT 1 FROM {round_annotators} x WHERE x.evalround_id = r.id AND x.user_id = u.id) "
+    "OR (NOT EXISTS (SELECT 1 FROM {round_annotators} x WHERE x.evalround_id = r.id) "
+    "AND EXISTS (SELECT 1 FROM {user_groups} ug JOIN {group} g ON g.id = ug.group_id "
+    "WHERE ug.user_id = u.id AND g.name = %s)))"
+)
+
+
 def _may_annotate(round, user):
     """The round names the user, or names no one and the user is an annotator (drafts: no one)."""
     if not user.is_authenticated or round.status == EvalRound.Status.DRAFT:
         return False
-    # SQL written out: this runs on every "next", and the ORM took 1.6 ms to build it as Exists().
-    through, user_groups = EvalRound.annotators.through._meta.db_table, user.groups.through._meta.db_table
+    # SQL written out: this runs on every request, and the ORM took 1.6 ms to build it as Exists().
     with connection.cursor() as c:
-        c.execute(
-            f"SELECT EXISTS (SELECT 1 FROM {through} WHERE evalround_id = %s AND user_id = %s) "
-            f"OR (NOT EXISTS (SELECT 1 FROM {through} WHERE evalround_id = %s) "
-            f"AND EXISTS (SELECT 1 FROM {user_groups} ug JOIN {Group._meta.db_table} g ON g.id = ug.group_id "
-            f"WHERE ug.user_id = %s AND g.name = %s))",
-            [round.pk, user.pk, round.pk, user.pk, ANNOTATORS_GROUP],
-        )
-        return bool(c.fetchone()[0])
+        c.execute(_sql("SELECT " + _MAY_ANNOTATE + " FROM {round} r CROSS JOIN {user} u WHERE r.id = %s AND u.id = %s"),
+                  [ANNOTATORS_GROUP, round.pk, user.pk])
+        row = c.fetchone()
+        return bool(row and row[0])
 
 
 def check_may_annotate(round, user):
@@ -103,9 +110,13 @@ def check_accepts_work(round):
 
 def _sql(query):
     return query.format(
-        item=EvalItem._meta.db_table, asg=Assignment._meta.db_table,
+        item=EvalItem._meta.db_table, asg=Assignment._meta.db_table, prompt=Prompt._meta.db_table,
+        round=EvalRound._meta.db_table, task=Task._meta.db_table,
         sample=Sample._meta.db_table, item_samples=EvalItem.samples.through._meta.db_table,
-        user=get_user_model()._meta.db_table, fence=" OFFSET 0" if _row_locks() else "",
+        ranking=Ranking._meta.db_table, user=get_user_model()._meta.db_table,
+        round_annotators=EvalRound.annotators.through._meta.db_table,
+        user_groups=get_user_model().groups.through._meta.db_table, group=Group._meta.db_table,
+        json_pairs=_JSON_PAIRS[connection.vendor], fence=" OFFSET 0" if _row_locks() else "",
     )
 
 
@@ -139,19 +150,6 @@ def _lock_row(table_sql, pk):
             c.execute(_sql(table_sql + " FOR NO KEY UPDATE"), [pk])
 
 
-def _samples_in_order(item_id):
-    """The item's samples, ids shuffled for this annotator, with their texts for the page."""
-    with connection.cursor() as c:
-        c.execute(_sql(
-            "SELECT s.id, s.text FROM {sample} s JOIN {item_samples} t ON t.sample_id = s.id "
-            "WHERE t.evalitem_id = %s ORDER BY s.id"
-        ), [item_id])
-        texts = dict(c.fetchall())
-    order = list(texts)
-    random.SystemRandom().shuffle(order)
-    return order, texts
-
-
 def next_assignment(round, user, now=None):
     """The assignment this annotator should work on now, or None when nothing is left for them.
 
@@ -162,35 +160,98 @@ def next_assignment(round, user, now=None):
     with transaction.atomic():
         # One request per annotator at a time: a double click on "Start" gets one lease, not two.
         _lock_row("SELECT 1 FROM {user} WHERE id = %s", user.pk)
+        return _next_locked(round, user, now)
+
+
+def next_for(round_id, user, now=None):
+    """``(round, assignment)`` for the annotator's "next" request: what ``next_assignment`` gives.
+
+    The request path: one statement reads the round with its task, checks that the user may
+    annotate it and takes the user's lock. ``round`` is None when there is no such round;
+    Refused when the user may not have it or it takes no answers now.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
         with connection.cursor() as c:
-            c.execute(_sql("SELECT id FROM {asg} WHERE round_id = %s AND annotator_id = %s AND status = %s"),
-                      [round.pk, user.pk, Assignment.Status.LEASED])
-            own = [row[0] for row in c.fetchall()]  # usually none: read the rows only when there are some
-        for a in Assignment.objects.filter(pk__in=own).order_by("id") if own else []:
-            if a.expires_at > now:
-                return a
-            _lock_row("SELECT 1 FROM {item} WHERE id = %s", a.item_id)
-            if active_count(a.item_id, now, exclude_id=a.pk) < round.overlap:
-                a.expires_at = now + round.lease
-                a.save(update_fields=["expires_at"])
-                return a
-            a.delete()  # the lapsed slot went to someone else; this annotator may not get it back
+            c.execute(
+                _sql("SELECT " + rawsql.columns(EvalRound, "r") + ", " + rawsql.columns(Task, "t") + ", "
+                     + _MAY_ANNOTATE + " FROM {round} r JOIN {task} t ON t.id = r.task_id "
+                     "CROSS JOIN {user} u WHERE r.id = %s AND u.id = %s")
+                + (" FOR NO KEY UPDATE OF u" if _row_locks() else ""),
+                [ANNOTATORS_GROUP, round_id, user.pk],
+            )
+            row = c.fetchone()
+        if row is None:
+            return None, None
+        n = rawsql.width(EvalRound)
+        round = rawsql.load(EvalRound, row[:n])
+        round.task = rawsql.load(Task, row[n:-1])
+        if not row[-1] or round.status == EvalRound.Status.DRAFT:
+            raise Refused("This evaluation round is not available to you.", status=403)
+        check_accepts_work(round)
+        return round, _next_locked(round, user, now)
 
-        item = _lock_free_item(round, user, now)
-        if item is None:
+
+def _next_locked(round, user, now):
+    """next_assignment's work, once this user's lock is held (inside its transaction)."""
+    with connection.cursor() as c:
+        c.execute(_sql("SELECT " + rawsql.columns(Assignment, "a") + " FROM {asg} a "
+                       "WHERE a.round_id = %s AND a.annotator_id = %s AND a.status = %s ORDER BY a.id"),
+                  [round.pk, user.pk, Assignment.Status.LEASED])
+        own = [rawsql.load(Assignment, row) for row in c.fetchall()]  # usually none
+    for a in own:
+        if a.expires_at > now:
+            return a
+        _lock_row("SELECT 1 FROM {item} WHERE id = %s", a.item_id)
+        if active_count(a.item_id, now, exclude_id=a.pk) < round.overlap:
+            a.expires_at = now + round.lease
+            a.save(update_fields=["expires_at"])
+            return a
+        a.delete()  # the lapsed slot went to someone else; this annotator may not get it back
+
+    params = [round.pk, user.pk, round.pk, round.overlap, user.pk, *_active_params(now), round.overlap]
+    for _ in range(1000):
+        row = None
+        with connection.cursor() as c:
+            if _row_locks():
+                c.execute(_free_item_sql() + " FOR NO KEY UPDATE OF i SKIP LOCKED", params)
+                row = c.fetchone()
+                if row is None:
+                    # Every free item may be locked by annotators being served right now: wait for the first.
+                    c.execute(_free_item_sql() + " FOR NO KEY UPDATE OF i", params)
+                    row = c.fetchone()
+            else:
+                c.execute(_free_item_sql(), params)
+                row = c.fetchone()
+        if row is None:
             return None
-        order, texts = _samples_in_order(item.pk)
-        a = Assignment.objects.create(
-            round=round, item=item, annotator=user, order=order, leased_at=now, expires_at=now + round.lease,
-        )
-        a.is_new = True  # nothing to pre-fill: it was never answered
-        a.texts = texts  # the page needs them; saves reading them again
-        return a
+        item_id, prompt_id, position, n_submitted, context, pairs, n_done = row
+        texts = dict(json.loads(pairs) if isinstance(pairs, str) else pairs or [])
+        order = list(texts)
+        random.SystemRandom().shuffle(order)
+        a = Assignment(round=round, item_id=item_id, annotator=user, order=order, leased_at=now,
+                       expires_at=now + round.lease)
+        a.pk = _insert_if_free(a, now, round.overlap)
+        if a.pk is not None:
+            a._state.adding, a._state.db = False, connection.alias
+            a.item = EvalItem(pk=item_id, round_id=round.pk, prompt_id=prompt_id, position=position,
+                              n_submitted=n_submitted)
+            a.item.prompt = Prompt(pk=prompt_id, context=context)
+            a.is_new = True  # nothing to pre-fill: it was never answered
+            a.texts = texts  # the page needs them; saves reading them again
+            a.n_done = n_done  # and the annotator's progress
+            return a
+        # Someone filled it just before we locked it: look again.
+    return None
 
 
+# The first item in queue order with a free slot that this user has not had, with what its
+# page needs: the responses' texts and how many items the user has done in the round.
 _FREE_ITEM = (
-    "SELECT i.id, i.prompt_id, i.position, i.n_submitted, p.context FROM {item} i "
-    "JOIN " + Prompt._meta.db_table + " p ON p.id = i.prompt_id "
+    "SELECT i.id, i.prompt_id, i.position, i.n_submitted, p.context, "
+    "(SELECT {json_pairs} FROM {sample} sm JOIN {item_samples} t ON t.sample_id = sm.id WHERE t.evalitem_id = i.id), "
+    "(SELECT COUNT(*) FROM {ranking} rk WHERE rk.round_id = %s AND rk.annotator_id = %s AND rk.withdrawn_at IS NULL) "
+    "FROM {item} i JOIN {prompt} p ON p.id = i.prompt_id "
     "WHERE i.round_id = %s AND i.n_submitted < %s "
     "AND NOT EXISTS (SELECT 1 FROM {asg} m WHERE m.item_id = i.id AND m.annotator_id = %s{fence}) "
     "AND (SELECT COUNT(*) FROM {asg} s WHERE s.item_id = i.id AND " + _ACTIVE + ") < %s "
@@ -199,40 +260,35 @@ _FREE_ITEM = (
 # OFFSET 0 keeps "not had by me" a per-row check that PostgreSQL runs before the (dearer) slot
 # count; as an anti-join it ran after it, and an annotator far ahead of the others paid for a
 # slot count on every item they had already done (3.6 ms instead of 1.5 ms after 300 items).
+# Walking the (round, position) index, PostgreSQL stops at the first row that passes, so the
+# slot count is computed only for the items it passes over (full or leased ones), not for the
+# whole round. SKIP LOCKED passes over items other annotators are being given right now, so
+# fifty annotators never queue behind one another.
+
+_JSON_PAIRS = {
+    "postgresql": "json_agg(json_build_array(sm.id, sm.text))",
+    "sqlite": "json_group_array(json_array(sm.id, sm.text))",
+}
 
 
-def _lock_free_item(round, user, now):
-    """Lock and return the first item in queue order with a free slot this user has not had; or None.
+def _free_item_sql():
+    return _sql(_FREE_ITEM)
 
-    PostgreSQL walks the (round, position) index and stops at the first row that passes, so
-    the slot count is computed only for the items it passes over (full or leased ones), not
-    for the whole round. SKIP LOCKED passes over items other annotators are being given right
-    now, so fifty annotators never queue behind one another.
+
+def _insert_if_free(a, now, overlap):
+    """INSERT the lease ``a`` if its item still has a free slot; its id, or None if the item is full.
+
+    The item's row lock is held, and the count runs in this new statement, which sees every
+    transaction committed before it: no one can take the slot between the count and the insert.
     """
-    params = [round.pk, round.overlap, user.pk, *_active_params(now), round.overlap]
-    for _ in range(1000):
-        row = None
-        with connection.cursor() as c:
-            if _row_locks():
-                c.execute(_sql(_FREE_ITEM + " FOR NO KEY UPDATE OF i SKIP LOCKED"), params)
-                row = c.fetchone()
-                if row is None:
-                    # Every free item may be locked by annotators being served right now: wait for the first.
-                    c.execute(_sql(_FREE_ITEM + " FOR NO KEY UPDATE OF i"), params)
-                    row = c.fetchone()
-            else:
-                c.execute(_sql(_FREE_ITEM), params)
-                row = c.fetchone()
-        if row is None:
-            return None
-        pk, prompt_id, position, n_submitted, context = row
-        # Re-read the count now that we hold the lock: a new statement sees every commit before it.
-        if active_count(pk, timezone.now()) < round.overlap:
-            item = EvalItem(pk=pk, round_id=round.pk, prompt_id=prompt_id, position=position, n_submitted=n_submitted)
-            item.prompt = Prompt(pk=prompt_id, context=context)
-            return item
-        # Someone filled it just before we locked it: look again.
-    return None
+    row = {f.attname: getattr(a, f.attname) for f in Assignment._meta.concrete_fields if not f.primary_key}
+    sql, params = rawsql.insert_sql(
+        Assignment, [row], where=_sql("(SELECT COUNT(*) FROM {asg} s WHERE s.item_id = %s AND " + _ACTIVE + ") < %s"),
+    )
+    with connection.cursor() as c:
+        c.execute(sql + " RETURNING id", [*params, a.item_id, *_active_params(now), overlap])
+        row = c.fetchone()
+    return row[0] if row else None
 
 
 def get_assignment(token, user, related=("round__task", "item__prompt")):
@@ -251,107 +307,152 @@ class Submitted:
     duplicate: bool  # True when this exact submission had already been stored
 
 
-def submit(token, user, *, ranks, harmless, comment="", time_on_page_ms=None, user_agent="", key, assignment=None):
+@dataclass
+class Answer:
+    """What an annotator answered for one item; ``ranks`` / ``harmless`` map shown labels to values."""
+    ranks: dict
+    harmless: dict
+    comment: str = ""
+    time_on_page_ms: int | None = None
+
+
+def submit(token, user, *, ranks, harmless, comment="", time_on_page_ms=None, user_agent="", key):
     """Store a ranking once. ``ranks`` / ``harmless`` map shown labels (A, B, ...) to values.
 
     The caller has validated the values (see forms.RankingForm); this re-checks everything
-    that depends on the database, under the assignment's row lock. ``assignment``: the one
-    with this token, with its round, if the caller has already read it.
+    that depends on the database, under the assignment's row lock.
+    """
+    answer = Answer(ranks, harmless, comment, time_on_page_ms)
+    return submit_answer(token, user, lambda a: answer, key=key, user_agent=user_agent)
+
+
+def submit_answer(token, user, read_answer, *, key, user_agent=""):
+    """Store, once, the Answer that ``read_answer(assignment)`` reads for the item with this token.
+
+    ``read_answer`` gets the assignment (with its round) under its row lock, after every check
+    that depends on the database has passed, and validates the posted values against it. If it
+    raises, nothing is stored. Refused carries the round, for the page that says why.
     """
     if not key or len(key) > 64:
         raise Refused("The form is missing its submission key; reload the page and try again.", status=400)
     now = timezone.now()
+    a = None
     try:
-        return _store(token, user, ranks, harmless, comment, time_on_page_ms, user_agent, key, now, assignment)
+        with transaction.atomic():
+            a = lock_assignment(token, user)
+            return _store(a, user, read_answer, user_agent, key, now)
     except IntegrityError:
         # The unique key caught a twin of this request (a retry, or one that raced this one), or
         # one live ranking per assignment caught a second answer with another key.
         done = Ranking.objects.filter(idempotency_key=key).select_related("assignment").first()
         if done is None:
-            raise Refused("This item was already submitted. Use “Undo last submission” to change it.")
+            raise Refused("This item was already submitted. Use “Undo last submission” to change it.", round=a.round)
         if done.assignment.token != token or done.annotator_id != user.pk:
-            raise Refused("This submission key belongs to another item; reload the page.", status=400)
+            raise Refused("This submission key belongs to another item; reload the page.", status=400, round=a.round)
         return Submitted(done, duplicate=True)
+    except Refused as e:
+        e.round = e.round or (a.round if a is not None else None)
+        raise
 
 
-def _store(token, user, ranks, harmless, comment, time_on_page_ms, user_agent, key, now, a=None):
-    with transaction.atomic():
-        if a is None or a.token != token:
-            a = Assignment.objects.select_related("round").filter(token=token).first()
-        if a is None or a.annotator_id != user.pk:
-            raise Refused("This item is not assigned to you. Nothing was saved.", status=403)
-        # Lock the row, then re-read what a concurrent request may have changed.
-        a.status, a.expires_at = (
-            Assignment.objects.select_for_update(no_key=True).filter(pk=a.pk).values_list("status", "expires_at").get()
-        )
-        if a.status != Assignment.Status.LEASED:
-            # Most often a retry of a submission that was stored: answer it as the first time.
-            done = Ranking.objects.filter(idempotency_key=key).first()
-            if done is not None:
-                if done.assignment_id != a.pk:
-                    raise Refused("This submission key belongs to another item; reload the page.", status=400)
-                return Submitted(done, duplicate=True)
-        round = a.round
-        check_accepts_work(round)
-        if a.status == Assignment.Status.SUBMITTED:
-            raise Refused("You already submitted this item. Use “Undo last submission” to change it.")
-        if a.status == Assignment.Status.SKIPPED:
-            raise Refused("You skipped this item, so it cannot be submitted now.")
-        if a.expires_at <= now:
-            _lock_row("SELECT 1 FROM {item} WHERE id = %s", a.item_id)
-            if active_count(a.item_id, now, exclude_id=a.pk) >= round.overlap:
-                raise Refused(
-                    "Your time on this item ran out and it went to another annotator. Nothing was saved; "
-                    "you will get the next item."
-                )
-        labels = a.labels
-        if set(ranks) - set(labels) or set(harmless) - set(labels):
-            raise Refused("The answer names responses that are not on this page. Nothing was saved.", status=400)
-        # A key used before (a retry after an undo, or a form posted for another item) breaks
-        # the unique constraint on idempotency_key; submit() answers that case.
-        ranking = Ranking(
-            assignment=a, round=round, item_id=a.item_id, annotator=user, shown_order=list(a.order),
-            comment=comment.strip()[:5000], time_on_page_ms=time_on_page_ms, user_agent=user_agent[:500],
-            idempotency_key=key, created_at=now,
-        )
-        [ranking.pk] = _insert_rows(Ranking, [{
-            f: getattr(ranking, f) for f in ("assignment_id", "round_id", "item_id", "annotator_id", "shown_order",
-                                             "comment", "time_on_page_ms", "user_agent", "idempotency_key",
-                                             "created_at", "withdrawn_at")
-        }])
-        _insert_rows(RankedResponse, [
-            {"ranking_id": ranking.pk, "sample_id": sample_id, "label": label, "position": i,
-             "rank": ranks.get(label) if round.asks_rank else None,
-             "harmless": harmless.get(label) if round.asks_harmless else None}
-            for i, (label, sample_id) in enumerate(zip(labels, a.order))
-        ])
-        with connection.cursor() as c:
-            c.execute(_sql("UPDATE {asg} SET status = %s, finished_at = %s WHERE id = %s"),
-                      [Assignment.Status.SUBMITTED, connection.ops.adapt_datetimefield_value(now), a.pk])
-            c.execute(_sql("UPDATE {item} SET n_submitted = n_submitted + 1 WHERE id = %s"), [a.item_id])
-        ranking._state.adding, ranking._state.db = False, connection.alias  # it is in the database now
-        a.status, a.finished_at = Assignment.Status.SUBMITTED, now
-        return Submitted(ranking, duplicate=False)
+def lock_assignment(token, user):
+    """The user's assignment with this token, and its round, row-locked (in a transaction); or Refused.
 
-
-def _insert_rows(model, rows):
-    """INSERT ``rows`` (dicts of field attname -> value) in one statement; returns their ids.
-
-    Written out because every submit runs it: save() and bulk_create() spent more CPU in
-    Python than the database spent storing the rows. Values go through each field's own
-    conversion (JSON, datetimes), as the ORM's would.
+    One statement: the lock returns the row as the last transaction to change it left it.
     """
-    qn = connection.ops.quote_name
-    fields = [next(f for f in model._meta.concrete_fields if f.attname == name) for name in rows[0]]
-    one_row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    params = [f.get_db_prep_save(row[f.attname], connection) for row in rows for f in fields]
     with connection.cursor() as c:
         c.execute(
-            f"INSERT INTO {qn(model._meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
-            f"VALUES {', '.join([one_row] * len(rows))} RETURNING {qn(model._meta.pk.column)}",
-            params,
+            _sql("SELECT " + rawsql.columns(Assignment, "a") + ", " + rawsql.columns(EvalRound, "r") + " FROM {asg} a "
+                 "JOIN {round} r ON r.id = a.round_id WHERE a.token = %s AND a.annotator_id = %s")
+            + (" FOR NO KEY UPDATE OF a" if _row_locks() else ""),
+            [token, user.pk],
         )
-        return [row[0] for row in c.fetchall()]
+        row = c.fetchone()
+    if row is None:
+        raise Refused("This item is not assigned to you. Nothing was saved.", status=403)
+    n = rawsql.width(Assignment)
+    a = rawsql.load(Assignment, row[:n])
+    a.round = rawsql.load(EvalRound, row[n:])
+    return a
+
+
+def _store(a, user, read_answer, user_agent, key, now):
+    if a.status != Assignment.Status.LEASED:
+        # Most often a retry of a submission that was stored: answer it as the first time.
+        done = Ranking.objects.filter(idempotency_key=key).first()
+        if done is not None:
+            if done.assignment_id != a.pk:
+                raise Refused("This submission key belongs to another item; reload the page.", status=400)
+            return Submitted(done, duplicate=True)
+    round = a.round
+    check_accepts_work(round)
+    if a.status == Assignment.Status.SUBMITTED:
+        raise Refused("You already submitted this item. Use “Undo last submission” to change it.")
+    if a.status == Assignment.Status.SKIPPED:
+        raise Refused("You skipped this item, so it cannot be submitted now.")
+    if a.expires_at <= now:
+        _lock_row("SELECT 1 FROM {item} WHERE id = %s", a.item_id)
+        if active_count(a.item_id, now, exclude_id=a.pk) >= round.overlap:
+            raise Refused(
+                "Your time on this item ran out and it went to another annotator. Nothing was saved; "
+                "you will get the next item."
+            )
+    answer = read_answer(a)
+    labels = a.labels
+    if set(answer.ranks) - set(labels) or set(answer.harmless) - set(labels):
+        raise Refused("The answer names responses that are not on this page. Nothing was saved.", status=400)
+    # A key used before (a retry after an undo, or a form posted for another item) breaks
+    # the unique constraint on idempotency_key; submit_answer() answers that case.
+    ranking = Ranking(
+        assignment=a, round=round, item_id=a.item_id, annotator=user, shown_order=list(a.order),
+        comment=answer.comment.strip()[:5000], time_on_page_ms=answer.time_on_page_ms,
+        user_agent=user_agent[:500], idempotency_key=key, created_at=now,
+    )
+    responses = [
+        {"ranking_id": None, "sample_id": sample_id, "label": label, "position": i,
+         "rank": answer.ranks.get(label) if round.asks_rank else None,
+         "harmless": answer.harmless.get(label) if round.asks_harmless else None}
+        for i, (label, sample_id) in enumerate(zip(labels, a.order))
+    ]
+    ranking.pk = _write_ranking(ranking, responses, now)
+    ranking._state.adding, ranking._state.db = False, connection.alias  # it is in the database now
+    a.status, a.finished_at = Assignment.Status.SUBMITTED, now
+    return Submitted(ranking, duplicate=False)
+
+
+_RANKING_COLUMNS = ("assignment_id", "round_id", "item_id", "annotator_id", "shown_order", "comment",
+                    "time_on_page_ms", "user_agent", "idempotency_key", "created_at", "withdrawn_at")
+
+
+def _write_ranking(ranking, responses, now):
+    """Store the ranking and its responses, mark the assignment submitted, count it on the item.
+
+    Written out because every submit runs it: save() and bulk_create() spent more CPU in Python
+    than the database spent storing the rows. On PostgreSQL the four writes are one statement
+    (data-modifying WITH); SQLite, which has no such statement, runs them one by one.
+    """
+    ranking_sql, ranking_params = rawsql.insert_sql(Ranking, [{f: getattr(ranking, f) for f in _RANKING_COLUMNS}])
+    mark_sql = _sql("UPDATE {asg} SET status = %s, finished_at = %s WHERE id = %s")
+    mark_params = [Assignment.Status.SUBMITTED, connection.ops.adapt_datetimefield_value(now), ranking.assignment_id]
+    count_sql = _sql("UPDATE {item} SET n_submitted = n_submitted + 1 WHERE id = %s")
+    if connection.vendor == "postgresql":
+        responses_sql, responses_params = rawsql.insert_sql(
+            RankedResponse, responses, values={"ranking_id": "(SELECT id FROM new_ranking)"},
+        )
+        with connection.cursor() as c:
+            c.execute(
+                f"WITH new_ranking AS ({ranking_sql} RETURNING id), new_responses AS ({responses_sql}), "
+                f"marked AS ({mark_sql}), counted AS ({count_sql}) SELECT id FROM new_ranking",
+                [*ranking_params, *responses_params, *mark_params, ranking.item_id],
+            )
+            return c.fetchone()[0]
+    with connection.cursor() as c:
+        c.execute(ranking_sql + " RETURNING id", ranking_params)
+        ranking_id = c.fetchone()[0]
+        rawsql.insert_rows(RankedResponse, [{**r, "ranking_id": ranking_id} for r in responses])
+        c.execute(mark_sql, mark_params)
+        c.execute(count_sql, [ranking.item_id])
+    return ranking_id
 
 
 def skip(token, user, reason):
@@ -403,9 +504,13 @@ def annotator_progress(round, user):
         c.execute(f"SELECT COUNT(*) FROM {Ranking._meta.db_table} WHERE round_id = %s AND annotator_id = %s "
                   "AND withdrawn_at IS NULL", [round.pk, user.pk])
         done = c.fetchone()[0]
+    return {"done": done, "total": items_in(round)}
+
+
+def items_in(round):
     # Items are fixed once a round opens; open_round stores their number.
     total = round.metadata.get("n_items") if round.status != EvalRound.Status.DRAFT else None
-    return {"done": done, "total": total if total is not None else round.items.count()}
+    return total if total is not None else round.items.count()
 
 
 def remaining_for(round, user):

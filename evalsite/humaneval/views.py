@@ -62,15 +62,11 @@ def index(request):
 @login_required
 def next_item(request, round_id):
     try:
-        round = queue.round_for_annotator(round_id, request.user)
+        round, a = queue.next_for(round_id, request.user)
     except Refused as e:
-        return refused(request, e)
+        return refused(request, e, e.round)
     if round is None:
         raise Http404("No such round.")
-    try:
-        a = queue.next_assignment(round, request.user)
-    except Refused as e:
-        return refused(request, e, round)
     if a is None:
         return redirect("humaneval:done", round_id=round.pk)
     # Served right here rather than redirected: one round trip per item. Reloading this URL
@@ -110,7 +106,10 @@ def _item_context(request, a, form, skip_form):
             "rank_options": [{"value": str(i), "name": ordinal(i), "selected": rank == str(i)} for i in range(1, k + 1)],
             "harmless": harm,
         })
-    progress = queue.annotator_progress(round, request.user)
+    if hasattr(a, "n_done"):  # read with the new lease
+        progress = {"done": a.n_done, "total": queue.items_in(round)}
+    else:
+        progress = queue.annotator_progress(round, request.user)
     return {
         "round": round,
         "assignment": a,
@@ -167,15 +166,13 @@ def _form(a, data=None, previous=None):
 
 @login_required
 def item(request, token):
-    posted = request.method == "POST"
+    if request.method == "POST":
+        return _submit(request, token)
     try:
-        # A submit reads only what the form needs; the page (and a form sent back with errors) more.
-        a = queue.get_assignment(token, request.user, related=("round",) if posted else ("round__task", "item__prompt"))
+        a = queue.get_assignment(token, request.user)
     except Refused as e:
         return refused(request, e)
     round = a.round
-    if posted:
-        return _submit(request, a)
     if a.status != Assignment.Status.LEASED:
         messages.info(request, "You already answered that item; here is your next one.")
         return redirect("humaneval:next", round_id=round.pk)
@@ -195,27 +192,39 @@ def _render_item(request, a):
     return render(request, "humaneval/item.html", _item_context(request, a, _form(a, previous=previous), SkipForm()))
 
 
-def _submit(request, a):
-    form = _form(a, request.POST)
-    if not form.is_valid():
-        if a.status != Assignment.Status.LEASED:
-            return refused(request, Refused("You already answered this item. Nothing was changed."), a.round)
-        ctx = _item_context(request, a, form, SkipForm())
-        return render(request, "humaneval/item.html", ctx, status=400)
-    d = form.cleaned_data
-    elapsed = d.get("elapsed_ms")
-    if elapsed is None or elapsed > MAX_TIME_ON_PAGE_MS:
-        elapsed = None
+class InvalidAnswer(Exception):
+    """The posted form does not validate; it goes back to the annotator with its errors."""
+
+    def __init__(self, form):
+        super().__init__("invalid answer")
+        self.form = form
+
+
+def _submit(request, token):
+    def read_answer(a):
+        # Called under the assignment's lock, once the database-side checks have passed.
+        form = _form(a, request.POST)
+        if not form.is_valid():
+            raise InvalidAnswer(form)
+        d = form.cleaned_data
+        elapsed = d.get("elapsed_ms")
+        if elapsed is None or elapsed > MAX_TIME_ON_PAGE_MS:
+            elapsed = None
+        return queue.Answer(d["ranks"], d["harmless"], d.get("comment", ""), elapsed)
+
     try:
-        result = queue.submit(
-            a.token, request.user, ranks=d["ranks"], harmless=d["harmless"], comment=d.get("comment", ""),
-            time_on_page_ms=elapsed, user_agent=request.META.get("HTTP_USER_AGENT", ""), key=d["key"], assignment=a,
+        result = queue.submit_answer(
+            token, request.user, read_answer, key=request.POST.get("key", ""),
+            user_agent=request.META.get("HTTP_USER_AGENT", ""),
         )
+    except InvalidAnswer as e:
+        a = queue.get_assignment(token, request.user)
+        return render(request, "humaneval/item.html", _item_context(request, a, e.form, SkipForm()), status=400)
     except Refused as e:
-        return refused(request, e, a.round)
+        return refused(request, e, e.round)
     if not result.duplicate:
         messages.success(request, "Saved.")
-    return redirect("humaneval:next", round_id=a.round_id)
+    return redirect("humaneval:next", round_id=result.ranking.round_id)
 
 
 @login_required

@@ -1,0 +1,75 @@
+"""Model rows read and written with written-out SQL, converted as the ORM would convert them.
+
+The annotator queue runs on every request an annotator makes, and building its queries with
+the ORM cost more CPU than the database spent running them. These helpers keep the written-out
+SQL honest: column lists come from the model, and values pass through each field's own
+conversions (JSON, datetimes on SQLite) in both directions.
+"""
+from functools import lru_cache
+
+from django.db import connection
+
+
+def qn(name):
+    return connection.ops.quote_name(name)
+
+
+def table(model):
+    return qn(model._meta.db_table)
+
+
+def columns(model, alias):
+    """``alias."id", alias."round_id", ...``: every concrete column of ``model``, in field order."""
+    return ", ".join(f"{alias}.{qn(f.column)}" for f in model._meta.concrete_fields)
+
+
+def width(model):
+    return len(model._meta.concrete_fields)
+
+
+@lru_cache(maxsize=None)
+def _converters(model, vendor):
+    out = []
+    for f in model._meta.concrete_fields:
+        col = f.get_col(model._meta.db_table)
+        fns = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
+        out.append((col, fns))
+    return out
+
+
+def load(model, values):
+    """A ``model`` instance from one row of ``columns(model, ...)`` values, as if the ORM had read it."""
+    converted = []
+    for value, (col, fns) in zip(values, _converters(model, connection.vendor)):
+        for fn in fns:
+            value = fn(value, col, connection)
+        converted.append(value)
+    return model.from_db(connection.alias, [f.attname for f in model._meta.concrete_fields], converted)
+
+
+def insert_rows(model, rows):
+    """INSERT ``rows`` (dicts of field attname -> value) in one statement; returns their ids."""
+    sql, params = insert_sql(model, rows)
+    with connection.cursor() as c:
+        c.execute(sql + f" RETURNING {qn(model._meta.pk.column)}", params)
+        return [row[0] for row in c.fetchall()]
+
+
+def insert_sql(model, rows, values=None, where=None):
+    """``INSERT INTO table (cols) VALUES (...), (...)`` and its parameters, for ``rows`` as above.
+
+    ``values`` maps an attname to SQL written in place of its parameter (the same in every row),
+    e.g. a subquery on an earlier statement's RETURNING. ``where``: the one row is inserted
+    only if this SQL condition holds (``INSERT ... SELECT ... WHERE``); its parameters follow.
+    """
+    values = values or {}
+    fields = [next(f for f in model._meta.concrete_fields if f.attname == name) for name in rows[0]]
+    one_row = "(" + ", ".join(values.get(f.attname, "%s") for f in fields) + ")"
+    params = [f.get_db_prep_save(row[f.attname], connection) for row in rows for f in fields
+              if f.attname not in values]
+    head = f"INSERT INTO {table(model)} ({', '.join(qn(f.column) for f in fields)}) "
+    if where is not None:
+        assert len(rows) == 1, "a conditional INSERT writes one row"
+        return head + f"SELECT {one_row[1:-1]} WHERE {where}", params
+    sql = head + f"VALUES {', '.join([one_row] * len(rows))}"
+    return sql, params
