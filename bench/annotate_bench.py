@@ -9,7 +9,7 @@ answer (doubled) and items beyond their overlap. The baseline is the login page 
 same server in the same run (a plain Django page with a session), so ``next_vs_login`` is a
 ratio that means the same on any machine.
 
-    bench/annotate [--seconds 60] [--annotators 50] [--workers N] [--think-seconds S]
+    bench/annotate [--seconds 60] [--annotators 50] [--workers N] [--think-seconds S] [--keep-db]
 
 With the default --think-seconds 0 every annotator asks for its next item the moment the
 last request is answered, so latency is about annotators / throughput (Little's law): the
@@ -169,6 +169,7 @@ def main():
                          "test, each annotator sends its next request as soon as the last is answered)")
     ap.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"))
     ap.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--keep-db", action="store_true", help="keep the benchmark's database afterwards, to inspect")
     args = ap.parse_args()
 
     dbname = f"evalsite_bench_annotate_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -194,8 +195,11 @@ def main():
             connections.close_all()
         except Exception:  # noqa: BLE001 - Django may not be set up if migrate failed
             pass
-        with admin_conn(args.database_url) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        if args.keep_db:
+            print(f"kept database {db_url}")
+        else:
+            with admin_conn(args.database_url) as c:
+                c.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
 def measure(args, env, dbname):

@@ -71,6 +71,20 @@ TEMPLATES = [
             ],
         },
     },
+    {
+        # The annotator's item page (see evalsite/jinja2.py); everything else is a Django template.
+        "BACKEND": "django.template.backends.jinja2.Jinja2",
+        "DIRS": [BASE_DIR / "jinja2"],
+        "APP_DIRS": False,
+        "OPTIONS": {
+            "environment": "evalsite.jinja2.environment",
+            "context_processors": [
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "evalsite.jinja2.csrf_field",
+            ],
+        },
+    },
 ]
 
 DATABASES = {
@@ -134,6 +148,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 DATASET_UPLOAD_MAX_BYTES = env.int("DATASET_UPLOAD_MAX_BYTES", default=500 * 1024 * 1024)
 
+# Django's ModelBackend, reading each request's user with written-out SQL (evalsite/auth.py).
+AUTHENTICATION_BACKENDS = ["evalsite.auth.ModelBackend"]
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -144,7 +161,7 @@ if _redis_url:
     # Shared by every web worker: sessions are read from Redis and written through to the
     # database, saving a query on each annotator request.
     CACHES = {"default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "evalsite.cache.RedisCache",  # Django's, keeping its client objects
         "LOCATION": env("CACHE_URL", default=_redis_url),
         "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="evalsite"),
     }}

@@ -86,6 +86,15 @@ def _redis_reachable(url):
         return False
 
 
+@pytest.fixture
+def redis_url():
+    """REDIS_URL (or the local default) where Redis answers; skip (fail in CI) where it does not."""
+    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    if not _redis_reachable(url):
+        skip_or_fail(f"Redis at {url} is not reachable")
+    return url
+
+
 def _database_url_for_worker(connection):
     s = connection.settings_dict
     if connection.vendor == "sqlite":

@@ -381,3 +381,71 @@ def test_next_shows_progress_read_with_the_lease_and_an_unknown_round_is_404(cli
     submit_direct(b, u)
     page = client.get(reverse("humaneval:next", args=[rnd.pk])).content.decode()
     assert "2 / 4 done" in page
+
+
+def test_item_page_in_jinja2_has_the_same_site_header_and_head_as_the_django_pages(client, rnd, annotators):
+    """jinja2/base.html mirrors templates/base.html (+ humaneval/base_he.html); keep them in step."""
+    u = annotators[0]
+    u.is_staff = True  # the Admin link too
+    u.save()
+    login(client, u)
+
+    def part(html, start, end):
+        s = html[html.index(start):]
+        s = s[:s.index(end) + len(end)]
+        return re.sub(r'name="csrfmiddlewaretoken" value="[^"]+"', "CSRF", s)
+
+    django_page = client.get(reverse("humaneval:index")).content.decode()
+    item_page = client.get(reverse("humaneval:next", args=[rnd.pk])).content.decode()
+    assert 'id="he-answer"' in item_page and 'id="he-answer"' not in django_page
+    for start, end in [('<header class="site-header">', "</header>"), ("<head>", "<title>"), ("</title>", "</head>")]:
+        assert part(item_page, start, end) == part(django_page, start, end)
+
+
+def test_items_are_marked_complete_with_their_last_answer_and_open_again_on_undo_or_a_higher_overlap(rnd, annotators):
+    u1, u2, u3 = annotators
+    a1 = queue.next_assignment(rnd, u1)
+    submit_direct(a1, u1)
+    item = EvalItem.objects.get(pk=a1.item_id)
+    assert (item.n_submitted, item.complete) == (1, False)
+    a2 = queue.next_assignment(rnd, u2)
+    assert a2.item_id == a1.item_id
+    submit_direct(a2, u2)
+    item.refresh_from_db()
+    assert (item.n_submitted, item.complete) == (2, True)  # overlap 2
+    # A complete item is not handed out, even to an annotator who never had it.
+    assert queue.next_assignment(rnd, u3).item_id != item.pk
+    queue.undo_last(rnd, u2)
+    item.refresh_from_db()
+    assert (item.n_submitted, item.complete) == (1, False)
+    submit_direct(Assignment.objects.get(pk=a2.pk), u2, key="again")
+    item.refresh_from_db()
+    assert item.complete
+    rnd.overlap = 3
+    rnd.save()
+    item.refresh_from_db()
+    assert not item.complete
+    rnd.overlap = 2
+    rnd.save()
+    item.refresh_from_db()
+    assert item.complete
+
+
+def test_the_queue_tables_are_analyzed_again_at_64_256_1024_answers(rnd, annotators, monkeypatch):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    assert {64, 256, 1024, 4096} <= queue._REPLAN_AT
+    u, other = annotators[:2]
+    submit_direct(queue.next_assignment(rnd, u), u)
+    monkeypatch.setattr(queue, "_REPLAN_AT", frozenset({Ranking.objects.get().pk + 1}))  # the next answer's id
+    with CaptureQueriesContext(connection) as ctx:
+        submit_direct(queue.next_assignment(rnd, u), u)
+    analyzed = [q["sql"] for q in ctx.captured_queries if q["sql"].startswith("ANALYZE")]
+    with CaptureQueriesContext(connection) as ctx:
+        submit_direct(queue.next_assignment(rnd, other), other)
+    assert not [q for q in ctx.captured_queries if q["sql"].startswith("ANALYZE")]
+    if connection.vendor == "postgresql":
+        assert len(analyzed) == 1 and Assignment._meta.db_table in analyzed[0] and Ranking._meta.db_table in analyzed[0]
+    else:
+        assert analyzed == []  # SQLite keeps no plans between statements

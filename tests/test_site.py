@@ -136,3 +136,35 @@ def test_docker_compose_agrees_with_settings():
     assert "/var/lib/postgresql/data" in services["postgres"]["volumes"][0]
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "torch==2.13.0" in dockerfile and "collectstatic" in dockerfile
+
+
+def test_auth_backend_reads_each_user_as_the_orm_does(django_user_model):
+    from evalsite.auth import ModelBackend
+
+    u = django_user_model.objects.create_user("reader", email="r@example.org", password="pw", first_name="Ada",
+                                              is_staff=True)
+    got = ModelBackend().get_user(u.pk)
+    orm = django_user_model.objects.get(pk=u.pk)
+    assert got is not None and got._state.adding is False
+    for f in django_user_model._meta.concrete_fields:
+        assert getattr(got, f.attname) == getattr(orm, f.attname), f.name
+    assert got.date_joined.tzinfo is not None and got.is_staff is True and got.check_password("pw")
+    assert ModelBackend().get_user(str(u.pk)).pk == u.pk  # sessions keep the id as a string
+    assert ModelBackend().get_user(u.pk + 1000) is None
+    assert ModelBackend().get_user("not-a-number") is None
+    django_user_model.objects.filter(pk=u.pk).update(is_active=False)
+    assert ModelBackend().get_user(u.pk) is None
+
+
+def test_redis_cache_keeps_its_client_and_round_trips_values(redis_url):
+    import uuid
+
+    from evalsite.cache import RedisCache
+
+    cache = RedisCache(redis_url, {"KEY_PREFIX": f"test-{uuid.uuid4().hex}"})
+    client = cache._cache.get_client()
+    assert cache._cache.get_client() is client and cache._cache.get_client(write=True) is client
+    cache.set("session", {"user": 7, "when": [1, 2]}, 30)
+    assert cache.get("session") == {"user": 7, "when": [1, 2]}
+    cache.delete("session")
+    assert cache.get("session", "gone") == "gone"

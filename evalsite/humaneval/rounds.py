@@ -3,10 +3,11 @@ import builtins
 import random
 
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from evalsite import rawsql
 from evalsite.models import Assignment, EvalItem, EvalRound, Job, Ranking, Sample
 
 SAMPLE_KIND = "sample"
@@ -136,10 +137,7 @@ def _refresh_planner_statistics():
     instead counts the slots of every item in the round (8 ms instead of 0.2 ms per "next" on
     3,000 items); autovacuum would catch up only a minute or more later.
     """
-    if connection.vendor == "postgresql":
-        tables = [EvalItem._meta.db_table, EvalItem.samples.through._meta.db_table, Assignment._meta.db_table]
-        with connection.cursor() as c:
-            c.execute("ANALYZE " + ", ".join(connection.ops.quote_name(t) for t in tables))
+    rawsql.analyze(EvalItem, EvalItem.samples.through, Assignment)
 
 
 def close_round(round):

@@ -89,16 +89,16 @@ def done(request, round_id):
     })
 
 
-def _item_context(request, a, form, skip_form):
+def _item_context(request, a, values, errors=(), skip=None):
+    """The item page's context. ``values``: field name -> value to show (``key``, ``rank_A``, ...)."""
     round = a.round
     texts = getattr(a, "texts", None) or dict(Sample.objects.filter(pk__in=a.order).values_list("pk", "text"))
     context = a.item.prompt.context
     responses = []
     k = len(a.order)
     for label, sample_id in zip(a.labels, a.order):
-        # Fields are written out in the template (Django's widget rendering is the slowest part of this page).
-        rank = str(form[f"rank_{label}"].value() or "") if round.asks_rank else None
-        harm = (form[f"harmless_{label}"].value() or "") if round.asks_harmless else None
+        rank = str(values.get(f"rank_{label}") or "") if round.asks_rank else None
+        harm = (values.get(f"harmless_{label}") or "") if round.asks_harmless else None
         responses.append({
             "label": label,
             "text": texts.get(sample_id, ""),
@@ -112,7 +112,6 @@ def _item_context(request, a, form, skip_form):
         progress = queue.annotator_progress(round, request.user)
     return {
         "round": round,
-        "assignment": a,
         "token": a.token,
         "input": layout(round.task.slug, context),
         "responses": responses,
@@ -121,16 +120,23 @@ def _item_context(request, a, form, skip_form):
         "last_label": responses[-1]["label"] if responses else "",
         "noun": round.task.response_noun,
         "nouns": plural(round.task.response_noun),
-        "form": form,
-        "skip_form": skip_form,
+        "key": values.get("key") or secrets.token_hex(16),
+        "comment": values.get("comment") or "",
+        "skip": skip or {"open": False, "errors": [], "reason": None, "detail": ""},
         "skip_reasons": queue.SKIP_REASONS,
         "progress": progress,
         "position": progress["done"] + 1,
         "can_undo": progress["done"] > 0,
         "instructions": round.instructions_text(),
         "lease_expires_at": a.expires_at,
-        "errors": _error_list(form),
+        "errors": list(errors),
     }
+
+
+def _render_page(request, a, values, errors=(), skip=None, status=200):
+    # A Jinja2 template (see evalsite/jinja2.py): the page every annotator loads for every item.
+    return render(request, "humaneval/item.html", _item_context(request, a, values, errors, skip),
+                  status=status, using="jinja2")
 
 
 def plural(noun):
@@ -148,20 +154,25 @@ def _error_list(form):
     return out
 
 
-def _form(a, data=None, previous=None):
+def _form(a, data=None):
     round = a.round
-    initial = {"key": secrets.token_hex(16)}
-    if previous is not None:
-        # Redo after undo: start from the answer that was withdrawn.
-        for x in previous.responses.all():
-            if x.rank is not None:
-                initial[f"rank_{x.label}"] = str(x.rank)
-            if x.harmless is not None:
-                initial[f"harmless_{x.label}"] = "harmless" if x.harmless else "harmful"
-        initial["comment"] = previous.comment
-    return RankingForm(
-        data, labels=a.labels, asks_rank=round.asks_rank, asks_harmless=round.asks_harmless, initial=initial,
-    )
+    return RankingForm(data, labels=a.labels, asks_rank=round.asks_rank, asks_harmless=round.asks_harmless)
+
+
+def _previous_values(a):
+    """Redo after undo: start from the answer that was withdrawn (nothing for a fresh lease)."""
+    if getattr(a, "is_new", False):
+        return {}
+    previous = Ranking.objects.filter(assignment=a, withdrawn_at__isnull=False).order_by("-id").first()
+    if previous is None:
+        return {}
+    values = {"comment": previous.comment}
+    for x in previous.responses.all():
+        if x.rank is not None:
+            values[f"rank_{x.label}"] = str(x.rank)
+        if x.harmless is not None:
+            values[f"harmless_{x.label}"] = "harmless" if x.harmless else "harmful"
+    return values
 
 
 @login_required
@@ -186,10 +197,7 @@ def item(request, token):
 
 
 def _render_item(request, a):
-    previous = None
-    if not getattr(a, "is_new", False):
-        previous = Ranking.objects.filter(assignment=a, withdrawn_at__isnull=False).order_by("-id").first()
-    return render(request, "humaneval/item.html", _item_context(request, a, _form(a, previous=previous), SkipForm()))
+    return _render_page(request, a, _previous_values(a))
 
 
 class InvalidAnswer(Exception):
@@ -219,7 +227,9 @@ def _submit(request, token):
         )
     except InvalidAnswer as e:
         a = queue.get_assignment(token, request.user)
-        return render(request, "humaneval/item.html", _item_context(request, a, e.form, SkipForm()), status=400)
+        form = e.form
+        return _render_page(request, a, {name: form[name].value() for name in form.fields}, _error_list(form),
+                            status=400)
     except Refused as e:
         return refused(request, e, e.round)
     if not result.duplicate:
@@ -236,9 +246,11 @@ def skip(request, token):
         return refused(request, e)
     form = SkipForm(request.POST)
     if not form.is_valid():
-        ctx = _item_context(request, a, _form(a), form)
-        ctx["skip_open"] = True
-        return render(request, "humaneval/item.html", ctx, status=400)
+        errors = [" ".join(form.non_field_errors())] if form.non_field_errors() else []
+        if form["reason"].errors:
+            errors.append("Choose a reason for skipping.")
+        skip = {"open": True, "errors": errors, "reason": form["reason"].value(), "detail": form["detail"].value() or ""}
+        return _render_page(request, a, {}, skip=skip, status=400)
     try:
         queue.skip(token, request.user, form.reason_text())
     except Refused as e:

@@ -70,6 +70,12 @@ class EvalRound(models.Model):
             models.CheckConstraint(condition=Q(lease_minutes__gte=1), name="evalround_lease_positive"),
         ]
 
+    def save(self, *args, **kwargs):
+        super().save(*args, **kwargs)
+        # Which items are complete depends on the overlap, which may have just changed.
+        self.items.filter(complete=True, n_submitted__lt=self.overlap).update(complete=False)
+        self.items.filter(complete=False, n_submitted__gte=self.overlap).update(complete=True)
+
     def __str__(self):
         return self.name
 
@@ -110,14 +116,18 @@ class EvalItem(models.Model):
     samples = models.ManyToManyField("evalsite.Sample", blank=True, related_name="eval_items")
     # Live (not withdrawn) rankings, kept in step by submit and undo: lets the queue skip full items cheaply.
     n_submitted = models.PositiveIntegerField(default=0)
+    # n_submitted >= the round's overlap, kept in step with it (submit, undo, EvalRound.save).
+    complete = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["round_id", "position", "id"]
         constraints = [models.UniqueConstraint(fields=["round", "prompt"], name="evalitem_unique_round_prompt")]
-        # No index holds n_submitted: a submit then updates the item in place (a HOT update in
-        # PostgreSQL) instead of adding index entries that every "next" would walk past.
+        # The queue walks the items that still need answers in position order. Complete items
+        # leave this index, so "next" does not walk past every item finished so far. No index
+        # holds n_submitted: a submit that does not complete the item updates it in place (a HOT
+        # update in PostgreSQL) instead of adding index entries.
         indexes = [
-            models.Index(fields=["round", "position"], name="evalitem_queue_order"),
+            models.Index(fields=["round", "position"], condition=Q(complete=False), name="evalitem_open_queue"),
         ]
 
     def __str__(self):
@@ -132,9 +142,14 @@ class Assignment(models.Model):
         SUBMITTED = "submitted", "Submitted"
         SKIPPED = "skipped", "Skipped"
 
-    round = models.ForeignKey(EvalRound, on_delete=models.CASCADE, related_name="assignments")
+    # No index of their own (db_index=False): the composite indexes below serve lookups by round
+    # and by (item, annotator). With one, PostgreSQL on stale statistics chose it for the queue's
+    # "had this item?" check and read all of an annotator's assignments for every item it passed.
+    round = models.ForeignKey(EvalRound, on_delete=models.CASCADE, related_name="assignments", db_index=False)
     item = models.ForeignKey(EvalItem, on_delete=models.CASCADE, related_name="assignments")
-    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="eval_assignments")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="eval_assignments", db_index=False,
+    )
     # Opaque handle used in URLs and forms: ids would let an annotator enumerate or correlate.
     token = models.CharField(max_length=32, unique=True, default=new_token, editable=False)
     # Sample ids in the order shown (A, B, C, ...): random per annotator and item. Server side only.
@@ -181,7 +196,9 @@ class Ranking(models.Model):
     """What an annotator submitted for an assignment. Undo sets ``withdrawn_at``; rows are never deleted."""
 
     assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="rankings")
-    round = models.ForeignKey(EvalRound, on_delete=models.CASCADE, related_name="rankings")
+    # (round, annotator, created_at) below serves lookups by round; a round-only index let the
+    # planner count an annotator's answers by reading every answer in the round.
+    round = models.ForeignKey(EvalRound, on_delete=models.CASCADE, related_name="rankings", db_index=False)
     item = models.ForeignKey(EvalItem, on_delete=models.CASCADE, related_name="rankings")
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="eval_rankings")
     shown_order = models.JSONField(default=list, help_text="Sample ids in the order shown (A, B, ...).")

@@ -1,9 +1,9 @@
 """Model rows read and written with written-out SQL, converted as the ORM would convert them.
 
-The annotator queue runs on every request an annotator makes, and building its queries with
-the ORM cost more CPU than the database spent running them. These helpers keep the written-out
-SQL honest: column lists come from the model, and values pass through each field's own
-conversions (JSON, datetimes on SQLite) in both directions.
+The annotator queue, and the user read at the start of each request, run on every request an
+annotator makes, and building their queries with the ORM cost more CPU than the database spent
+running them. These helpers keep the written-out SQL honest: column lists come from the model,
+and values pass through each field's own conversions (JSON, datetimes on SQLite) both ways.
 """
 from functools import lru_cache
 
@@ -73,3 +73,14 @@ def insert_sql(model, rows, values=None, where=None):
         return head + f"SELECT {one_row[1:-1]} WHERE {where}", params
     sql = head + f"VALUES {', '.join([one_row] * len(rows))}"
     return sql, params
+
+
+def analyze(*models):
+    """Refresh PostgreSQL's planner statistics for these models' tables (nothing elsewhere).
+
+    Besides the statistics, this makes every session plan its prepared statements on these
+    tables again, with the tables' present sizes.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as c:
+            c.execute("ANALYZE " + ", ".join(qn(m._meta.db_table) for m in models))
