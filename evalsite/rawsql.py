@@ -20,6 +20,11 @@ def table(model):
 
 def columns(model, alias):
     """``alias."id", alias."round_id", ...``: every concrete column of ``model``, in field order."""
+    return _columns(model, alias, connection.vendor)
+
+
+@lru_cache(maxsize=None)
+def _columns(model, alias, vendor):
     return ", ".join(f"{alias}.{qn(f.column)}" for f in model._meta.concrete_fields)
 
 
@@ -63,16 +68,21 @@ def insert_sql(model, rows, values=None, where=None):
     only if this SQL condition holds (``INSERT ... SELECT ... WHERE``); its parameters follow.
     """
     values = values or {}
-    fields = [next(f for f in model._meta.concrete_fields if f.attname == name) for name in rows[0]]
+    fields, head = _insert_head(model, tuple(rows[0]), connection.vendor)
     one_row = "(" + ", ".join(values.get(f.attname, "%s") for f in fields) + ")"
     params = [f.get_db_prep_save(row[f.attname], connection) for row in rows for f in fields
               if f.attname not in values]
-    head = f"INSERT INTO {table(model)} ({', '.join(qn(f.column) for f in fields)}) "
     if where is not None:
         assert len(rows) == 1, "a conditional INSERT writes one row"
         return head + f"SELECT {one_row[1:-1]} WHERE {where}", params
     sql = head + f"VALUES {', '.join([one_row] * len(rows))}"
     return sql, params
+
+
+@lru_cache(maxsize=None)
+def _insert_head(model, attnames, vendor):
+    fields = [next(f for f in model._meta.concrete_fields if f.attname == name) for name in attnames]
+    return fields, f"INSERT INTO {table(model)} ({', '.join(qn(f.column) for f in fields)}) "
 
 
 def analyze(*models):

@@ -10,6 +10,7 @@ pool; the annotator who let it lapse gets it back only if the slot is still free
 import json
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -101,6 +102,12 @@ def check_accepts_work(round):
 # immediate transactions already let one writer in at a time).
 
 def _sql(query):
+    return _sql_for(query, connection.vendor)
+
+
+@lru_cache(maxsize=None)
+def _sql_for(query, vendor):
+    # Cached: the queue's statements are built from a few fixed templates, on every request.
     return query.format(
         item=EvalItem._meta.db_table, asg=Assignment._meta.db_table, prompt=Prompt._meta.db_table,
         round=EvalRound._meta.db_table, task=Task._meta.db_table,
@@ -108,7 +115,7 @@ def _sql(query):
         ranking=Ranking._meta.db_table, user=get_user_model()._meta.db_table,
         round_annotators=EvalRound.annotators.through._meta.db_table,
         user_groups=get_user_model().groups.through._meta.db_table, group=Group._meta.db_table,
-        json_pairs=_JSON_PAIRS[connection.vendor], fence=" OFFSET 0" if _row_locks() else "",
+        json_pairs=_JSON_PAIRS[vendor], fence=" OFFSET 0" if vendor == "postgresql" else "",
     )
 
 
