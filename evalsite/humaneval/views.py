@@ -4,6 +4,7 @@ Blinding: these views put only the shown labels (A, B, ...), the response texts 
 assignment's opaque token into pages and URLs. Sample, policy and item ids stay on the server.
 """
 import secrets
+from types import SimpleNamespace
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -135,8 +136,18 @@ def _item_context(request, a, values, errors=(), skip=None):
 
 def _render_page(request, a, values, errors=(), skip=None, status=200):
     # A Jinja2 template (see evalsite/jinja2.py): the page every annotator loads for every item.
-    return render(request, "humaneval/item.html", _item_context(request, a, values, errors, skip),
-                  status=status, using="jinja2")
+    context = {name: _as_attributes(value) for name, value in _item_context(request, a, values, errors, skip).items()}
+    return render(request, "humaneval/item.html", context, status=status, using="jinja2")
+
+
+def _as_attributes(value):
+    """Dicts (also inside lists) as objects: Jinja2 reads ``x.name`` with getattr() first, and on a
+    dict that raised AttributeError every time (150 times per page) before it tried x["name"]."""
+    if isinstance(value, dict):
+        return SimpleNamespace(**{k: _as_attributes(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [_as_attributes(v) for v in value]
+    return value
 
 
 def plural(noun):
