@@ -52,6 +52,18 @@ def load(model, values):
     return model.from_db(connection.alias, [f.attname for f in model._meta.concrete_fields], converted)
 
 
+def load_row(row, *models):
+    """One instance per model from a row of ``columns(model, ...)`` lists side by side, in that order.
+
+    Columns after the last model's are left to the caller.
+    """
+    out, start = [], 0
+    for model in models:
+        out.append(load(model, row[start:start + width(model)]))
+        start += width(model)
+    return out
+
+
 def insert_rows(model, rows):
     """INSERT ``rows`` (dicts of field attname -> value) in one statement; returns their ids."""
     sql, params = insert_sql(model, rows)

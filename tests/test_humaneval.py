@@ -222,7 +222,10 @@ def test_submitting_after_close_or_deadline_is_refused(client, rnd, annotators):
     r = client.post(reverse("humaneval:item", args=[a.token]), answer(a))
     assert r.status_code == 409 and "deadline" in r.content.decode()
     assert Ranking.objects.count() == 0
-    assert client.get(reverse("humaneval:next", args=[rnd.pk])).status_code == 409
+    r = client.get(reverse("humaneval:next", args=[rnd.pk]))
+    assert r.status_code == 409 and "deadline" in r.content.decode()
+    # The page says why and links back to the round, as every refusal that knows its round does.
+    assert f'href="{reverse("humaneval:next", args=[rnd.pk])}"' in r.content.decode()
 
 
 def test_undo_withdraws_the_last_answer_and_redo_stores_a_new_one(client, rnd, annotators):

@@ -4,8 +4,9 @@ Concurrency: an item's slots are handed out while holding its row lock. On Postg
 candidate row is taken with ``SELECT ... FOR UPDATE SKIP LOCKED`` (so fifty annotators never
 wait on one another), and the lease is inserted only if the slot count, read again *after* the
 lock is held by the INSERT itself (a new statement, which sees every transaction committed
-before it), leaves a slot free. Two annotators therefore never take the same last slot. A lease that expires stops counting, which returns the item to the
-pool; the annotator who let it lapse gets it back only if the slot is still free.
+before it), leaves a slot free. Two annotators therefore never take the same last slot. A
+lease that expires stops counting, which returns the item to the pool; the annotator who let
+it lapse gets it back only if the slot is still free.
 """
 import json
 import random
@@ -80,18 +81,22 @@ def _may_annotate(round, user):
         return bool(row and row[0])
 
 
+def _not_available(round):
+    return Refused("This evaluation round is not available to you.", status=403, round=round)
+
+
 def check_may_annotate(round, user):
     if not _may_annotate(round, user):
-        raise Refused("This evaluation round is not available to you.", status=403)
+        raise _not_available(round)
 
 
 def check_accepts_work(round):
     if round.status != EvalRound.Status.OPEN:
-        raise Refused("This round is closed; it no longer accepts answers. Nothing was saved.")
+        raise Refused("This round is closed; it no longer accepts answers. Nothing was saved.", round=round)
     if round.is_past_deadline:
         raise Refused(
             f"This round's deadline ({timezone.localtime(round.deadline):%Y-%m-%d %H:%M}) has passed; "
-            "it no longer accepts answers. Nothing was saved."
+            "it no longer accepts answers. Nothing was saved.", round=round,
         )
 
 
@@ -125,6 +130,9 @@ def _row_locks():
 
 
 _ACTIVE = "(s.status = %s OR (s.status = %s AND s.expires_at > %s))"
+
+# Items the annotator has done in the round: live (not withdrawn) answers. Parameters: round, annotator.
+_DONE = "(SELECT COUNT(*) FROM {ranking} rk WHERE rk.round_id = %s AND rk.annotator_id = %s AND rk.withdrawn_at IS NULL)"
 
 
 def _active_params(now):
@@ -182,11 +190,10 @@ def next_for(round_id, user, now=None):
             row = c.fetchone()
         if row is None:
             return None, None
-        n = rawsql.width(EvalRound)
-        round = rawsql.load(EvalRound, row[:n])
-        round.task = rawsql.load(Task, row[n:-1])
+        round, task = rawsql.load_row(row, EvalRound, Task)
+        round.task = task
         if not row[-1] or round.status == EvalRound.Status.DRAFT:
-            raise Refused("This evaluation round is not available to you.", status=403)
+            raise _not_available(round)
         check_accepts_work(round)
         return round, _next_locked(round, user, now)
 
@@ -249,7 +256,7 @@ def _next_locked(round, user, now):
 _FREE_ITEM = (
     "SELECT i.id, i.prompt_id, i.position, i.n_submitted, p.context, "
     "(SELECT {json_pairs} FROM {sample} sm JOIN {item_samples} t ON t.sample_id = sm.id WHERE t.evalitem_id = i.id), "
-    "(SELECT COUNT(*) FROM {ranking} rk WHERE rk.round_id = %s AND rk.annotator_id = %s AND rk.withdrawn_at IS NULL) "
+    + _DONE + " "
     "FROM {item} i JOIN {prompt} p ON p.id = i.prompt_id "
     "WHERE i.round_id = %s AND NOT i.complete "
     "AND NOT EXISTS (SELECT 1 FROM {asg} m WHERE m.item_id = i.id AND m.annotator_id = %s{fence}) "
@@ -290,9 +297,9 @@ def _insert_if_free(a, now, overlap):
     return row[0] if row else None
 
 
-def get_assignment(token, user, related=("round__task", "item__prompt")):
-    """The user's assignment with this token (and the rows named in ``related``), or Refused."""
-    a = Assignment.objects.select_related(*related).filter(token=token).first()
+def get_assignment(token, user):
+    """The user's assignment with this token, with its round, task, item and prompt; or Refused."""
+    a = Assignment.objects.select_related("round__task", "item__prompt").filter(token=token).first()
     if a is None or a.annotator_id != user.pk:
         raise Refused("This item is not assigned to you. Nothing was saved.", status=403)
     return a
@@ -390,9 +397,8 @@ def lock_assignment(token, user):
         row = c.fetchone()
     if row is None:
         raise Refused("This item is not assigned to you. Nothing was saved.", status=403)
-    n = rawsql.width(Assignment)
-    a = rawsql.load(Assignment, row[:n])
-    a.round = rawsql.load(EvalRound, row[n:])
+    a, round = rawsql.load_row(row, Assignment, EvalRound)
+    a.round = round
     return a
 
 
@@ -524,8 +530,7 @@ def undo_last(round, user):
 
 def annotator_progress(round, user):
     with connection.cursor() as c:
-        c.execute(f"SELECT COUNT(*) FROM {Ranking._meta.db_table} WHERE round_id = %s AND annotator_id = %s "
-                  "AND withdrawn_at IS NULL", [round.pk, user.pk])
+        c.execute(_sql("SELECT " + _DONE), [round.pk, user.pk])
         done = c.fetchone()[0]
     return {"done": done, "total": items_in(round)}
 
