@@ -1,76 +1,90 @@
-"""The item page's answer form: one rank and/or one harmless choice per shown response."""
+"""The item page's answer (one rank and/or one harmless choice per shown response) and the skip form."""
+from dataclasses import dataclass
+
 from django import forms
 
 from evalsite.humaneval.queue import SKIP_REASONS
-
-HARMLESS_CHOICES = [("harmless", "Harmless"), ("harmful", "Harmful")]
 
 
 def ordinal(n):
     return f"{n}{'th' if 11 <= n % 100 <= 13 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
-class RankingForm(forms.Form):
-    """Fields ``rank_A``, ``harmless_A``, ... for the labels shown; refuses ties and gaps."""
+MAX_COMMENT = 5000
+MAX_TIME_ON_PAGE_MS = 24 * 3600 * 1000  # longer than a day on one item: the page's clock is wrong
 
-    key = forms.CharField(max_length=64, widget=forms.HiddenInput)
-    elapsed_ms = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
-    comment = forms.CharField(
-        required=False, max_length=5000,
-        widget=forms.Textarea(attrs={"rows": 2, "placeholder": "Anything the researchers should know (optional)"}),
+
+@dataclass
+class CleanedAnswer:
+    """What ``clean_answer`` read from the posted item form; ``errors`` empty when it is valid."""
+    ranks: dict  # shown label -> 1..n (None where missing); {} when the round does not ask for ranks
+    harmless: dict  # shown label -> True/False for the labels marked; {} when it does not ask
+    comment: str
+    time_on_page_ms: int | None
+    errors: list
+
+
+def answer_fields(labels, asks_rank, asks_harmless):
+    """The item form's answer fields (what a page that failed validation shows again)."""
+    names = ["key", "comment"]
+    for label in labels:
+        names += ([f"rank_{label}"] if asks_rank else []) + ([f"harmless_{label}"] if asks_harmless else [])
+    return names
+
+
+def clean_answer(data, labels, *, asks_rank, asks_harmless):
+    """Read and check an item form: one rank (no ties, no gaps) and/or one harmless choice per label.
+
+    A plain function rather than a django.forms.Form: every submission runs it, and a Form with
+    a field per response spent 0.3 ms building and deep-copying its fields, about a tenth of the
+    request. Its messages are the ones that Form gave.
+    """
+    labels = list(labels)
+    field_errors, errors = [], []
+    ranks, marks = {}, {}
+    k = len(labels)
+    for label in labels:
+        if asks_rank:
+            value = (data.get(f"rank_{label}") or "").strip()
+            rank = int(value) if value.isdigit() and value.isascii() and 1 <= int(value) <= k else None
+            if value and rank is None:
+                field_errors.append(f"Rank of response {label}: Select a valid choice. "
+                                    f"{value} is not one of the available choices.")
+            ranks[label] = rank
+        if asks_harmless:
+            value = data.get(f"harmless_{label}") or ""
+            if value and value not in ("harmless", "harmful"):
+                field_errors.append(f"Is response {label} harmless?: Select a valid choice. "
+                                    f"{value} is not one of the available choices.")
+                value = ""
+            marks[label] = value or None
+    comment = (data.get("comment") or "").strip()
+    if len(comment) > MAX_COMMENT:
+        field_errors.append(f"Comment: Ensure this value has at most {MAX_COMMENT} characters (it has {len(comment)}).")
+    if asks_rank:
+        missing = [label for label, r in ranks.items() if r is None]
+        if missing:
+            errors.append(f"Give every response a rank: {', '.join(missing)} {'has' if len(missing) == 1 else 'have'} none.")
+        by_rank = {}
+        for label, r in ranks.items():
+            if r is not None:
+                by_rank.setdefault(r, []).append(label)
+        for r, tied in sorted(by_rank.items()):
+            if len(tied) > 1:
+                errors.append(f"No ties: {' and '.join(tied)} are both ranked {ordinal(r)}. Each place can hold one response.")
+    if asks_harmless:
+        missing = [label for label, v in marks.items() if v is None]
+        if missing:
+            errors.append(f"Mark every response harmless or harmful: {', '.join(missing)} not marked yet.")
+    # Set by the page's script; a missing or garbled clock is no reason to refuse an answer.
+    elapsed = (data.get("elapsed_ms") or "").strip()
+    time_on_page = int(elapsed) if elapsed.isdigit() and elapsed.isascii() else None
+    if time_on_page is not None and time_on_page > MAX_TIME_ON_PAGE_MS:
+        time_on_page = None
+    return CleanedAnswer(
+        ranks=ranks, harmless={label: v == "harmless" for label, v in marks.items() if v is not None},
+        comment=comment, time_on_page_ms=time_on_page, errors=errors + field_errors,
     )
-
-    def __init__(self, *args, labels, asks_rank, asks_harmless, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.labels = list(labels)
-        self.asks_rank = asks_rank
-        self.asks_harmless = asks_harmless
-        k = len(self.labels)
-        for label in self.labels:
-            if asks_rank:
-                self.fields[f"rank_{label}"] = forms.TypedChoiceField(
-                    label=f"Rank of response {label}", required=False, coerce=int, empty_value=None,
-                    choices=[("", "–")] + [(str(i), ordinal(i)) for i in range(1, k + 1)],
-                )
-            if asks_harmless:
-                self.fields[f"harmless_{label}"] = forms.ChoiceField(
-                    label=f"Is response {label} harmless?", required=False, choices=HARMLESS_CHOICES,
-                    widget=forms.RadioSelect,
-                )
-
-    def clean(self):
-        data = super().clean()
-        errors = []
-        if self.asks_rank:
-            ranks = {label: data.get(f"rank_{label}") for label in self.labels}
-            missing = [label for label, r in ranks.items() if r is None]
-            if missing:
-                errors.append(
-                    f"Give every response a rank: {', '.join(missing)} {'has' if len(missing) == 1 else 'have'} none."
-                )
-            by_rank = {}
-            for label, r in ranks.items():
-                if r is not None:
-                    by_rank.setdefault(r, []).append(label)
-            for r, tied in sorted(by_rank.items()):
-                if len(tied) > 1:
-                    errors.append(
-                        f"No ties: {' and '.join(tied)} are both ranked {ordinal(r)}. Each place can hold one response."
-                    )
-            data["ranks"] = ranks
-        else:
-            data["ranks"] = {}
-        if self.asks_harmless:
-            marks = {label: data.get(f"harmless_{label}") or None for label in self.labels}
-            missing = [label for label, v in marks.items() if v is None]
-            if missing:
-                errors.append(f"Mark every response harmless or harmful: {', '.join(missing)} not marked yet.")
-            data["harmless"] = {label: (v == "harmless") for label, v in marks.items() if v is not None}
-        else:
-            data["harmless"] = {}
-        if errors:
-            raise forms.ValidationError(errors)
-        return data
 
 
 class SkipForm(forms.Form):

@@ -325,7 +325,7 @@ class Answer:
 def submit(token, user, *, ranks, harmless, comment="", time_on_page_ms=None, user_agent="", key):
     """Store a ranking once. ``ranks`` / ``harmless`` map shown labels (A, B, ...) to values.
 
-    The caller has validated the values (see forms.RankingForm); this re-checks everything
+    The caller has validated the values (see forms.clean_answer); this re-checks everything
     that depends on the database, under the assignment's row lock.
     """
     answer = Answer(ranks, harmless, comment, time_on_page_ms)

@@ -15,11 +15,10 @@ from django.views.decorators.http import require_POST
 
 from evalsite.humaneval import queue
 from evalsite.humaneval.display import layout
-from evalsite.humaneval.forms import RankingForm, SkipForm, ordinal
+from evalsite.humaneval.forms import SkipForm, answer_fields, clean_answer, ordinal
 from evalsite.humaneval.queue import Refused
 from evalsite.models import Assignment, EvalRound, Ranking, Sample
 
-MAX_TIME_ON_PAGE_MS = 24 * 3600 * 1000
 
 
 def _round_summary(round, user):
@@ -154,22 +153,6 @@ def plural(noun):
     return noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
 
 
-def _error_list(form):
-    if not form.is_bound or form.is_valid():
-        return []
-    out = list(form.non_field_errors())
-    for name, errs in form.errors.items():
-        if name != "__all__":
-            label = form.fields[name].label if name in form.fields else name
-            out.extend(f"{label}: {e}" for e in errs)
-    return out
-
-
-def _form(a, data=None):
-    round = a.round
-    return RankingForm(data, labels=a.labels, asks_rank=round.asks_rank, asks_harmless=round.asks_harmless)
-
-
 def _previous_values(a):
     """Redo after undo: start from the answer that was withdrawn (nothing for a fresh lease)."""
     if getattr(a, "is_new", False):
@@ -212,24 +195,21 @@ def _render_item(request, a):
 
 
 class InvalidAnswer(Exception):
-    """The posted form does not validate; it goes back to the annotator with its errors."""
+    """The posted answer does not validate; it goes back to the annotator with its errors."""
 
-    def __init__(self, form):
+    def __init__(self, errors):
         super().__init__("invalid answer")
-        self.form = form
+        self.errors = errors
 
 
 def _submit(request, token):
     def read_answer(a):
         # Called under the assignment's lock, once the database-side checks have passed.
-        form = _form(a, request.POST)
-        if not form.is_valid():
-            raise InvalidAnswer(form)
-        d = form.cleaned_data
-        elapsed = d.get("elapsed_ms")
-        if elapsed is None or elapsed > MAX_TIME_ON_PAGE_MS:
-            elapsed = None
-        return queue.Answer(d["ranks"], d["harmless"], d.get("comment", ""), elapsed)
+        round = a.round
+        cleaned = clean_answer(request.POST, a.labels, asks_rank=round.asks_rank, asks_harmless=round.asks_harmless)
+        if cleaned.errors:
+            raise InvalidAnswer(cleaned.errors)
+        return queue.Answer(cleaned.ranks, cleaned.harmless, cleaned.comment, cleaned.time_on_page_ms)
 
     try:
         result = queue.submit_answer(
@@ -238,9 +218,8 @@ def _submit(request, token):
         )
     except InvalidAnswer as e:
         a = queue.get_assignment(token, request.user)
-        form = e.form
-        return _render_page(request, a, {name: form[name].value() for name in form.fields}, _error_list(form),
-                            status=400)
+        fields = answer_fields(a.labels, a.round.asks_rank, a.round.asks_harmless)
+        return _render_page(request, a, {name: request.POST.get(name) for name in fields}, e.errors, status=400)
     except Refused as e:
         return refused(request, e, e.round)
     if not result.duplicate:
