@@ -102,7 +102,11 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-evalsite.sqlite3")}
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+    # Each request checks that the server has not dropped the persistent connection; this
+    # backend checks the socket instead of sending SELECT 1 (see evalsite/postgres/base.py).
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        DATABASES["default"]["ENGINE"] = "evalsite.postgres"
     # Parameters travel apart from the SQL, so psycopg prepares a statement the fifth time it
     # sees it and PostgreSQL stops parsing and planning the queue's queries on every request.
     # Behind PgBouncer in transaction mode (no prepared statements) set DATABASE_PREPARE=0.

@@ -105,7 +105,7 @@ def test_embedded_defaults_need_no_services(tmp_path):
     assert broker == "filesystem://" and backend == "django-db"
     env.update(DATABASE_URL="postgres://u:p@db:5432/x", REDIS_URL="redis://cache:6379/1")
     engine, name, broker, backend = _manage("shell", "-v", "0", "-c", code, env=env).stdout.split()
-    assert engine == "django.db.backends.postgresql" and name == "x" and broker == "redis://cache:6379/1"
+    assert engine == "evalsite.postgres" and name == "x" and broker == "redis://cache:6379/1"  # Django's, cheaper health check
 
 
 def test_docker_compose_agrees_with_settings():
@@ -168,3 +168,42 @@ def test_redis_cache_keeps_its_client_and_round_trips_values(redis_url):
     assert cache.get("session") == {"user": 7, "when": [1, 2]}
     cache.delete("session")
     assert cache.get("session", "gone") == "gone"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dropped_database_connection_is_replaced_before_the_next_request(client, researcher):
+    """The server drops a worker's persistent connection (restart, failover): the next request
+    notices before its first query, without a SELECT 1, and runs on a new connection."""
+    from django.db import close_old_connections, connections
+
+    connection = connections["default"]
+    if connection.vendor != "postgresql":
+        pytest.skip("needs a database server that can drop a connection")
+    assert type(connection).__module__ == "evalsite.postgres.base"
+    client.force_login(researcher)
+    import psycopg
+
+    connection.ensure_connection()
+    conn = connection.connection
+
+    def no_query(*args, **kwargs):
+        raise AssertionError("the health check sent a query")
+
+    conn.cursor = no_query
+    try:
+        assert connection.is_usable()
+    finally:
+        del conn.cursor
+    old_pid = conn.info.backend_pid
+
+    params = connection.get_connection_params()
+    with psycopg.connect(**{k: v for k, v in params.items() if k in ("host", "port", "user", "dbname", "password")},
+                         autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [old_pid])
+        admin.execute("SELECT pg_sleep(0.2)")  # the goodbye reaches the socket
+    assert not connection.is_usable()
+    assert connection.settings_dict["CONN_MAX_AGE"] > 0  # kept, not closed for its age
+    close_old_connections()  # what a server does as a request starts (the test client leaves it out)
+    r = client.get(reverse("home"))
+    assert r.status_code == 200 and researcher.username in r.content.decode()
+    assert connection.connection.info.backend_pid != old_pid
