@@ -199,12 +199,19 @@ def next_for(round_id, user, now=None):
 
 
 def _next_locked(round, user, now):
-    """next_assignment's work, once this user's lock is held (inside its transaction)."""
+    """next_assignment's work, once this user's lock is held (inside its transaction).
+
+    Usually one statement: the free-item search, which finds nothing while the annotator holds
+    a lease in the round. Only then are their leases read (a reload, or a lease that lapsed).
+    """
+    a = _lease_free_item(round, user, now, wait=False)
+    if a is not None:
+        return a
     with connection.cursor() as c:
         c.execute(_sql("SELECT " + rawsql.columns(Assignment, "a") + " FROM {asg} a "
                        "WHERE a.round_id = %s AND a.annotator_id = %s AND a.status = %s ORDER BY a.id"),
                   [round.pk, user.pk, Assignment.Status.LEASED])
-        own = [rawsql.load(Assignment, row) for row in c.fetchall()]  # usually none
+        own = [rawsql.load(Assignment, row) for row in c.fetchall()]
     for a in own:
         if a.expires_at > now:
             return a
@@ -214,21 +221,27 @@ def _next_locked(round, user, now):
             a.save(update_fields=["expires_at"])
             return a
         a.delete()  # the lapsed slot went to someone else; this annotator may not get it back
+    if not own and not _row_locks():
+        return None  # the search above was not held back by leases or by row locks: nothing is free
+    # Every free item may be locked by annotators being served right now: wait for the first.
+    return _lease_free_item(round, user, now, wait=True)
 
-    params = [round.pk, user.pk, round.pk, user.pk, *_active_params(now), round.overlap]
+
+def _lease_free_item(round, user, now, wait):
+    """A new lease on the first free item for this annotator, or None (also while they hold one).
+
+    ``wait``: on PostgreSQL, wait for items other requests hold locked instead of passing them.
+    """
+    params = [round.pk, user.pk,  # done (progress)
+              round.pk, round.pk, user.pk, Assignment.Status.LEASED,  # the round; no lease held
+              user.pk, *_active_params(now), round.overlap]  # not had by this user; a free slot
+    sql = _free_item_sql()
+    if _row_locks():
+        sql += " FOR NO KEY UPDATE OF i" + ("" if wait else " SKIP LOCKED")
     for _ in range(1000):
-        row = None
         with connection.cursor() as c:
-            if _row_locks():
-                c.execute(_free_item_sql() + " FOR NO KEY UPDATE OF i SKIP LOCKED", params)
-                row = c.fetchone()
-                if row is None:
-                    # Every free item may be locked by annotators being served right now: wait for the first.
-                    c.execute(_free_item_sql() + " FOR NO KEY UPDATE OF i", params)
-                    row = c.fetchone()
-            else:
-                c.execute(_free_item_sql(), params)
-                row = c.fetchone()
+            c.execute(sql, params)
+            row = c.fetchone()
         if row is None:
             return None
         item_id, prompt_id, position, n_submitted, context, pairs, n_done = row
@@ -252,13 +265,16 @@ def _next_locked(round, user, now):
 
 
 # The first item in queue order with a free slot that this user has not had, with what its
-# page needs: the responses' texts and how many items the user has done in the round.
+# page needs: the responses' texts and how many items the user has done in the round; none
+# while the user holds a lease in the round (a condition PostgreSQL checks once, not per row).
 _FREE_ITEM = (
     "SELECT i.id, i.prompt_id, i.position, i.n_submitted, p.context, "
     "(SELECT {json_pairs} FROM {sample} sm JOIN {item_samples} t ON t.sample_id = sm.id WHERE t.evalitem_id = i.id), "
     + _DONE + " "
     "FROM {item} i JOIN {prompt} p ON p.id = i.prompt_id "
-    "WHERE i.round_id = %s AND NOT i.complete "
+    "WHERE i.round_id = %s "
+    "AND NOT EXISTS (SELECT 1 FROM {asg} o WHERE o.round_id = %s AND o.annotator_id = %s AND o.status = %s) "
+    "AND NOT i.complete "
     "AND NOT EXISTS (SELECT 1 FROM {asg} m WHERE m.item_id = i.id AND m.annotator_id = %s{fence}) "
     "AND (SELECT COUNT(*) FROM {asg} s WHERE s.item_id = i.id AND " + _ACTIVE + ") < %s "
     "ORDER BY i.position LIMIT 1"
