@@ -6,6 +6,7 @@ compiles templates to Python, renders the same page about three times faster. Te
 ``jinja2/``; ``jinja2/base.html`` carries the same site header as ``templates/base.html`` (a
 test compares the two).
 """
+import re
 from functools import lru_cache
 
 from django.core.signals import setting_changed
@@ -13,17 +14,23 @@ from django.dispatch import receiver
 from django.template.backends.utils import csrf_input
 from django.templatetags.static import static
 from django.template.defaultfilters import linebreaks_filter
-from django.urls import get_script_prefix, get_urlconf, reverse
+from django.urls import NoReverseMatch, get_script_prefix, get_urlconf, reverse
 from django.utils import timezone
-from django.utils.dateformat import time_format
 from django.utils.text import capfirst
 from jinja2 import Environment
 
 
 def url(name, *args, **kwargs):
-    if args or kwargs:
-        return reverse(name, args=args or None, kwargs=kwargs or None)
-    return _fixed_url(name, get_script_prefix(), get_urlconf())
+    if kwargs:
+        return reverse(name, kwargs=kwargs)
+    prefix, urlconf = get_script_prefix(), get_urlconf()
+    if not args:
+        return _fixed_url(name, prefix, urlconf)
+    texts = [str(a) for a in args]
+    parts = _url_parts(name, len(texts), prefix, urlconf) if all(map(_PLAIN.fullmatch, texts)) else None
+    if parts is None:
+        return reverse(name, args=args)
+    return "".join(part + text for part, text in zip(parts, texts)) + parts[-1]
 
 
 @lru_cache(maxsize=256)
@@ -32,14 +39,55 @@ def _fixed_url(name, prefix, urlconf):
     return reverse(name, urlconf=urlconf)
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9_-]+")  # a path segment that needs no quoting
+
+
+@lru_cache(maxsize=256)
+def _url_parts(name, n_args, prefix, urlconf):
+    """The URL ``name`` cut where its arguments go (``["/annotate/i/", "/skip/"]``), or None.
+
+    reverse() resolves the pattern again on every call (20 us, three times per item page);
+    the parts come from one reverse() with numbered markers, which int, str, slug and path
+    converters accept. Arguments are then pasted in only when they are plain path segments,
+    and they are not checked against the converters (an int argument given letters makes a
+    URL that does not resolve instead of raising NoReverseMatch).
+    """
+    markers = [f"918273645{i}" for i in range(n_args)]
+    try:
+        text = reverse(name, args=markers, urlconf=urlconf)
+    except NoReverseMatch:
+        return None
+    parts = []
+    for marker in markers:
+        if text.count(marker) != 1:
+            return None
+        head, text = text.split(marker)
+        parts.append(head)
+    return parts + [text]
+
+
+@lru_cache(maxsize=256)
+def _static(path):
+    # A file's URL is fixed while the process runs (with the manifest too: it is read at start).
+    return static(path)
+
+
+@lru_cache(maxsize=64)
+def _linebreaks(text):
+    return linebreaks_filter(text, autoescape=True)  # a round's instructions: the same text on every page
+
+
 @receiver(setting_changed)
 def _forget_urls(setting, **kwargs):
-    if setting == "ROOT_URLCONF":  # tests that swap URL confs
+    if setting in ("ROOT_URLCONF", "STATIC_URL", "STORAGES", "STATIC_ROOT"):  # tests that change them
         _fixed_url.cache_clear()
+        _url_parts.cache_clear()
+        _static.cache_clear()
 
 
-def local_time(value, fmt="H:i"):
-    return time_format(timezone.localtime(value), fmt) if value else ""
+def local_time(value):
+    """``HH:MM`` in the current time zone (Django's ``time_format(value, "H:i")``, a sixth of its cost)."""
+    return timezone.localtime(value).strftime("%H:%M") if value else ""
 
 
 def csrf_field(request):
@@ -49,10 +97,6 @@ def csrf_field(request):
 
 def environment(**options):
     env = Environment(**options)
-    env.globals.update(static=static, url=url)
-    env.filters.update(
-        capfirst=capfirst,
-        linebreaks=lambda text: linebreaks_filter(text, autoescape=True),
-        local_time=local_time,
-    )
+    env.globals.update(static=_static, url=url)
+    env.filters.update(capfirst=capfirst, linebreaks=_linebreaks, local_time=local_time)
     return env

@@ -452,3 +452,26 @@ def test_the_queue_tables_are_analyzed_again_at_64_256_1024_answers(rnd, annotat
         assert len(analyzed) == 1 and Assignment._meta.db_table in analyzed[0] and Ranking._meta.db_table in analyzed[0]
     else:
         assert analyzed == []  # SQLite keeps no plans between statements
+
+
+def test_item_page_helpers_give_what_django_gives(settings):
+    """evalsite/jinja2.py caches URLs, static URLs and times; they must equal Django's own."""
+    import datetime
+
+    from django.templatetags.static import static
+    from django.utils import timezone
+    from django.utils.dateformat import time_format
+
+    from evalsite import jinja2 as helpers
+
+    for name, args in [("humaneval:item", ["tok_EN-9"]), ("humaneval:skip", ["abc"]), ("humaneval:undo", [17]),
+                       ("humaneval:next", [3]), ("humaneval:index", [])]:
+        assert helpers.url(name, *args) == reverse(name, args=args or None)
+    # Arguments that are not plain path segments take reverse() and its quoting.
+    assert helpers.url("humaneval:item", "a b") == reverse("humaneval:item", args=["a b"]) == "/annotate/i/a%20b/"
+    assert helpers._static("humaneval/annotate.js") == static("humaneval/annotate.js")
+    settings.STATIC_URL = "/assets/"  # a changed setting empties the caches
+    assert helpers._static("humaneval/annotate.js") == static("humaneval/annotate.js") == "/assets/humaneval/annotate.js"
+    when = datetime.datetime(2026, 3, 1, 7, 5, tzinfo=datetime.timezone.utc)
+    assert helpers.local_time(when) == time_format(timezone.localtime(when), "H:i")
+    assert helpers.local_time(None) == ""
