@@ -231,8 +231,10 @@ def measure(args, env, dbname):
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"
         server = subprocess.Popen(
+            # --preload: the app is imported once, before the workers fork, so every worker serves
+            # from the first request on and no import runs while the baseline is measured.
             [sys.executable, "-m", "gunicorn", "evalsite.wsgi:application", "-b", f"127.0.0.1:{port}",
-             "-w", str(args.workers), "--backlog", "2048", "--log-level", "warning", "--timeout", "60"],
+             "-w", str(args.workers), "--preload", "--backlog", "2048", "--log-level", "warning", "--timeout", "60"],
             cwd=ROOT, env=env, start_new_session=True,
         )
         import requests
@@ -245,7 +247,7 @@ def measure(args, env, dbname):
                 time.sleep(0.2)
         else:
             raise RuntimeError("gunicorn did not start")
-        print(f"gunicorn: {args.workers} sync workers on {base_url}; sessions in "
+        print(f"gunicorn: {args.workers} sync workers (--preload) on {base_url}; sessions in "
               f"{'Redis (cached_db)' if env['REDIS_URL'] else 'PostgreSQL'}", flush=True)
 
         groups = [sessions[i::args.client_procs] for i in range(args.client_procs)]
