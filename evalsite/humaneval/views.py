@@ -20,7 +20,6 @@ from evalsite.humaneval.queue import Refused
 from evalsite.models import Assignment, EvalRound, Ranking, Sample
 
 
-
 def _round_summary(round, user):
     progress = queue.annotator_progress(round, user)
     remaining = queue.remaining_for(round, user)
@@ -206,10 +205,10 @@ def _submit(request, token):
     def read_answer(a):
         # Called under the assignment's lock, once the database-side checks have passed.
         round = a.round
-        cleaned = clean_answer(request.POST, a.labels, asks_rank=round.asks_rank, asks_harmless=round.asks_harmless)
-        if cleaned.errors:
-            raise InvalidAnswer(cleaned.errors)
-        return queue.Answer(cleaned.ranks, cleaned.harmless, cleaned.comment, cleaned.time_on_page_ms)
+        answer, errors = clean_answer(request.POST, a.labels, asks_rank=round.asks_rank, asks_harmless=round.asks_harmless)
+        if errors:
+            raise InvalidAnswer(errors)
+        return answer
 
     try:
         result = queue.submit_answer(
