@@ -91,6 +91,24 @@ def insert_sql(model, rows, values=None, where=None):
     return sql, params
 
 
+def insert_each_sql(model, rows, source, values):
+    """``INSERT INTO table (cols) SELECT ... FROM source CROSS JOIN (VALUES ...)``: ``rows`` once
+    for each row of ``source`` (a WITH query of the same statement), so none when it is empty.
+
+    ``values`` maps attnames to SQL over ``source`` (``{"ranking_id": "new_ranking.id"}``). The
+    other values are cast to their columns' types: a column that is NULL in every row has no
+    type of its own in a VALUES list.
+    """
+    fields, head = _insert_head(model, tuple(rows[0]), connection.vendor)
+    own = [f for f in fields if f.attname not in values]
+    one_row = "(" + ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in own) + ")"
+    names = {f.attname: f"v{i}" for i, f in enumerate(own)}
+    select = ", ".join(values[f.attname] if f.attname in values else f"v.{names[f.attname]}" for f in fields)
+    sql = (head + f"SELECT {select} FROM {source} CROSS JOIN (VALUES {', '.join([one_row] * len(rows))}) "
+           f"AS v({', '.join(names.values())})")
+    return sql, [f.get_db_prep_save(row[f.attname], connection) for row in rows for f in own]
+
+
 @lru_cache(maxsize=None)
 def _insert_head(model, attnames, vendor):
     fields = [next(f for f in model._meta.concrete_fields if f.attname == name) for name in attnames]

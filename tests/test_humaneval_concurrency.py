@@ -55,3 +55,50 @@ def test_concurrent_annotators_never_exceed_overlap_and_every_submission_is_stor
     assert all(n == overlap for n in rnd.items.values_list("n_submitted", flat=True))
     # The duplicate halves of double clicks were answered as success, not as errors.
     assert not [e for b in bots for e in b.errors], [e for b in bots for e in b.errors][:5]
+
+
+@pytest.mark.parametrize("other_key, outcome", [("k-other", "refused"), ("k-same", "duplicate")])
+def test_a_submission_that_loses_a_race_after_reading_its_item_writes_nothing(other_key, outcome):
+    """PostgreSQL submits an open lease with one statement, without locking it first. If another
+    request submits the item between this one's read and its write (here: while its answer is
+    being checked), the write must find the lease gone and store nothing; the locked path then
+    answers as for any second submission: refused, or the first one's result for the same key."""
+    from django.db import connections
+
+    from evalsite.humaneval import queue
+    from evalsite.models import EvalItem
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the one-statement submission is PostgreSQL's")
+    (u,) = make_annotators(1, prefix="race")
+    rnd = make_round(n_prompts=2, overlap=1, name="race round")
+    a = queue.next_assignment(rnd, u)
+    ranks = {label: i + 1 for i, label in enumerate(a.labels)}
+    marks = {label: True for label in a.labels}
+    calls = []
+
+    def read_answer(assignment):
+        calls.append(assignment.status)
+        if len(calls) == 1:  # the first read, before the one-statement write: another request wins
+            def other():
+                try:
+                    queue.submit(a.token, u, ranks=ranks, harmless=marks, key=other_key.replace("same", "mine"))
+                finally:
+                    connections.close_all()
+            t = threading.Thread(target=other)
+            t.start()
+            t.join()
+        return queue.Answer(ranks, marks)
+
+    if outcome == "refused":
+        # The locked path's words; a write that went ahead would have met the one-live-ranking
+        # constraint instead ("This item was already submitted").
+        with pytest.raises(queue.Refused, match="You already submitted this item"):
+            queue.submit_answer(a.token, u, read_answer, key="k-mine")
+    else:
+        result = queue.submit_answer(a.token, u, read_answer, key="k-mine")
+        assert result.duplicate and result.ranking.idempotency_key == "k-mine"
+    assert calls == [Assignment.Status.LEASED]  # the locked path saw it submitted and read no answer
+    assert Ranking.objects.count() == 1
+    assert EvalItem.objects.get(pk=a.item_id).n_submitted == 1
+    assert Assignment.objects.get(pk=a.pk).status == Assignment.Status.SUBMITTED

@@ -10,6 +10,7 @@ it lapse gets it back only if the slot is still free.
 """
 import json
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -360,9 +361,21 @@ def submit_answer(token, user, read_answer, *, key, user_agent=""):
     now = timezone.now()
     a = None
     try:
-        with transaction.atomic():
-            a = lock_assignment(token, user)
-            result = _store(a, user, read_answer, user_agent, key, now)
+        result = None
+        if _row_locks():
+            # PostgreSQL: an open lease is usually submitted by one statement and no transaction
+            # (two round trips fewer than BEGIN, a locking read, the writes and COMMIT). The
+            # statement writes only if the assignment is still an open lease when its UPDATE
+            # holds the row; anything else takes the locked path below.
+            a = read_assignment(token, user)
+            if a.status == Assignment.Status.LEASED and a.expires_at > now:
+                # Inside a caller's transaction a savepoint keeps it usable if the write fails.
+                with transaction.atomic() if connection.in_atomic_block else nullcontext():
+                    result = _store(a, user, read_answer, user_agent, key, now, unless_changed=True)
+        if result is None:
+            with transaction.atomic():
+                a = lock_assignment(token, user)
+                result = _store(a, user, read_answer, user_agent, key, now)
         if not result.duplicate and result.ranking.pk in _REPLAN_AT:
             _replan_as_tables_grow()
         return result
@@ -403,11 +416,16 @@ def lock_assignment(token, user):
 
     One statement: the lock returns the row as the last transaction to change it left it.
     """
+    return read_assignment(token, user, lock=_row_locks())
+
+
+def read_assignment(token, user, lock=False):
+    """The user's assignment with this token, and its round (``lock``: row-locked); or Refused."""
     with connection.cursor() as c:
         c.execute(
             _sql("SELECT " + rawsql.columns(Assignment, "a") + ", " + rawsql.columns(EvalRound, "r") + " FROM {asg} a "
                  "JOIN {round} r ON r.id = a.round_id WHERE a.token = %s AND a.annotator_id = %s")
-            + (" FOR NO KEY UPDATE OF a" if _row_locks() else ""),
+            + (" FOR NO KEY UPDATE OF a" if lock else ""),
             [token, user.pk],
         )
         row = c.fetchone()
@@ -418,7 +436,12 @@ def lock_assignment(token, user):
     return a
 
 
-def _store(a, user, read_answer, user_agent, key, now):
+def _store(a, user, read_answer, user_agent, key, now, unless_changed=False):
+    """Check and store the answer for ``a``; Submitted, or Refused.
+
+    ``unless_changed``: ``a`` was read without its lock, so the write happens only if it is
+    still an open lease; None when it is not (nothing written).
+    """
     if a.status != Assignment.Status.LEASED:
         # Most often a retry of a submission that was stored: answer it as the first time.
         done = Ranking.objects.filter(idempotency_key=key).first()
@@ -456,7 +479,9 @@ def _store(a, user, read_answer, user_agent, key, now):
          "harmless": answer.harmless.get(label) if round.asks_harmless else None}
         for i, (label, sample_id) in enumerate(zip(labels, a.order))
     ]
-    ranking.pk = _write_ranking(ranking, responses, now, round.overlap)
+    ranking.pk = _write_ranking(ranking, responses, now, round.overlap, open_at=now if unless_changed else None)
+    if ranking.pk is None:
+        return None
     ranking._state.adding, ranking._state.db = False, connection.alias  # it is in the database now
     a.status, a.finished_at = Assignment.Status.SUBMITTED, now
     return Submitted(ranking, duplicate=False)
@@ -466,28 +491,36 @@ _RANKING_COLUMNS = ("assignment_id", "round_id", "item_id", "annotator_id", "sho
                     "time_on_page_ms", "user_agent", "idempotency_key", "created_at", "withdrawn_at")
 
 
-def _write_ranking(ranking, responses, now, overlap):
+def _write_ranking(ranking, responses, now, overlap, open_at=None):
     """Store the ranking and its responses, mark the assignment submitted, count it on the item.
 
     Written out because every submit runs it: save() and bulk_create() spent more CPU in Python
     than the database spent storing the rows. On PostgreSQL the four writes are one statement
-    (data-modifying WITH); SQLite, which has no such statement, runs them one by one.
+    (data-modifying WITH), which writes nothing unless its UPDATE finds the assignment still
+    leased (and, with ``open_at``, its lease open then); it returns the ranking's id or None.
+    SQLite, which has no such statement, runs them one by one under the caller's lock.
     """
-    ranking_sql, ranking_params = rawsql.insert_sql(Ranking, [{f: getattr(ranking, f) for f in _RANKING_COLUMNS}])
     mark_sql = _sql("UPDATE {asg} SET status = %s, finished_at = %s WHERE id = %s")
     mark_params = [Assignment.Status.SUBMITTED, connection.ops.adapt_datetimefield_value(now), ranking.assignment_id]
     count_sql = _sql("UPDATE {item} SET n_submitted = n_submitted + 1, complete = (n_submitted + 1 >= %s) WHERE id = %s")
+    ranking_row = {f: getattr(ranking, f) for f in _RANKING_COLUMNS}
     if connection.vendor == "postgresql":
-        responses_sql, responses_params = rawsql.insert_sql(
-            RankedResponse, responses, values={"ranking_id": "(SELECT id FROM new_ranking)"},
+        mark_sql += " AND status = %s" + (" AND expires_at > %s" if open_at else "") + " RETURNING id"
+        mark_params += [Assignment.Status.LEASED] + ([open_at] if open_at else [])
+        ranking_sql, ranking_params = rawsql.insert_sql(Ranking, [ranking_row], where="EXISTS (SELECT 1 FROM marked)")
+        responses_sql, responses_params = rawsql.insert_each_sql(
+            RankedResponse, responses, "new_ranking", {"ranking_id": "new_ranking.id"},
         )
         with connection.cursor() as c:
             c.execute(
-                f"WITH new_ranking AS ({ranking_sql} RETURNING id), new_responses AS ({responses_sql}), "
-                f"marked AS ({mark_sql}), counted AS ({count_sql}) SELECT id FROM new_ranking",
-                [*ranking_params, *responses_params, *mark_params, overlap, ranking.item_id],
+                f"WITH marked AS ({mark_sql}), new_ranking AS ({ranking_sql} RETURNING id), "
+                f"new_responses AS ({responses_sql}), "
+                f"counted AS ({count_sql} AND EXISTS (SELECT 1 FROM marked)) SELECT id FROM new_ranking",
+                [*mark_params, *ranking_params, *responses_params, overlap, ranking.item_id],
             )
-            return c.fetchone()[0]
+            row = c.fetchone()
+        return row[0] if row else None
+    ranking_sql, ranking_params = rawsql.insert_sql(Ranking, [ranking_row])
     with connection.cursor() as c:
         c.execute(ranking_sql + " RETURNING id", ranking_params)
         ranking_id = c.fetchone()[0]
