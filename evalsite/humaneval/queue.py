@@ -6,7 +6,9 @@ wait on one another), and the lease is inserted only if the slot count, read aga
 lock is held by the INSERT itself (a new statement, which sees every transaction committed
 before it), leaves a slot free. Two annotators therefore never take the same last slot. A
 lease that expires stops counting, which returns the item to the pool; the annotator who let
-it lapse gets it back only if the slot is still free.
+it lapse gets it back only if the slot is still free. A submission is stored once: under the
+assignment's row lock, or on PostgreSQL by one statement whose UPDATE writes only if it finds
+the lease still open once it holds the row.
 """
 import json
 import random
@@ -343,7 +345,7 @@ def submit(token, user, *, ranks, harmless, comment="", time_on_page_ms=None, us
     """Store a ranking once. ``ranks`` / ``harmless`` map shown labels (A, B, ...) to values.
 
     The caller has validated the values (see forms.clean_answer); this re-checks everything
-    that depends on the database, under the assignment's row lock.
+    that depends on the database (see submit_answer).
     """
     answer = Answer(ranks, harmless, comment, time_on_page_ms)
     return submit_answer(token, user, lambda a: answer, key=key, user_agent=user_agent)
@@ -352,9 +354,10 @@ def submit(token, user, *, ranks, harmless, comment="", time_on_page_ms=None, us
 def submit_answer(token, user, read_answer, *, key, user_agent=""):
     """Store, once, the Answer that ``read_answer(assignment)`` reads for the item with this token.
 
-    ``read_answer`` gets the assignment (with its round) under its row lock, after every check
-    that depends on the database has passed, and validates the posted values against it. If it
-    raises, nothing is stored. Refused carries the round, for the page that says why.
+    ``read_answer`` gets the assignment (with its round) after every check that depends on the
+    database has passed, and validates the posted values against it. If it raises, nothing is
+    stored. Refused carries the round, for the page that says why. The assignment is row-locked
+    meanwhile, except on PostgreSQL's one-statement path, whose write checks that nothing changed.
     """
     if not key or len(key) > 64:
         raise Refused("The form is missing its submission key; reload the page and try again.", status=400)

@@ -203,7 +203,7 @@ class InvalidAnswer(Exception):
 
 def _submit(request, token):
     def read_answer(a):
-        # Called under the assignment's lock, once the database-side checks have passed.
+        # Called once the database-side checks have passed (see queue.submit_answer).
         round = a.round
         answer, errors = clean_answer(request.POST, a.labels, asks_rank=round.asks_rank, asks_harmless=round.asks_harmless)
         if errors:
