@@ -23,20 +23,13 @@ from jinja2 import Environment
 def url(name, *args, **kwargs):
     if kwargs:
         return reverse(name, kwargs=kwargs)
-    prefix, urlconf = get_script_prefix(), get_urlconf()
-    if not args:
-        return _fixed_url(name, prefix, urlconf)
     texts = [str(a) for a in args]
-    parts = _url_parts(name, len(texts), prefix, urlconf) if all(map(_PLAIN.fullmatch, texts)) else None
+    parts = None
+    if all(map(_PLAIN.fullmatch, texts)):
+        parts = _url_parts(name, len(texts), get_script_prefix(), get_urlconf())
     if parts is None:
-        return reverse(name, args=args)
+        return reverse(name, args=args or None)
     return "".join(part + text for part, text in zip(parts, texts)) + parts[-1]
-
-
-@lru_cache(maxsize=256)
-def _fixed_url(name, prefix, urlconf):
-    # URLs without arguments (the header's links) are the same on every page of a deployment.
-    return reverse(name, urlconf=urlconf)
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9_-]+")  # a path segment that needs no quoting
@@ -46,11 +39,12 @@ _PLAIN = re.compile(r"[A-Za-z0-9_-]+")  # a path segment that needs no quoting
 def _url_parts(name, n_args, prefix, urlconf):
     """The URL ``name`` cut where its arguments go (``["/annotate/i/", "/skip/"]``), or None.
 
-    reverse() resolves the pattern again on every call (20 us, three times per item page);
-    the parts come from one reverse() with numbered markers, which int, str, slug and path
-    converters accept. Arguments are then pasted in only when they are plain path segments,
-    and they are not checked against the converters (an int argument given letters makes a
-    URL that does not resolve instead of raising NoReverseMatch).
+    reverse() resolves the pattern again on every call (20 us, several times per item page);
+    a URL without arguments (the header's links) is one part. The parts come from one reverse()
+    with numbered markers, which int, str, slug and path converters accept. Arguments are then
+    pasted in only when they are plain path segments, and they are not checked against the
+    converters (an int argument given letters makes a URL that does not resolve instead of
+    raising NoReverseMatch).
     """
     markers = [f"918273645{i}" for i in range(n_args)]
     try:
@@ -80,7 +74,6 @@ def _linebreaks(text):
 @receiver(setting_changed)
 def _forget_urls(setting, **kwargs):
     if setting in ("ROOT_URLCONF", "STATIC_URL", "STORAGES", "STATIC_ROOT"):  # tests that change them
-        _fixed_url.cache_clear()
         _url_parts.cache_clear()
         _static.cache_clear()
 

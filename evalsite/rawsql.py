@@ -72,18 +72,15 @@ def insert_rows(model, rows):
         return [row[0] for row in c.fetchall()]
 
 
-def insert_sql(model, rows, values=None, where=None):
+def insert_sql(model, rows, where=None):
     """``INSERT INTO table (cols) VALUES (...), (...)`` and its parameters, for ``rows`` as above.
 
-    ``values`` maps an attname to SQL written in place of its parameter (the same in every row),
-    e.g. a subquery on an earlier statement's RETURNING. ``where``: the one row is inserted
-    only if this SQL condition holds (``INSERT ... SELECT ... WHERE``); its parameters follow.
+    ``where``: the one row is inserted only if this SQL condition holds
+    (``INSERT ... SELECT ... WHERE``); its parameters follow.
     """
-    values = values or {}
     fields, head = _insert_head(model, tuple(rows[0]), connection.vendor)
-    one_row = "(" + ", ".join(values.get(f.attname, "%s") for f in fields) + ")"
-    params = [f.get_db_prep_save(row[f.attname], connection) for row in rows for f in fields
-              if f.attname not in values]
+    one_row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    params = [f.get_db_prep_save(row[f.attname], connection) for row in rows for f in fields]
     if where is not None:
         assert len(rows) == 1, "a conditional INSERT writes one row"
         return head + f"SELECT {one_row[1:-1]} WHERE {where}", params
@@ -123,4 +120,4 @@ def analyze(*models):
     """
     if connection.vendor == "postgresql":
         with connection.cursor() as c:
-            c.execute("ANALYZE " + ", ".join(qn(m._meta.db_table) for m in models))
+            c.execute("ANALYZE " + ", ".join(table(m) for m in models))
