@@ -120,7 +120,7 @@ def test_soft_label_loss_minimum_matches_the_label_distribution():
         opt.zero_grad()
         soft_label_loss(margin, torch.zeros(1), p).backward()
         opt.step()
-    assert float(margin) == pytest.approx(math.log(4), abs=1e-3)
+    assert margin.item() == pytest.approx(math.log(4), abs=1e-3)
     # A tie (0.5, 0.5) pulls the two rewards together; a hard label pushes them apart forever.
     tie = torch.tensor([0.5])
     m = torch.tensor([2.0], requires_grad=True)
@@ -190,7 +190,7 @@ def test_shared_prompt_pair_pass_equals_two_full_passes(tiny_model_dir):
     soft_label_loss(full[:2], full[2:], target).backward()
 
     assert torch.allclose(torch.cat([r_a, r_b]), full, atol=1e-5)
-    assert float(r_a[0]) != pytest.approx(float(r_b[0]), abs=1e-3)  # the comparison means something
+    assert r_a[0].item() != pytest.approx(r_b[0].item(), abs=1e-3)  # the comparison means something
     for name, p in scorer.model.named_parameters():
         assert torch.allclose(shared[name], p.grad, atol=1e-5, rtol=1e-4), name
     assert any(float(p.grad.abs().max()) > 0 for p in scorer.model.parameters())
@@ -208,9 +208,9 @@ def test_reinforce_losses_match_hand_computation():
     # R = 0.9 r - 0.1 KL: 0.95 and -0.9
     assert out["returns"].tolist() == pytest.approx([0.95, -0.9])
     # policy: -[(-1)(0.95-0.1) + (-2)(0.95-0.2) + (-0.5)(-0.9-0.3)] / 2 = 0.875
-    assert float(out["policy_loss"]) == pytest.approx(0.875)
+    assert out["policy_loss"].item() == pytest.approx(0.875)
     # value: [(0.1-0.95)^2 + (0.2-0.95)^2 + (0.3+0.9)^2] / 2 = 1.3625
-    assert float(out["value_loss"]) == pytest.approx(1.3625)
+    assert out["value_loss"].item() == pytest.approx(1.3625)
     (out["policy_loss"] + out["value_loss"]).backward()
     # the advantage is a constant for the policy (stopgrad); the value gets 2 (V - Z) / B
     assert logprobs.grad.flatten().tolist() == pytest.approx([-0.425, -0.375, 0.6, 0.0])
