@@ -12,6 +12,12 @@ MAX_COMMENT = 5000
 MAX_TIME_ON_PAGE_MS = 24 * 3600 * 1000  # longer than a day on one item: the page's clock is wrong
 
 
+def _whole_number(text):
+    """The number in ``text`` if it is plain ASCII digits (``int()`` also takes "+3", " 3", "٣")."""
+    text = text.strip()
+    return int(text) if text.isdigit() and text.isascii() else None
+
+
 def answer_fields(labels, asks_rank, asks_harmless):
     """The item form's answer fields (what a page that failed validation shows again)."""
     names = ["key", "comment"]
@@ -35,7 +41,9 @@ def clean_answer(data, labels, *, asks_rank, asks_harmless):
     for label in labels:
         if asks_rank:
             value = (data.get(f"rank_{label}") or "").strip()
-            rank = int(value) if value.isdigit() and value.isascii() and 1 <= int(value) <= k else None
+            rank = _whole_number(value)
+            if rank is not None and not 1 <= rank <= k:
+                rank = None
             if value and rank is None:
                 field_errors.append(f"Rank of response {label}: Select a valid choice. "
                                     f"{value} is not one of the available choices.")
@@ -66,8 +74,7 @@ def clean_answer(data, labels, *, asks_rank, asks_harmless):
         if missing:
             errors.append(f"Mark every response harmless or harmful: {', '.join(missing)} not marked yet.")
     # Set by the page's script; a missing or garbled clock is no reason to refuse an answer.
-    elapsed = (data.get("elapsed_ms") or "").strip()
-    time_on_page = int(elapsed) if elapsed.isdigit() and elapsed.isascii() else None
+    time_on_page = _whole_number(data.get("elapsed_ms") or "")
     if time_on_page is not None and time_on_page > MAX_TIME_ON_PAGE_MS:
         time_on_page = None
     harmless = {label: v == "harmless" for label, v in marks.items() if v is not None}
