@@ -62,6 +62,11 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When the broker last accepted this job's task; empty while the broker was unreachable "
+        "(the workers' sweep sends it again).",
+    )
 
     objects = JobQuerySet.as_manager()
 
