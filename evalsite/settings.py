@@ -5,6 +5,7 @@ SQLite under ``var/``, kombu's filesystem broker under ``var/broker``. Set
 ``DATABASE_URL`` / ``REDIS_URL`` (or ``CELERY_BROKER_URL``) for PostgreSQL and
 Redis in production (see docker-compose.yml).
 """
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -42,6 +43,7 @@ INSTALLED_APPS = [
     "evalsite",
     "labeling",
     "rl",
+    "axes",  # login throttling (see AXES_* below)
 ]
 
 MIDDLEWARE = [
@@ -53,6 +55,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a login refused during a lockout into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "evalsite.urls"
@@ -152,8 +156,31 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 DATASET_UPLOAD_MAX_BYTES = env.int("DATASET_UPLOAD_MAX_BYTES", default=500 * 1024 * 1024)
 
-# Django's ModelBackend, reading each request's user with written-out SQL (evalsite/auth.py).
-AUTHENTICATION_BACKENDS = ["evalsite.auth.ModelBackend"]
+# django-axes first: it refuses a login attempt while its username and address are locked out,
+# and authenticates no one itself. Then Django's ModelBackend, reading each request's user with
+# written-out SQL (evalsite/auth.py).
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "evalsite.auth.ModelBackend"]
+
+# --- Login throttling (django-axes) ----------------------------------------------------
+# After AXES_FAILURE_LIMIT wrong passwords for one username from one address, that pair is
+# refused, even with the right password, until AXES_COOLOFF_MINUTES pass without another try.
+# The same user can still log in from any other address, so an attacker cannot lock a person
+# out everywhere. A successful login clears the count. `manage.py axes_reset` lifts every lockout.
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("AXES_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "axes/lockout.html"
+# The client's address. Facing clients directly (AXES_REVERSE_PROXIES=0), the connection's own.
+# Behind N reverse proxies that each append the address they were called from to X-Forwarded-For
+# (nginx: `proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;`), the N-th entry from
+# the right, written by the outermost proxy; entries to its left come from the client: ignored.
+_reverse_proxies = env.int("AXES_REVERSE_PROXIES", default=0)
+if _reverse_proxies:
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"]
+    AXES_IPWARE_PROXY_ORDER = "left-most"
+    AXES_IPWARE_PROXY_COUNT = _reverse_proxies - 1  # ipware counts the proxies named in the header
+    IPWARE_STRICT = False  # a header the client sent too is longer, not invalid: still count from the right
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
