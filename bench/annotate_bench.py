@@ -4,10 +4,14 @@ Creates a throwaway PostgreSQL database, migrates it, seeds a round large enough
 out, starts gunicorn on loopback, and lets the annotators (threads in a few client processes)
 work for ``--seconds``. A share of submissions is sent twice with the same key (a retry), which
 must be stored once. Prints requests/s and p50/p99 latency per endpoint, then checks the
-database: acknowledged submissions that are missing (lost), assignments with more than one live
-answer (doubled) and items beyond their overlap. The baseline is the login page served by the
-same server in the same run (a plain Django page with a session), so ``next_vs_login`` is a
-ratio that means the same on any machine.
+database (see check_database): acknowledged submissions that are missing (lost), answers
+stored twice (doubled) and items beyond their overlap. The baseline is the login page served
+by the same server in the same run (a plain Django page with a session), so ``next_vs_login``
+is a ratio that means the same on any machine.
+
+A request that fails (an HTTP error, a refused connection, a page without its form) is counted
+in ``errors``; the annotator waits a moment and goes on, as a person would reload. The run
+fails (exit status 1) on any error, loss, double or item over its overlap.
 
     bench/annotate [--seconds 60] [--annotators 50] [--workers N] [--think-seconds S] [--keep-db]
 
@@ -65,6 +69,11 @@ def admin_conn(base_url):
 
 # --- client processes -----------------------------------------------------------------------
 
+# How long an annotator waits after a failed request before going on: a server that fails fast
+# is not asked again at full speed, and the annotator keeps working (and counting errors).
+ERROR_PAUSE_SECONDS = 0.5
+
+
 def client_process(base_url, round_id, sessions, seed, deadline, retry_every, think_seconds, queue):
     from evalsite.humaneval.simulate import Annotator
 
@@ -73,20 +82,25 @@ def client_process(base_url, round_id, sessions, seed, deadline, retry_every, th
     def work(bot, k):
         n = 0
         while time.time() < deadline:
+            errors_before = len(bot.errors)  # next_item() and submit() record HTTP errors there
             try:
                 page = bot.next_item()
-                if page is None:
+                if page is None and len(bot.errors) == errors_before:
+                    # The round's "done" page: it was too small for the run.
                     bot.errors.append("ran out of items")
                     return
-                data = bot.answer(page)
-                if think_seconds:
-                    time.sleep(bot.rng.uniform(0.5, 1.5) * think_seconds)  # reading and ranking
-                bot.submit(page, data)
-                n += 1
-                if retry_every and n % retry_every == k % retry_every:
-                    bot.submit(page, data)  # a retry of the same submission: must be stored once
-            except Exception as e:  # noqa: BLE001 - reported, not fatal for the other annotators
+                if page is not None:
+                    data = bot.answer(page)
+                    if think_seconds:
+                        time.sleep(bot.rng.uniform(0.5, 1.5) * think_seconds)  # reading and ranking
+                    bot.submit(page, data)
+                    n += 1
+                    if retry_every and n % retry_every == k % retry_every:
+                        bot.submit(page, data)  # a retry of the same submission: must be stored once
+            except Exception as e:  # noqa: BLE001 - reported, not fatal for this or the other annotators
                 bot.errors.append(f"{type(e).__name__}: {e}")
+            if len(bot.errors) > errors_before:
+                time.sleep(max(0.0, min(ERROR_PAUSE_SECONDS, deadline - time.time())))
 
     threads = [threading.Thread(target=work, args=(b, i)) for i, b in enumerate(bots)]
     [t.start() for t in threads]
@@ -103,19 +117,26 @@ def client_process(base_url, round_id, sessions, seed, deadline, retry_every, th
 def baseline_process(base_url, sessions, deadline, queue):
     from evalsite.humaneval.simulate import Annotator
 
-    times = []
+    times, errors = [], []
 
     def work(s):
         bot = Annotator(base_url, s, round_id=0)  # the same HTTP client as the annotators
         while time.time() < deadline:
             t = time.perf_counter()
-            bot.request("GET", "/login/")
+            try:
+                status = bot.request("GET", "/login/")[0]
+                error = None if status == 200 else f"login page: HTTP {status}"
+            except Exception as e:  # noqa: BLE001 - counted like the annotators' errors
+                error = f"login page: {type(e).__name__}: {e}"
             times.append(time.perf_counter() - t)
+            if error:
+                errors.append(error)
+                time.sleep(max(0.0, min(ERROR_PAUSE_SECONDS, deadline - time.time())))
 
     threads = [threading.Thread(target=work, args=(s,)) for s in sessions]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    queue.put(times)
+    queue.put({"times": times, "errors": errors})
 
 
 def cpu_seconds(pids):
@@ -142,6 +163,36 @@ def postgres_pids():
     import psutil
 
     return [p.pid for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")]
+
+
+def check_database(round_id, acknowledged, overlap):
+    """What the database holds for the round, against the submissions the server acknowledged.
+
+    ``lost``: acknowledged submissions (their keys) with no live answer. ``doubled``: answers
+    stored beyond the first for one annotator and item, live or withdrawn (the benchmark never
+    undoes), whether under two assignments, as two answers to one assignment, or one submission
+    stored again under another id: each is an item answered twice. ``over_overlap``: items with
+    more live answers than the round's overlap. ``unacknowledged``: live answers to submissions
+    whose acknowledgement never reached the client (a request that failed after the answer was
+    stored).
+    """
+    from django.db.models import Count
+
+    from evalsite.models import Ranking
+
+    answers = Ranking.objects.filter(round_id=round_id)
+    live = answers.filter(withdrawn_at__isnull=True)
+    stored = set(live.values_list("idempotency_key", flat=True))
+    ack = set(acknowledged)
+    per_annotator_item = answers.values("annotator_id", "item_id").annotate(n=Count("id")).values_list("n", flat=True)
+    per_item = live.values("item_id").annotate(n=Count("id")).values_list("n", flat=True)
+    return {
+        "stored": len(stored),
+        "lost": len(ack - stored),
+        "doubled": sum(n - 1 for n in per_annotator_item if n > 1),
+        "over_overlap": sum(1 for n in per_item if n > overlap),
+        "unacknowledged": len(stored - ack),
+    }
 
 
 def run_clients(target, per_process_args, n_procs):
@@ -216,7 +267,6 @@ def measure(args, env, dbname):
 
         from evalsite.humaneval.demo import make_annotators, make_round
         from evalsite.humaneval.simulate import session_for
-        from evalsite.models import Assignment, Ranking
 
         overlap = 3
         n_items = args.items or max(300, int(args.seconds * 400 / overlap))
@@ -253,13 +303,13 @@ def measure(args, env, dbname):
         groups = [sessions[i::args.client_procs] for i in range(args.client_procs)]
         # Warm-up, not measured: every worker opens its database connection and compiles its templates.
         warm_deadline = time.time() + 2
-        run_clients(baseline_process, [(base_url, g, warm_deadline) for g in groups], len(groups))
+        warm = run_clients(baseline_process, [(base_url, g, warm_deadline) for g in groups], len(groups))
         # Baseline: the login page, same server, same concurrency.
         base_seconds = max(2.0, min(5.0, args.seconds / 6))
         deadline = time.time() + base_seconds
         srv_before = cpu_seconds(server_pids(server))
         base = run_clients(baseline_process, [(base_url, g, deadline) for g in groups], len(groups))
-        login_times = [x for r in base for x in r]
+        login_times = [x for r in base for x in r["times"]]
         login_srv_cpu = cpu_seconds(server_pids(server)) - srv_before
 
         # PostgreSQL backends are forked per connection: count the ones that exist while measuring.
@@ -284,25 +334,12 @@ def measure(args, env, dbname):
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
 
-    if True:  # keeps the measurement block together
-        next_t = [x for r in results for x in r["next"]]
-        submit_t = [x for r in results for x in r["submit"]]
-        acknowledged = [k for r in results for k in r["acknowledged"]]
-        errors = [e for r in results for e in r["errors"]]
-        live = Ranking.objects.filter(withdrawn_at__isnull=True)
-        stored = set(live.values_list("idempotency_key", flat=True))
-        ack = set(acknowledged)
-        lost = len(ack - stored)
-        from django.db.models import Count
-
-        doubled = sum(
-            n - 1 for n in live.values("assignment_id").annotate(n=Count("id")).values_list("n", flat=True) if n > 1
-        ) + sum(
-            n - 1 for n in Assignment.objects.values("item_id", "annotator_id").annotate(n=Count("id"))
-            .values_list("n", flat=True) if n > 1
-        )
-        over = sum(1 for n in live.values("item_id").annotate(n=Count("id")).values_list("n", flat=True) if n > overlap)
-        unacknowledged_stored = len(stored - ack)
+    next_t = [x for r in results for x in r["next"]]
+    submit_t = [x for r in results for x in r["submit"]]
+    ack = {k for r in results for k in r["acknowledged"]}
+    errors = [e for r in [*warm, *base, *results] for e in r["errors"]]
+    db = check_database(rnd.pk, ack, overlap)
+    lost, doubled, over = db["lost"], db["doubled"], db["over_overlap"]
 
     n_req = len(next_t) + len(submit_t)
     ms = lambda x: x * 1000  # noqa: E731
@@ -313,8 +350,8 @@ def measure(args, env, dbname):
     print("(* baseline: the login page on the same server at the same concurrency; "
           "'next' returns the item page itself, a new lease or the current one)")
     print(f"\n{n_req} requests in {elapsed:.1f}s = {n_req / elapsed:.1f} req/s; {len(ack)} submissions acknowledged, "
-          f"{len(stored)} stored; lost {lost}, doubled {doubled}, items over overlap {over}, "
-          f"stored but unacknowledged {unacknowledged_stored}")
+          f"{db['stored']} stored; lost {lost}, doubled {doubled}, items over overlap {over}, "
+          f"stored but unacknowledged {db['unacknowledged']}; client errors {len(errors)}")
     per = lambda c: 1000 * c / max(1, n_req)  # noqa: E731
     print(f"CPU per request: server {per(srv_cpu):.2f} ms (login page: {1000 * login_srv_cpu / max(1, len(login_times)):.2f} ms), PostgreSQL {per(pg_cpu):.2f} ms, "
           f"clients {per(client_cpu):.2f} ms; machine capacity {os.cpu_count() * elapsed:.0f} CPU-s, "
@@ -322,7 +359,7 @@ def measure(args, env, dbname):
     if errors:
         from collections import Counter
 
-        print("client errors:", dict(Counter(errors).most_common(5)))
+        print(f"client errors ({len(errors)}, the most common):", dict(Counter(errors).most_common(5)))
     p99_next, p99_submit = ms(pct(next_t, 99)), ms(pct(submit_t, 99))
     verdict = "meets" if max(p99_next, p99_submit) < 250 else "misses"
     load = (f"annotators pausing {args.think_seconds:g} s per item" if args.think_seconds
@@ -332,8 +369,8 @@ def measure(args, env, dbname):
     print(f"RESULT rps={n_req / elapsed:.1f} p50_next_ms={ms(pct(next_t, 50)):.1f} p99_next_ms={p99_next:.1f} "
           f"p50_submit_ms={ms(pct(submit_t, 50)):.1f} p99_submit_ms={p99_submit:.1f} "
           f"next_vs_login={pct(next_t, 50) / pct(login_times, 50):.2f} lost={lost} doubled={doubled} "
-          f"over_overlap={over} server_cpu_ms_per_req={per(srv_cpu):.2f}")
-    return 0 if lost == 0 and doubled == 0 and over == 0 else 1
+          f"over_overlap={over} errors={len(errors)} server_cpu_ms_per_req={per(srv_cpu):.2f}")
+    return 0 if lost == 0 and doubled == 0 and over == 0 and not errors else 1
 
 
 if __name__ == "__main__":
