@@ -240,23 +240,79 @@ def execute(job_id, task_id=None, hostname=""):
     return status
 
 
-def fail_orphans_of(hostname):
-    """At worker start: jobs this worker was running when it died are failed, resumable ones requeued."""
+def auto_resume(job_id, reason):
+    """Queue a failed resumable job again, unless it has used up its automatic attempts.
+
+    A job that kills its worker every time (out of memory, say) stops after
+    ``JOB_AUTO_RESUME_ATTEMPTS`` attempts and waits for a person's 'resume'.
+    """
     from evalsite.models import Job
 
-    orphans = list(Job.objects.filter(status=Job.Status.RUNNING, worker__startswith=f"{hostname} pid "))
-    for job in orphans:
-        Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
+    job = Job.objects.filter(pk=job_id, status=Job.Status.FAILED).first()
+    if job is None:
+        return False
+    try:
+        resumable = get_kind(job.kind).resumable
+    except ValidationError:
+        resumable = False
+    if not resumable:
+        job.append_log(f"{reason}; this kind does not resume by itself: use 'resume'")
+        return False
+    if job.attempts >= settings.JOB_AUTO_RESUME_ATTEMPTS:
+        job.append_log(f"{reason}; not resumed automatically after {job.attempts} attempts: use 'resume'")
+        return False
+    job.append_log(f"{reason}; resuming automatically from the last checkpoint")
+    return job.resume()
+
+
+def fail_orphans_of(hostname):
+    """At worker start: jobs this worker was running when it died are failed, resumable ones requeued.
+
+    (Jobs of a worker that does not come back under its old name are found by :func:`sweep`.)
+    """
+    from evalsite.models import Job
+
+    orphans = list(Job.objects.filter(status=Job.Status.RUNNING, worker__startswith=f"{hostname} pid ")
+                   .values_list("pk", flat=True))
+    for pk in orphans:
+        n = Job.objects.filter(pk=pk, status=Job.Status.RUNNING).update(
             status=Job.Status.FAILED, finished_at=timezone.now(), message="worker lost",
             error=f"Worker {hostname} restarted while this job was running.",
         )
-        job.append_log(f"worker {hostname} restarted while this job was running")
-        try:
-            resumable = get_kind(job.kind).resumable
-        except ValidationError:
-            resumable = False
-        if resumable and getattr(settings, "JOBS_AUTO_RESUME", True):
-            job.refresh_from_db()
-            job.append_log("resuming automatically from the last checkpoint")
-            job.resume()
+        if n:
+            auto_resume(pk, f"worker {hostname} restarted while this job was running")
     return len(orphans)
+
+
+def sweep():
+    """What every worker runs on a schedule (see evalsite/celery.py), never a web request.
+
+    * Running jobs without a heartbeat for ``JOB_STALE_AFTER_SECONDS`` are failed, and
+      resumable kinds queued again, whichever worker (and hostname) they ran on.
+    * Queued jobs the broker never took (it was down when they were submitted) are sent again.
+
+    Every change is a conditional UPDATE, so workers sweeping at once do each thing once.
+    Returns what it did, for the worker's log.
+    """
+    from kombu.exceptions import OperationalError
+
+    from evalsite.models import Job
+
+    failed = Job.objects.fail_stale()
+    resumed = [pk for pk in failed if auto_resume(pk, "no heartbeat from its worker")]
+    resent = []
+    unsent = list(Job.objects.unsent().values_list("pk", flat=True)[:1000])
+    if unsent:
+        from evalsite.celery import app
+
+        try:
+            with app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1)
+        except OperationalError:
+            unsent = []  # still down: try again at the next sweep
+        for pk in unsent:
+            job = Job.objects.filter(pk__in=Job.objects.unsent().filter(pk=pk)).first()
+            if job is not None:
+                job.send()  # outside a transaction: published at once
+                resent.append(pk)
+    return {"failed": failed, "resumed": resumed, "resent": resent}

@@ -195,6 +195,10 @@ if _redis_url:
         "BACKEND": "evalsite.cache.RedisCache",  # Django's, keeping its client objects
         "LOCATION": env("CACHE_URL", default=_redis_url),
         "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="evalsite"),
+        "OPTIONS": {
+            "socket_connect_timeout": env.float("CACHE_TIMEOUT_SECONDS", default=1.0),
+            "socket_timeout": env.float("CACHE_TIMEOUT_SECONDS", default=1.0),
+        },
     }}
     SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
@@ -227,9 +231,15 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
-# A running job whose worker has not written a heartbeat for this long is shown as failed.
+# A running job whose worker has not written a heartbeat for this long is failed by the
+# workers' sweep (every JOB_SWEEP_SECONDS, in each worker's main process), and resumable kinds
+# are queued again, at most JOB_AUTO_RESUME_ATTEMPTS times in all. The sweep also sends jobs
+# again whose task the broker did not take (it was down when they were submitted).
 JOB_HEARTBEAT_SECONDS = env.float("JOB_HEARTBEAT_SECONDS", default=10.0)
 JOB_STALE_AFTER_SECONDS = env.float("JOB_STALE_AFTER_SECONDS", default=120.0)
+JOB_SWEEP_SECONDS = env.float("JOB_SWEEP_SECONDS", default=30.0)
+JOB_AUTO_RESUME_ATTEMPTS = env.int("JOB_AUTO_RESUME_ATTEMPTS", default=3)
+JOB_RESEND_AFTER_SECONDS = env.float("JOB_RESEND_AFTER_SECONDS", default=10.0)
 
 # --- Production hardening (manage.py check --deploy is clean when DEBUG is off) -------
 if not DEBUG:

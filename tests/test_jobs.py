@@ -115,7 +115,7 @@ def test_stale_running_job_is_shown_as_failed(settings):
     Job.objects.filter(pk=job.pk).update(status="running", started_at=old, heartbeat_at=old)
     fresh = submit()
     Job.objects.filter(pk=fresh.pk).update(status="running", started_at=timezone.now(), heartbeat_at=timezone.now())
-    assert Job.objects.fail_stale() == 1
+    assert Job.objects.fail_stale() == [job.pk]
     job.refresh_from_db()
     fresh.refresh_from_db()
     assert job.status == "failed" and "stopped responding" in job.error
@@ -137,17 +137,64 @@ def test_resume_requeues_failed_job_and_counts_attempts():
     assert job.resume() is False  # succeeded jobs are not resumed
 
 
-def test_orphans_of_a_restarted_worker_are_failed():
-    job = submit()
+def test_orphans_of_a_restarted_worker_are_failed_and_resumed_while_attempts_last(settings):
+    job = submit()  # the test kind resumes from its checkpoint, like RL and labeling
     Job.objects.filter(pk=job.pk).update(status="running", worker="w1@host pid 123", started_at=timezone.now(),
-                                         heartbeat_at=timezone.now())
+                                         heartbeat_at=timezone.now(), attempts=1)
+    spent = submit()
+    Job.objects.filter(pk=spent.pk).update(status="running", worker="w1@host pid 124", heartbeat_at=timezone.now(),
+                                           attempts=settings.JOB_AUTO_RESUME_ATTEMPTS)
     other = submit()
     Job.objects.filter(pk=other.pk).update(status="running", worker="w2@host pid 9", heartbeat_at=timezone.now())
-    assert jobs.fail_orphans_of("w1@host") == 1
+    assert jobs.fail_orphans_of("w1@host") == 2
     job.refresh_from_db()
+    spent.refresh_from_db()
     other.refresh_from_db()
-    assert job.status == "failed" and "restarted" in job.error
+    assert job.status == "queued" and job.sent_at is None  # sent once the (absent) transaction commits
+    assert "restarted while this job was running; resuming automatically" in job.log
+    assert spent.status == "failed" and "restarted" in spent.error
+    assert "not resumed automatically after 3 attempts" in spent.log
     assert other.status == "running"
+
+
+def test_sweep_fails_stale_jobs_of_any_worker_and_resumes_resumable_kinds(settings):
+    old = timezone.now() - timedelta(seconds=settings.JOB_STALE_AFTER_SECONDS + 5)
+    lost = submit()
+    Job.objects.filter(pk=lost.pk).update(status="running", worker="gone@elsewhere pid 1", started_at=old,
+                                          heartbeat_at=old, attempts=1)
+    not_resumable = Job.objects.create(kind="import_dataset", status="running", started_at=old, heartbeat_at=old)
+    assert not jobs.get_kind("import_dataset").resumable
+    parent = submit()
+    Job.objects.filter(pk=parent.pk).update(status="running", started_at=old, heartbeat_at=old)
+    child = submit(parent=parent)  # still queued: the parent waits for it, it is not lost
+
+    done = jobs.sweep()
+    lost.refresh_from_db()
+    parent.refresh_from_db()
+    assert lost.pk in done["failed"] and done["resumed"] == [lost.pk]
+    assert lost.status == "queued" and "no heartbeat from its worker; resuming automatically" in lost.log
+    assert parent.status == "running" and child.pk not in done["failed"]
+    not_resumable.refresh_from_db()
+    assert not_resumable.status == "failed" and "does not resume by itself" in not_resumable.log
+    assert jobs.sweep()["failed"] == []  # a second sweep finds nothing left to do
+
+
+def test_sweep_sends_again_jobs_the_broker_never_took(django_capture_on_commit_callbacks):
+    job = submit()
+    # As a submit during a broker outage leaves it: a task id the broker never accepted.
+    Job.objects.filter(pk=job.pk).update(celery_task_id="lost-message", sent_at=None,
+                                         created_at=timezone.now() - timedelta(seconds=60))
+    fresh = submit()
+    Job.objects.filter(pk=fresh.pk).update(celery_task_id="just-sent", sent_at=None)  # its publish is under way
+    inline = submit()  # send=False and no task id: an experiment stage, run inline, never sent
+    Job.objects.filter(pk=inline.pk).update(created_at=timezone.now() - timedelta(seconds=60))
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        done = jobs.sweep()
+    job.refresh_from_db()
+    assert done["resent"] == [job.pk]
+    assert job.celery_task_id != "lost-message"  # the old message, should it turn up, is a no-op
+    assert [c.args for c in callbacks] == [(job.pk, job.celery_task_id)]
 
 
 def test_log_tail_is_capped():
@@ -192,12 +239,35 @@ def test_real_worker_cancel_and_dead_worker(start_worker, django_capture_on_comm
     job.refresh_from_db()
     assert job.progress < 0.5
 
-    # A worker killed mid-job: after a restart under the same name the job is shown as failed.
+    # A worker killed mid-job: restarted under the same name, it fails the job at once and, as the
+    # kind resumes, runs it on from its checkpoint.
     with django_capture_on_commit_callbacks(execute=True):
-        job2 = Job.submit("noop", {"steps": 200, "sleep": 0.1})
-    wait_for(lambda: Job.objects.get(pk=job2.pk).progress > 0.02, timeout=60, message="second job to start")
+        job2 = Job.submit("noop", {"steps": 100, "sleep": 0.05})
+    wait_for(lambda: Job.objects.get(pk=job2.pk).progress > 0.05, timeout=60, message="second job to start")
     worker.kill()
     assert Job.objects.get(pk=job2.pk).status == "running"
     start_worker(name=worker.name)
-    wait_for(lambda: Job.objects.get(pk=job2.pk).status == "failed", timeout=30, message="orphan to be failed")
-    assert "restarted" in Job.objects.get(pk=job2.pk).error
+    wait_for(lambda: Job.objects.get(pk=job2.pk).status in Job.FINISHED, timeout=60, message="orphan to finish")
+    job2.refresh_from_db()
+    assert job2.status == "succeeded", job2.error
+    assert job2.attempts == 2 and "restarted while this job was running" in job2.log
+    assert job2.result["resumed_at_step"] > 0  # went on from its checkpoint, not from the start
+
+
+@pytest.mark.worker
+def test_a_new_worker_finds_and_resumes_the_jobs_of_a_dead_one(start_worker, django_capture_on_commit_callbacks):
+    """No page view and no restart under the old hostname: the workers' own sweep finds the job."""
+    sweep = {"JOB_STALE_AFTER_SECONDS": "3", "JOB_SWEEP_SECONDS": "0.5"}
+    first = start_worker(name="doomed", extra_env=sweep)
+    with django_capture_on_commit_callbacks(execute=True):
+        job = Job.submit("noop", {"steps": 100, "sleep": 0.05})
+    wait_for(lambda: Job.objects.get(pk=job.pk).progress > 0.05, timeout=60, message="job to start")
+    first.kill()
+    replacement = start_worker(name="replacement", extra_env=sweep)
+    wait_for(lambda: Job.objects.get(pk=job.pk).status in Job.FINISHED, timeout=90,
+             message="the replacement worker to resume and finish the job")
+    job.refresh_from_db()
+    assert job.status == "succeeded", (job.error, replacement.read_log()[-3000:])
+    assert job.worker.startswith("replacement@")
+    assert "no heartbeat from its worker; resuming automatically" in job.log
+    assert job.attempts == 2 and job.result["resumed_at_step"] > 0

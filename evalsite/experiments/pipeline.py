@@ -18,6 +18,7 @@ import itertools
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 from celery import chain, chord, group
@@ -271,8 +272,14 @@ def _finish_label_run(run, exp_id):
 
 def _wait(job, exp_id):
     while True:
-        Job.objects.fail_stale()  # a stage job whose worker died must not be waited on forever
+        # A stage job whose worker died must not be waited on forever: failed, and resumed here
+        # when its kind resumes (the workers' sweep does the same; only one of them wins).
+        for pk in Job.objects.filter(pk=job.pk).fail_stale():
+            jobs.auto_resume(pk, "no heartbeat from its worker")
         job.refresh_from_db()
+        if job.status == Job.Status.QUEUED:
+            jobs.execute(job.pk)
+            continue
         if job.status in Job.FINISHED:
             return job
         if Experiment.objects.filter(pk=exp_id, cancel_requested=True).exists():
@@ -378,8 +385,18 @@ def launch(exp):
     for names in reversed(levels(exp)):
         sigs = [experiment_stage.si(exp.pk, n) for n in names]
         rest = chain(sigs[0], rest) if len(sigs) == 1 else chord(group(sigs), rest)
-    transaction.on_commit(lambda: rest.apply_async())
+    transaction.on_commit(partial(_send_canvas, exp.pk, rest))
     return exp
+
+
+def _send_canvas(exp_id, canvas):
+    from kombu.exceptions import OperationalError
+
+    try:
+        canvas.apply_async()
+    except OperationalError as e:  # the broker is unreachable: nothing was sent, nothing runs
+        _fail(exp_id, Experiment.Status.FAILED, f"The job broker could not be reached ({e}); nothing was started. "
+                                                "Relaunch once it is back.")
 
 
 def run_inline(exp, on_stage=None):
@@ -437,6 +454,11 @@ def fail_if_stalled(exp, after_seconds=None):
         message="No stage has run for a while: the worker holding this experiment stopped. Relaunch to continue "
                 "from the finished stages.")
     return bool(n)
+
+
+def fail_stalled_experiments():
+    """The workers' sweep: every running experiment that lost its canvas is shown as failed."""
+    return [exp.pk for exp in Experiment.objects.filter(status=Experiment.Status.RUNNING) if fail_if_stalled(exp)]
 
 
 def progress(exp):

@@ -1,5 +1,7 @@
 """One model for all background work: imports, labeling, training, sampling, experiments."""
+import logging
 from datetime import timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import models, transaction
@@ -8,24 +10,67 @@ from django.utils import timezone
 
 LOG_TAIL_CHARS = 20_000
 
+log = logging.getLogger(__name__)
+
+
+def publish(job_id, task_id):
+    """Hand job ``job_id``'s task to the broker; record when it took it, or why it did not."""
+    from kombu.exceptions import OperationalError
+
+    from evalsite.tasks import run_job
+
+    try:
+        run_job.apply_async(args=[job_id], task_id=task_id)
+    except OperationalError as e:  # the broker is unreachable (after Celery's own publish retries)
+        log.warning("job %s: broker unreachable, the workers' sweep will send it later (%s)", job_id, e)
+        Job.objects.filter(pk=job_id, celery_task_id=task_id, status=Job.Status.QUEUED).update(
+            message="waiting for the broker: it will be sent when it can be reached")
+        return False
+    Job.objects.filter(pk=job_id, celery_task_id=task_id).update(sent_at=timezone.now())
+    return True
+
 
 class JobQuerySet(models.QuerySet):
     def active(self):
         return self.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
 
-    def fail_stale(self):
-        """Running jobs whose worker stopped writing heartbeats are failed, not 'running' forever."""
+    def stale(self):
+        """Running jobs whose worker stopped writing heartbeats.
+
+        A parent whose children are still queued or running is waiting, not lost (a labeling
+        run's chunks refresh its heartbeat only as they finish).
+        """
         cutoff = timezone.now() - timedelta(seconds=settings.JOB_STALE_AFTER_SECONDS)
-        stale = self.filter(status=Job.Status.RUNNING).filter(
+        busy_children = Job.objects.filter(
+            parent=models.OuterRef("pk"), status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+        return self.filter(status=Job.Status.RUNNING).filter(
             Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
-        )
-        return stale.update(
-            status=Job.Status.FAILED,
-            finished_at=timezone.now(),
-            error="The worker running this job stopped responding (no heartbeat); it was probably "
-            "killed or lost. Finished work is kept; use 'resume' to continue.",
-            message="worker lost",
-        )
+        ).exclude(models.Exists(busy_children))
+
+    def fail_stale(self):
+        """Fail the stale jobs (see :meth:`stale`); returns the ids this call failed.
+
+        Each job is failed by a conditional UPDATE, so of several workers sweeping at once
+        exactly one fails (and may resume) a given job.
+        """
+        failed = []
+        for pk in self.stale().values_list("pk", flat=True):
+            n = Job.objects.stale().filter(pk=pk).update(
+                status=Job.Status.FAILED,
+                finished_at=timezone.now(),
+                error="The worker running this job stopped responding (no heartbeat); it was probably "
+                "killed or lost. Finished work is kept; use 'resume' to continue.",
+                message="worker lost",
+            )
+            if n:
+                failed.append(pk)
+        return failed
+
+    def unsent(self):
+        """Queued jobs whose task the broker never took (it was unreachable when they were sent)."""
+        cutoff = timezone.now() - timedelta(seconds=settings.JOB_RESEND_AFTER_SECONDS)
+        return self.filter(status=Job.Status.QUEUED, sent_at__isnull=True, created_at__lt=cutoff).exclude(
+            celery_task_id="")
 
 
 class Job(models.Model):
@@ -110,15 +155,18 @@ class Job(models.Model):
         return job
 
     def send(self):
-        """(Re)send to the broker. A fresh task id makes any older message for this job a no-op."""
+        """(Re)send to the broker. A fresh task id makes any older message for this job a no-op.
+
+        The message goes once the transaction commits. If the broker cannot be reached the job
+        stays queued with ``sent_at`` empty and the workers' sweep sends it again later.
+        """
         from celery import uuid
 
-        from evalsite.tasks import run_job
-
         task_id = uuid()
-        Job.objects.filter(pk=self.pk).update(celery_task_id=task_id)
+        Job.objects.filter(pk=self.pk).update(celery_task_id=task_id, sent_at=None)
         self.celery_task_id = task_id
-        transaction.on_commit(lambda: run_job.apply_async(args=[self.pk], task_id=task_id))
+        self.sent_at = None
+        transaction.on_commit(partial(publish, self.pk, task_id))
 
     def request_cancel(self):
         """Queued jobs are cancelled at once; running ones stop at their next step."""
@@ -146,7 +194,8 @@ class Job(models.Model):
         return bool(n)
 
     def append_log(self, text):
-        """Append to the log tail in one UPDATE (no read-modify-write race with cancel)."""
+        """Append to the log tail: a read, then an UPDATE of the log column alone (the status,
+        progress and cancel flag, written by others meanwhile, are left as they are)."""
         line = f"[{timezone.now():%H:%M:%S}] {text}\n"
         job = Job.objects.filter(pk=self.pk)
         current = job.values_list("log", flat=True).first() or ""
