@@ -1,4 +1,5 @@
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -39,11 +40,24 @@ class DatasetAdmin(admin.ModelAdmin):
         return obj._n_comparisons
 
     def get_urls(self):
+        return [
+            path("import/", self.admin_site.admin_view(self.import_view), name="evalsite_dataset_import"),
+        ] + super().get_urls()
+
+    def has_import_permission(self, request):
+        """An import adds a dataset through a job (admin_view itself checks only the staff flag)."""
+        return request.user.has_perms(["evalsite.add_dataset", "evalsite.add_job"])
+
+    def import_view(self, request):
         from evalsite.importjobs import import_view
 
-        return [
-            path("import/", self.admin_site.admin_view(import_view), name="evalsite_dataset_import"),
-        ] + super().get_urls()
+        if not self.has_import_permission(request):
+            raise PermissionDenied
+        return import_view(request)
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "has_import_permission": self.has_import_permission(request)}
+        return super().changelist_view(request, extra_context)
 
 
 @admin.register(Prompt)
@@ -144,14 +158,6 @@ class JobAdmin(admin.ModelAdmin):
     def render_change_form(self, request, context, *args, **kwargs):
         context["can_operate"] = self.has_operate_permission(request)
         return super().render_change_form(request, context, *args, **kwargs)
-
-    def changelist_view(self, request, extra_context=None):
-        Job.objects.fail_stale()
-        return super().changelist_view(request, extra_context)
-
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        Job.objects.fail_stale()
-        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj):

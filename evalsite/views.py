@@ -1,18 +1,24 @@
 """Pages of the core app: the home page and the job status feeds the admin polls."""
-from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, render
 
 from evalsite.models import Comparison, Dataset, Experiment, Job, Policy, Prompt
+from evalsite.permissions import permissions_required
+
+# The overview lists all of these; a user who may view them all is shown it.
+OVERVIEW_PERMISSIONS = (
+    "evalsite.view_dataset", "evalsite.view_prompt", "evalsite.view_comparison", "evalsite.view_policy",
+    "evalsite.view_job", "evalsite.view_experiment",
+)
 
 
 @login_required
 def home(request):
     """Researchers see the workbench overview; annotators see their rounds."""
-    context = {"is_researcher": request.user.is_staff}
-    if request.user.is_staff:
-        Job.objects.fail_stale()
+    is_researcher = request.user.has_perms(OVERVIEW_PERMISSIONS)
+    context = {"is_researcher": is_researcher}
+    if is_researcher:
         context.update(
             counts={
                 "datasets": Dataset.objects.count(),
@@ -54,10 +60,9 @@ def job_as_dict(job):
     }
 
 
-@staff_member_required
+@permissions_required("evalsite.view_job")
 def job_status(request):
     """Status of several jobs at once: ``?ids=1,2,3`` (what the admin list polls)."""
-    Job.objects.fail_stale()
     ids = [int(i) for i in request.GET.get("ids", "").split(",") if i.strip().isdigit()][:500]
     jobs = Job.objects.filter(pk__in=ids).only(
         "id", "kind", "name", "status", "progress", "message", "error", "cancel_requested",
@@ -66,10 +71,9 @@ def job_status(request):
     return JsonResponse({"jobs": [job_as_dict(j) for j in jobs]})
 
 
-@staff_member_required
+@permissions_required("evalsite.view_job")
 def job_detail_json(request, pk):
     """One job with its log tail and metrics (what the job page polls)."""
-    Job.objects.fail_stale()
     job = get_object_or_404(Job, pk=pk)
     data = job_as_dict(job)
     data["log"] = job.log

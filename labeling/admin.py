@@ -102,7 +102,7 @@ class LabelerConfigAdmin(admin.ModelAdmin):
 
     def start_view(self, request, pk):
         config = get_object_or_404(LabelerConfig, pk=pk)
-        if not self.has_change_permission(request, config):
+        if not (self.has_change_permission(request, config) and request.user.has_perm("evalsite.add_job")):
             return HttpResponseRedirect(reverse("admin:index"))
         form = StartLabelingForm(request.POST or None, config=config)
         if request.method == "POST" and form.is_valid():

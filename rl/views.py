@@ -1,32 +1,47 @@
 """Researcher pages of the training app: start SFT, sampling, reward-model and RL jobs."""
 from django.contrib import messages
-from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 
 from evalsite.models import Job, Policy
+from evalsite.permissions import permissions_required
 from rl.forms import FORMS
 from rl.models import RewardModel
 
+# What each kind of job writes, beyond the job itself: starting one needs permission to add those.
+KIND_PERMISSIONS = {
+    "sft": ("evalsite.add_policy",),
+    "sample": ("evalsite.add_sample", "evalsite.add_comparison"),
+    "reward_model": ("rl.add_rewardmodel",),
+    "rl": ("evalsite.add_policy",),
+}
 
-@staff_member_required
+
+def may_start(user, kind):
+    return user.has_perms(("evalsite.add_job", *KIND_PERMISSIONS[kind]))
+
+
+@permissions_required("evalsite.view_job", "evalsite.view_policy", "rl.view_rewardmodel")
 def index(request):
-    Job.objects.fail_stale()
     return render(request, "rl/index.html", {
-        "title": "Training", "forms": [(kind, cls.title, cls.help) for kind, cls in FORMS.items()],
+        "title": "Training",
+        "forms": [(kind, cls.title, cls.help, may_start(request.user, kind)) for kind, cls in FORMS.items()],
         "jobs": Job.objects.filter(kind__in=list(FORMS))[:20],
         "reward_models": RewardModel.objects.select_related("base_policy", "job")[:20],
         "policies": Policy.objects.exclude(kind=Policy.Kind.REFERENCE).select_related("parent")[:30],
     })
 
 
-@staff_member_required
+@permissions_required("evalsite.add_job")
 def start(request, kind):
     form_class = FORMS.get(kind)
     if form_class is None:
         raise Http404(f"no job kind {kind!r}")
+    if not may_start(request.user, kind):
+        raise PermissionDenied(f"Starting this job needs the permissions {', '.join(KIND_PERMISSIONS[kind])}.")
     initial = {k: v for k, v in request.GET.items() if k in form_class.base_fields}
     form = form_class(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():

@@ -214,7 +214,7 @@ def test_experiment_admin_form_and_page(client, researcher, django_user_model, t
     assert client.get(f"/experiments/{exp.pk}.json").json()["status"] == "draft"
     annotator = django_user_model.objects.create_user("ann-x", password="pw")
     client.force_login(annotator)
-    assert client.get(f"/experiments/{exp.pk}/").status_code == 302  # to the admin login
+    assert client.get(f"/experiments/{exp.pk}/").status_code == 403  # no view_experiment permission
 
 
 @pytest.mark.django_db

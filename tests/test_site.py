@@ -51,10 +51,10 @@ def test_cancel_and_resume_buttons(client, researcher):
     assert job.status == "queued"
 
 
-def test_job_feeds_are_staff_only(client, django_user_model):
+def test_job_feeds_need_the_view_job_permission(client, django_user_model):
     user = django_user_model.objects.create_user("ann", password="pw")
     client.force_login(user)
-    assert client.get(reverse("jobs:status")).status_code == 302
+    assert client.get(reverse("jobs:status")).status_code == 403
     assert client.get("/admin/").status_code == 302
 
 

@@ -7,6 +7,7 @@ from django.utils.html import format_html
 
 from evalsite.experiments import pipeline
 from evalsite.experiments.presets import DEFAULT_ARMS, PRESETS, merged_config
+from evalsite.experiments.views import CANCEL_PERMISSIONS, LAUNCH_PERMISSIONS
 from evalsite.models import Experiment
 
 
@@ -25,10 +26,14 @@ class ExperimentForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
+        if not isinstance(data.get("config") or {}, dict):
+            raise ValidationError({"config": "Give an object of settings, such as {\"rl_prompts\": 32}."})
         try:
             data["config"] = merged_config(data.get("preset", "demo"), data.get("config") or {})
         except ValueError as e:
             raise ValidationError({"preset": str(e)})
+        for message in pipeline.config_errors(data["config"]):
+            self.add_error("config", message)
         dataset, task = data.get("dataset"), data.get("task")
         if dataset and task and dataset.task_id != task.pk:
             self.add_error("dataset", f"This dataset is for “{dataset.task}”, not “{task}”.")
@@ -58,7 +63,13 @@ class ExperimentAdmin(admin.ModelAdmin):
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
 
-    @admin.action(description="Launch (or resume) selected experiments")
+    def has_launch_permission(self, request):
+        return request.user.has_perms(LAUNCH_PERMISSIONS)
+
+    def has_cancel_permission(self, request):
+        return request.user.has_perms(CANCEL_PERMISSIONS)
+
+    @admin.action(description="Launch (or resume) selected experiments", permissions=["launch"])
     def launch(self, request, queryset):
         for exp in queryset:
             try:
@@ -67,7 +78,7 @@ class ExperimentAdmin(admin.ModelAdmin):
             except ValidationError as e:
                 messages.error(request, f"“{exp}” cannot start: {' '.join(e.messages)}")
 
-    @admin.action(description="Cancel selected experiments")
+    @admin.action(description="Cancel selected experiments", permissions=["cancel"])
     def cancel(self, request, queryset):
         for exp in queryset:
             pipeline.cancel(exp)

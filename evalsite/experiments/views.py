@@ -1,17 +1,21 @@
 """The experiment page: stages with live progress, key figures, links to artifacts and reports."""
-from django.contrib.admin.views.decorators import staff_member_required
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from evalsite.experiments import figures, pipeline
-from evalsite.models import Experiment, Job
+from evalsite.models import Experiment
+from evalsite.permissions import permissions_required
+
+# Launching (or relaunching) starts the stages' jobs; cancelling stops them, as the job admin's
+# cancel does for those who may change jobs. The experiment admin's actions check the same.
+LAUNCH_PERMISSIONS = ("evalsite.change_experiment", "evalsite.add_job")
+CANCEL_PERMISSIONS = ("evalsite.change_experiment", "evalsite.change_job")
 
 
-@staff_member_required
+@permissions_required("evalsite.view_experiment")
 def detail(request, pk):
     exp = get_object_or_404(Experiment.objects.select_related("task", "dataset", "base_policy", "labeler_config"), pk=pk)
-    Job.objects.fail_stale()
     if pipeline.fail_if_stalled(exp):
         exp.refresh_from_db()
     done, rows = pipeline.progress(exp)
@@ -20,10 +24,9 @@ def detail(request, pk):
     })
 
 
-@staff_member_required
+@permissions_required("evalsite.view_experiment")
 def detail_json(request, pk):
     exp = get_object_or_404(Experiment, pk=pk)
-    Job.objects.fail_stale()
     if pipeline.fail_if_stalled(exp):
         exp.refresh_from_db()
     done, rows = pipeline.progress(exp)
@@ -38,7 +41,7 @@ def detail_json(request, pk):
     })
 
 
-@staff_member_required
+@permissions_required(*LAUNCH_PERMISSIONS)
 @require_POST
 def launch(request, pk):
     from django.contrib import messages
@@ -53,7 +56,7 @@ def launch(request, pk):
     return redirect("experiments:detail", pk=pk)
 
 
-@staff_member_required
+@permissions_required(*CANCEL_PERMISSIONS)
 @require_POST
 def cancel(request, pk):
     from django.contrib import messages

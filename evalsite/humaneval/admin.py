@@ -228,7 +228,7 @@ class EvalRoundAdmin(admin.ModelAdmin):
 
     def sample_view(self, request, pk):
         obj = get_object_or_404(EvalRound, pk=pk)
-        if request.method == "POST" and self.has_change_permission(request, obj):
+        if request.method == "POST" and self.has_change_permission(request, obj) and request.user.has_perm("evalsite.add_job"):
             try:
                 jobs = R.start_sampling(obj, user=request.user)
             except ValidationError as e:

@@ -5,18 +5,16 @@ and AI-feedback modules' frame functions, imported lazily so that a missing or e
 shows "no data yet" instead of breaking the page.
 """
 import hashlib
-from functools import wraps
 
 import pandas as pd
-from django.contrib.auth.views import redirect_to_login
 from django.core.cache import cache
-from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 
 from evalsite import stats
 from evalsite.models import Job, JobMetric, Policy
+from evalsite.permissions import permissions_required
 from evalsite.reports import tables as T
 
 TRAINING_KINDS = ("sft", "reward_model", "rl")
@@ -24,16 +22,11 @@ DEFAULT_BOOT = 1000
 MAX_BOOT = 10000
 
 
-def researcher_required(view):
-    """Staff only: anonymous users go to the login page, annotators get 403."""
-    @wraps(view)
-    def wrapper(request, *args, **kwargs):
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
-        if not request.user.is_staff:
-            raise PermissionDenied("Reports are for researchers.")
-        return view(request, *args, **kwargs)
-    return wrapper
+# A report is for whoever may view what it summarizes (anonymous users go to the login page,
+# others without the permissions get 403): a round's report shows its rankings and annotators.
+ROUND_PERMISSIONS = ("evalsite.view_evalround", "evalsite.view_ranking")
+LABELER_PERMISSIONS = ("labeling.view_labelerconfig", "labeling.view_ailabel")
+JOB_PERMISSIONS = ("evalsite.view_job",)
 
 
 # --- data sources (lazy: the modules may not exist yet) -----------------------------------------
@@ -127,7 +120,7 @@ def _usernames(ids):
 
 # --- index ------------------------------------------------------------------------------------
 
-@researcher_required
+@permissions_required(*ROUND_PERMISSIONS, *JOB_PERMISSIONS)
 def index(request):
     EvalRound = eval_round_model()
     rounds = []
@@ -214,7 +207,7 @@ def _export(frame, name, fmt):
     return resp
 
 
-@researcher_required
+@permissions_required(*ROUND_PERMISSIONS)
 def round_report(request, pk):
     EvalRound = eval_round_model()
     if EvalRound is None:
@@ -227,7 +220,7 @@ def round_report(request, pk):
     return render(request, "reports/round.html", ctx)
 
 
-@researcher_required
+@permissions_required(*ROUND_PERMISSIONS)
 def round_export(request, pk, table, fmt):
     EvalRound = eval_round_model()
     if EvalRound is None:
@@ -266,12 +259,12 @@ def labeler_context(n_boot):
     return ctx
 
 
-@researcher_required
+@permissions_required(*LABELER_PERMISSIONS)
 def labelers(request):
     return render(request, "reports/labelers.html", labeler_context(n_boot_from(request)))
 
 
-@researcher_required
+@permissions_required(*LABELER_PERMISSIONS)
 def labelers_export(request, table, fmt):
     ctx = labeler_context(n_boot_from(request))
     if not ctx["has_data"] or table not in ctx["tables"]:
@@ -293,7 +286,7 @@ def _metric_rows(job_ids):
                 .values_list("job_id", "step", "values"))
 
 
-@researcher_required
+@permissions_required(*JOB_PERMISSIONS)
 def jobs(request):
     ids = _job_ids(request)
     if ids:
@@ -315,12 +308,12 @@ def job_curves(request, ids):
     })
 
 
-@researcher_required
+@permissions_required(*JOB_PERMISSIONS)
 def job_report(request, pk):
     return job_curves(request, _job_ids(request, pk))
 
 
-@researcher_required
+@permissions_required(*JOB_PERMISSIONS)
 def job_export(request, pk, fmt):
     ids = _job_ids(request, pk)
     get_object_or_404(Job, pk=pk)

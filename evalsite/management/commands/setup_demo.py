@@ -6,9 +6,10 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 DEMO_USERS = [
-    # (username, password, is_staff): printed at the end so a newcomer can log in.
-    ("researcher", "researcher-demo", True),
-    ("annotator", "annotator-demo", False),
+    # (username, password, group): printed at the end so a newcomer can log in. The researcher is
+    # staff in the "researcher" group (created by migration 0010): its permissions, not a superuser's.
+    ("researcher", "researcher-demo", "researcher"),
+    ("annotator", "annotator-demo", "annotators"),
 ]
 
 
@@ -29,21 +30,20 @@ class Command(BaseCommand):
         except Exception as e:  # the demo still starts; the message says what went wrong
             self.stderr.write(self.style.WARNING(f"demo data not loaded: {e}"))
         User = get_user_model()
-        annotators, _ = Group.objects.get_or_create(name="annotators")
-        for username, password, staff in DEMO_USERS:
+        for username, password, group in DEMO_USERS:
             user, created = User.objects.get_or_create(username=username)
             if created:
                 user.set_password(password)
-                user.is_staff = user.is_superuser = staff
+                user.is_staff = group == "researcher"
                 user.save()
-            if not staff:
-                user.groups.add(annotators)
+            user.groups.add(Group.objects.get(name=group))  # both groups come with the migrations
         if not o["skip_model"] and not o["no_experiment"]:
             self._demo_experiment()
         url = os.environ.get("EVALSITE_URL", "http://127.0.0.1:8000/")
         self.stdout.write(self.style.SUCCESS("\nDemo ready. Log in at " + url))
-        for username, password, staff in DEMO_USERS:
-            self.stdout.write(f"  {'researcher' if staff else 'annotator ':10}  user: {username:11} password: {password}")
+        for username, password, group in DEMO_USERS:
+            who = "researcher" if group == "researcher" else "annotator"
+            self.stdout.write(f"  {who:10}  user: {username:11} password: {password}")
 
     def _demo_experiment(self):
         """The paper's comparison on the demo data, launched for the worker that `serve` starts."""
