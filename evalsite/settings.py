@@ -156,6 +156,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 DATASET_UPLOAD_MAX_BYTES = env.int("DATASET_UPLOAD_MAX_BYTES", default=500 * 1024 * 1024)
 
+# The only environment variables a server labeler may read its API key from (comma-separated
+# names): a labeler config is written by researchers, and the key goes to the URL they chose.
+LABELER_API_KEY_VARS = [name.strip() for name in env.list("LABELER_API_KEY_VARS", default=[]) if name.strip()]
+
 # django-axes first: it refuses a login attempt while its username and address are locked out,
 # and authenticates no one itself. Then Django's ModelBackend, reading each request's user with
 # written-out SQL (evalsite/auth.py).

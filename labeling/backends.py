@@ -20,7 +20,6 @@ Two backends with the same small interface (``render``, ``count_tokens``, ``max_
 """
 import json
 import math
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -627,7 +626,8 @@ def _common_prefix_len(seqs, start=0):
 class ServerBackendConfig:
     url: str  # e.g. http://localhost:8000/v1 (vLLM), http://localhost:8080/v1 (llama.cpp server)
     model: str = ""  # model name the server expects ("" = the server's default)
-    api_key: str = ""
+    # The key itself (kept out of repr): the caller decides where it may come from, never this module.
+    api_key: str = field(default="", repr=False)
     timeout_s: float = 60.0
     max_retries: int = 3
     backoff_s: float = 0.5  # waits backoff, 2*backoff, 4*backoff, ... between retries
@@ -774,8 +774,5 @@ def make_backend(kind, **options):
     if kind == "local":
         return LocalBackend(LocalBackendConfig(**options))
     if kind == "server":
-        if not options.get("api_key") and options.get("api_key_env"):
-            options["api_key"] = os.environ.get(options["api_key_env"], "")
-        options.pop("api_key_env", None)
         return ServerBackend(ServerBackendConfig(**options))
     raise BackendError(f"unknown backend {kind!r}; use 'local' or 'server'")

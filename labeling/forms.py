@@ -13,12 +13,28 @@ def probe_backend(config):
         return
     from .backends import BackendError, make_backend
 
-    kind, options = config.backend_options()
-    options.update(timeout_s=min(10.0, config.server_timeout_s), max_retries=0)
     try:
+        kind, options = config.backend_options()
+        options.update(timeout_s=min(10.0, config.server_timeout_s), max_retries=0)
         make_backend(kind, **options).top_logprobs("Answer with 1 or 2. Answer=")
     except BackendError as e:
         raise ValidationError(f"Labeler config '{config.name}': {e}")
+
+
+class PolicyChoiceField(forms.ModelMultipleChoiceField):
+    """Refuses an id larger than any row id before it reaches the query (SQLite's driver raises
+    OverflowError on it, a server error instead of a form error)."""
+
+    def clean(self, value):
+        for pk in value if isinstance(value, (list, tuple)) else ():
+            try:
+                too_big = abs(int(pk)) > runs.MAX_ID
+            except (TypeError, ValueError):
+                too_big = False  # not a whole number: Django's own check says so
+            if too_big:
+                raise ValidationError(self.error_messages["invalid_choice"], code="invalid_choice",
+                                      params={"value": pk})
+        return super().clean(value)
 
 
 class StartLabelingForm(forms.Form):
@@ -26,8 +42,8 @@ class StartLabelingForm(forms.Form):
                                      help_text="Label the comparisons of this dataset.")
     comparison_ids = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}),
                                      help_text="Or explicit comparison ids, separated by spaces or commas.")
-    policies = forms.ModelMultipleChoiceField(Policy.objects.all(), required=False,
-                                              help_text="Or pairs of samples from these policies.")
+    policies = PolicyChoiceField(Policy.objects.all(), required=False,
+                                 help_text="Or pairs of samples from these policies.")
     human_labeled_only = forms.BooleanField(required=False, help_text="Only comparisons with a human label.")
     limit = forms.IntegerField(required=False, min_value=1, help_text="At most this many comparisons.")
     chunk_size = forms.IntegerField(initial=runs.DEFAULT_CHUNK_SIZE, min_value=1, max_value=100000,

@@ -2,13 +2,25 @@
 
 Thin layer over the plain-Python cores (``prompts``, ``scoring``, ``backends``, ``direct``).
 """
+import math
+import os
 from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from .backends import BackendError
 from .prompts import VARIANTS, Exemplar, TemplateError, make_template
+
+
+def api_key_var_refusal(name):
+    """Why a labeler may not read its API key from the environment variable ``name``."""
+    allowed = ", ".join(settings.LABELER_API_KEY_VARS) or "none"
+    return (f"The environment variable {name} is not on the server's list of API key variables "
+            f"(now: {allowed}). An operator adds it to the LABELER_API_KEY_VARS setting "
+            "(comma-separated names) where the web server and the workers run.")
 
 
 class LabelerConfig(models.Model):
@@ -43,7 +55,9 @@ class LabelerConfig(models.Model):
     server_url = models.CharField(max_length=500, blank=True, help_text="e.g. http://localhost:8000/v1")
     server_model = models.CharField(max_length=200, blank=True, help_text="Model name the server expects.")
     api_key_env = models.CharField(
-        max_length=100, blank=True, help_text="Name of the environment variable holding the API key (never the key).")
+        max_length=100, blank=True,
+        help_text="Name of the environment variable holding the API key (never the key); it must be one of "
+                  "the names in the LABELER_API_KEY_VARS setting.")
     preamble_variant = models.CharField(max_length=10, choices=Variant.choices, default=Variant.BASE)
     template_overrides = models.JSONField(
         default=dict, blank=True,
@@ -54,18 +68,32 @@ class LabelerConfig(models.Model):
         default=list, blank=True,
         help_text="Few-shot exemplars: [{\"context\", \"first\", \"second\", \"label\": 1 or 2, \"rationale\"?}].")
     chain_of_thought = models.BooleanField(default=False)
-    cot_max_tokens = models.PositiveIntegerField(default=512, help_text="Longest rationale (paper: 512).")
+    cot_max_tokens = models.PositiveIntegerField(
+        default=512, validators=[MinValueValidator(1), MaxValueValidator(8192)],
+        help_text="Longest rationale in tokens, 1 to 8192 (paper: 512).")
     self_consistency_k = models.PositiveIntegerField(
-        default=1, help_text="Rationales sampled per order (1 = off; the paper found it lowered alignment).")
-    self_consistency_temperature = models.FloatField(default=1.0)
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(32)],
+        help_text="Rationales sampled per order, 1 to 32 (1 = off; the paper found it lowered alignment).")
+    self_consistency_temperature = models.FloatField(
+        default=1.0, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)],
+        help_text="Sampling temperature of the rationales, 0 to 2.")
     max_prompt_tokens = models.PositiveIntegerField(
-        default=0, help_text="0 = the model's window. Longer inputs are cut from the context only.")
-    batch_size = models.PositiveIntegerField(default=8, help_text="Pairs per forward pass.")
+        default=0, validators=[MaxValueValidator(1_000_000)],
+        help_text="0 = the model's window, at most 1000000. Longer inputs are cut from the context only.")
+    batch_size = models.PositiveIntegerField(
+        default=8, validators=[MinValueValidator(1), MaxValueValidator(1024)],
+        help_text="Pairs per forward pass, 1 to 1024.")
     dtype = models.CharField(max_length=10, choices=DType.choices, default=DType.AUTO)
-    threads = models.PositiveIntegerField(default=0, help_text="torch threads per worker (0 = torch's default).")
+    threads = models.PositiveIntegerField(
+        default=0, validators=[MaxValueValidator(256)],
+        help_text="torch threads per worker, 0 to 256 (0 = torch's default).")
     chat_template = models.CharField(max_length=5, choices=ChatTemplate.choices, default=ChatTemplate.AUTO)
-    server_concurrency = models.PositiveIntegerField(default=4)
-    server_timeout_s = models.FloatField(default=60.0)
+    server_concurrency = models.PositiveIntegerField(
+        default=4, validators=[MinValueValidator(1), MaxValueValidator(128)],
+        help_text="Requests in flight at once, 1 to 128.")
+    server_timeout_s = models.FloatField(
+        default=60.0, validators=[MinValueValidator(1.0), MaxValueValidator(3600.0)],
+        help_text="Seconds to wait for each answer of the server, 1 to 3600.")
     notes = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -99,6 +127,13 @@ class LabelerConfig(models.Model):
         elif self.backend == self.Backend.SERVER:
             if not self.server_url.startswith(("http://", "https://")):
                 errors["server_url"] = "A server labeler needs a URL starting with http:// or https://."
+        if self.api_key_env and self.api_key_env not in settings.LABELER_API_KEY_VARS:
+            errors["api_key_env"] = api_key_var_refusal(self.api_key_env)
+        for name in ("self_consistency_temperature", "server_timeout_s"):
+            # The range validators let NaN through (every comparison with NaN is false).
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                errors[name] = "Enter a finite number."
         if self.preamble_variant not in VARIANTS:
             errors["preamble_variant"] = f"Use one of {', '.join(VARIANTS)}."
         task_slug = self.task.slug if self.task_id else None
@@ -114,14 +149,25 @@ class LabelerConfig(models.Model):
                 [Exemplar.from_dict(e) if isinstance(e, dict) else _bad_exemplar() for e in self.exemplars]
             except TemplateError as e:
                 errors["exemplars"] = str(e)
-        if self.self_consistency_k > 1 and not self.chain_of_thought:
-            errors["self_consistency_k"] = "Self-consistency samples rationales: turn chain of thought on."
-        if self.self_consistency_k > 1 and self.self_consistency_temperature <= 0:
-            errors["self_consistency_temperature"] = "Self-consistency needs a temperature above 0."
-        if self.batch_size < 1:
-            errors["batch_size"] = "At least 1."
+        # full_clean() calls clean() even when a field failed its own checks (a wrong type stays as it was).
+        k, temperature = self.self_consistency_k, self.self_consistency_temperature
+        if isinstance(k, int) and k > 1:
+            if not self.chain_of_thought:
+                errors["self_consistency_k"] = "Self-consistency samples rationales: turn chain of thought on."
+            if isinstance(temperature, (int, float)) and temperature <= 0:
+                errors.setdefault("self_consistency_temperature", "Self-consistency needs a temperature above 0.")
         if errors:
             raise ValidationError(errors)
+
+    def check_usable(self):
+        """Validate a stored config before it labels anything: rows saved before these rules, changed
+        with ``update()``, or an allow-list of API key variables changed since, are refused here."""
+        try:
+            self.full_clean(validate_unique=False, validate_constraints=False)
+        except ValidationError as e:
+            problems = [m if field == "__all__" else f"{field}: {m}"
+                        for field, messages in e.message_dict.items() for m in messages]
+            raise ValidationError(f"Labeler config '{self.name}' cannot be used: " + " ".join(problems)) from None
 
     # ---- cores -------------------------------------------------------------------------------
     def labeler_settings(self):
@@ -135,11 +181,28 @@ class LabelerConfig(models.Model):
             max_prompt_tokens=self.max_prompt_tokens,
         )
 
+    def api_key(self):
+        """The server's API key, read only from a variable on the operator's allow-list.
+
+        Checked again here, not only when the config is saved: the config may be older than the rule,
+        or the allow-list may have shrunk since. Raises :class:`BackendError` rather than send it.
+        """
+        if not self.api_key_env:
+            return ""
+        if self.api_key_env not in settings.LABELER_API_KEY_VARS:
+            raise BackendError(api_key_var_refusal(self.api_key_env))
+        key = os.environ.get(self.api_key_env, "")
+        if not key:
+            raise BackendError(f"The API key variable {self.api_key_env} is allowed but not set in the "
+                               "environment of this process (the web server's or the worker's).")
+        return key
+
     def backend_options(self):
+        """(kind, options) for :func:`labeling.backends.make_backend`; the server's key already read."""
         if self.backend == self.Backend.LOCAL:
             return "local", dict(model_path=str(self.resolved_model_path()), dtype=self.dtype, threads=self.threads,
                                  chat_template=self.chat_template, batch_size=self.batch_size)
-        return "server", dict(url=self.server_url, model=self.server_model, api_key_env=self.api_key_env,
+        return "server", dict(url=self.server_url, model=self.server_model, api_key=self.api_key(),
                               timeout_s=self.server_timeout_s, concurrency=self.server_concurrency,
                               tokenizer_path=str(self.resolved_model_path() or ""), chat_template=self.chat_template)
 

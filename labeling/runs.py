@@ -29,6 +29,8 @@ from django.utils import timezone
 RUN_KIND = "label"
 CHUNK_KIND = "label_chunk"
 DEFAULT_CHUNK_SIZE = 64
+# The largest id (and LIMIT) the databases take: a bigger number is refused here, not by the driver.
+MAX_ID = 2**63 - 1
 
 
 def comparison_queryset(params):
@@ -59,10 +61,13 @@ def _int_list(value, name, errors):
     if isinstance(value, str):
         value = [v for v in value.replace(",", " ").split() if v]
     try:
-        return [int(v) for v in value]
+        ids = [int(v) for v in value]
     except (TypeError, ValueError):
-        errors[name] = f"{name} must be a list of whole numbers."
+        ids = None
+    if ids is None or not all(1 <= i <= MAX_ID for i in ids):
+        errors[name] = f"{name} must be a list of ids (whole numbers from 1 to {MAX_ID})."
         return []
+    return ids
 
 
 def validate_run_params(params):
@@ -82,16 +87,16 @@ def validate_run_params(params):
         errors["config_id"] = f"There is no labeler config with id {p.get('config_id')}."
     if config is not None:
         try:
-            config.clean()
+            config.check_usable()
         except ValidationError as e:
-            errors["config_id"] = f"Labeler config '{config.name}' cannot be used: " + "; ".join(e.messages)
+            errors["config_id"] = e.messages[0]
         p["config_id"] = config.pk
     for name in ("comparison_ids", "policy_ids", "prompt_ids"):
         p[name] = _int_list(p.get(name), name, errors)
     if p.get("dataset_id") not in (None, ""):
         try:
             p["dataset_id"] = int(p["dataset_id"])
-            if not Dataset.objects.filter(pk=p["dataset_id"]).exists():
+            if not 1 <= p["dataset_id"] <= MAX_ID or not Dataset.objects.filter(pk=p["dataset_id"]).exists():
                 errors["dataset_id"] = f"There is no dataset with id {p['dataset_id']}."
         except (TypeError, ValueError):
             errors["dataset_id"] = "dataset_id must be a whole number."
@@ -108,10 +113,10 @@ def validate_run_params(params):
         errors["chunk_size"] = "chunk_size must be a whole number from 1 to 100000."
     try:
         p["limit"] = int(p["limit"]) if p.get("limit") not in (None, "") else None
-        if p["limit"] is not None and p["limit"] < 1:
+        if p["limit"] is not None and not 1 <= p["limit"] <= MAX_ID:
             raise ValueError
     except (TypeError, ValueError):
-        errors["limit"] = "limit must be a positive whole number."
+        errors["limit"] = f"limit must be a whole number from 1 to {MAX_ID}."
     p["human_labeled_only"] = bool(p.get("human_labeled_only"))
     p["relabel"] = bool(p.get("relabel"))
     if not (p["comparison_ids"] or p["dataset_id"] or p["policy_ids"] or p["prompt_ids"] or p.get("all")):

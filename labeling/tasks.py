@@ -1,6 +1,7 @@
 """Job kinds of the labeling app: a labeling run and its chunks (see ``labeling.runs``)."""
 import time
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from evalsite.jobs import JobError, job_kind
@@ -18,7 +19,13 @@ def get_labeler(config):
 
     key = (config.pk, config.updated_at.isoformat())
     if key not in _LABELERS:
-        kind, options = config.backend_options()
+        try:
+            config.check_usable()  # the config may have changed since its run was started
+            kind, options = config.backend_options()
+        except ValidationError as e:
+            raise JobError(e.messages[0]) from None
+        except BackendError as e:
+            raise JobError(f"Labeler config '{config.name}': {e}") from None
         bkey = (kind, tuple(sorted(options.items())))
         if bkey not in _BACKENDS:
             try:
