@@ -12,6 +12,15 @@ def _policies():
     return Policy.objects.exclude(checkpoint_dir="").order_by("name")
 
 
+def _show_bound(field, bound):
+    """State a numeric parameter's range in its help text and its input's min/max; the kind's
+    validator (see ``clean``) checks it, with the same messages as for any other route."""
+    field.help_text = " ".join(text for text in (field.help_text, bound.describe()) if text)
+    if not bound.above_low:
+        field.widget.attrs["min"] = bound.low
+    field.widget.attrs["max"] = bound.high
+
+
 class JobForm(forms.Form):
     """Fields named like the job's params; ``clean`` runs the kind's validator."""
 
@@ -24,10 +33,13 @@ class JobForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        bounds = P.NUMBERS.get(self.kind, {})
         for name, field in self.fields.items():
             key = self.renames.get(name, name)
             if key in self.defaults and field.initial is None:
                 field.initial = self.defaults[key]
+            if key in bounds:
+                _show_bound(field, bounds[key])
 
     def to_params(self, cleaned):
         params = {}
@@ -64,13 +76,13 @@ class SFTForm(JobForm):
     base_model = forms.CharField(required=False, max_length=1000, help_text="…or from a Hugging Face model folder.")
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.all(), help_text="Prompts with a reference are used.")
     learning_rate = forms.FloatField()
-    epochs = forms.IntegerField(min_value=1)
-    batch_size = forms.IntegerField(min_value=1)
-    gradient_accumulation_steps = forms.IntegerField(min_value=1)
-    max_prompt_tokens = forms.IntegerField(min_value=1)
-    max_response_tokens = forms.IntegerField(min_value=1)
+    epochs = forms.IntegerField()
+    batch_size = forms.IntegerField()
+    gradient_accumulation_steps = forms.IntegerField()
+    max_prompt_tokens = forms.IntegerField()
+    max_response_tokens = forms.IntegerField()
     optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES)
-    seed = forms.IntegerField(min_value=0)
+    seed = forms.IntegerField()
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -84,13 +96,13 @@ class SampleForm(JobForm):
     defaults = P.SAMPLE_DEFAULTS
     policy = forms.ModelChoiceField(queryset=Policy.objects.none())
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.all())
-    n = forms.IntegerField(min_value=1, label="Samples per prompt")
-    temperature = forms.FloatField(min_value=0)
+    n = forms.IntegerField(label="Samples per prompt")
+    temperature = forms.FloatField()
     top_p = forms.FloatField()
-    max_new_tokens = forms.IntegerField(min_value=1)
-    seed = forms.IntegerField(min_value=0)
+    max_new_tokens = forms.IntegerField()
+    seed = forms.IntegerField()
     make_pairs = forms.BooleanField(required=False)
-    batch_size = forms.IntegerField(min_value=1)
+    batch_size = forms.IntegerField()
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -110,14 +122,14 @@ class RewardModelForm(JobForm):
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.all(), required=False,
                                      help_text="Only comparisons on this dataset's prompts (default: all).")
     include_annotator_rankings = forms.BooleanField(required=False, initial=True)
-    eval_fraction = forms.FloatField(min_value=0, max_value=0.9, help_text="Share of prompts held out.")
+    eval_fraction = forms.FloatField(help_text="Share of prompts held out.")
     learning_rate = forms.FloatField()
-    epochs = forms.IntegerField(min_value=1)
-    batch_size = forms.IntegerField(min_value=1)
-    gradient_accumulation_steps = forms.IntegerField(min_value=1)
-    max_length = forms.IntegerField(min_value=1)
+    epochs = forms.IntegerField()
+    batch_size = forms.IntegerField()
+    gradient_accumulation_steps = forms.IntegerField()
+    max_length = forms.IntegerField()
     optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES)
-    seed = forms.IntegerField(min_value=0)
+    seed = forms.IntegerField()
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -151,17 +163,17 @@ class RLForm(JobForm):
     beta = forms.FloatField(label="β (KL weight)")
     temperature = forms.FloatField()
     top_p = forms.FloatField()
-    batch_size = forms.IntegerField(min_value=1)
+    batch_size = forms.IntegerField()
     learning_rate = forms.FloatField()
     value_learning_rate = forms.FloatField(help_text="0: same as the policy's.")
-    epochs = forms.IntegerField(min_value=1)
-    max_prompt_tokens = forms.IntegerField(min_value=1)
-    max_response_tokens = forms.IntegerField(min_value=1)
-    gradient_accumulation_steps = forms.IntegerField(min_value=1)
-    generation_batch_size = forms.IntegerField(min_value=0, help_text="0: the whole batch at once.")
+    epochs = forms.IntegerField()
+    max_prompt_tokens = forms.IntegerField()
+    max_response_tokens = forms.IntegerField()
+    gradient_accumulation_steps = forms.IntegerField()
+    generation_batch_size = forms.IntegerField(help_text="0: the whole batch at once.")
     optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES)
-    save_every = forms.IntegerField(min_value=1, label="Checkpoint every N steps")
-    seed = forms.IntegerField(min_value=0)
+    save_every = forms.IntegerField(label="Checkpoint every N steps")
+    seed = forms.IntegerField()
 
     def __init__(self, *args, **kwargs):
         from rl.models import RewardModel

@@ -3,6 +3,10 @@
 Each ``validate_*`` returns cleaned params (defaults filled in, numbers typed) or raises a
 ValidationError whose message dict names the bad fields, so forms can show them in place.
 """
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
 from django.core.exceptions import ValidationError
 
 from evalsite.models import Dataset, Policy, Prompt
@@ -24,6 +28,58 @@ RL_DEFAULTS = {"reward": "reward_model", "beta": 0.05, "temperature": 0.9, "top_
 OPTIMIZERS = ("adamw", "adafactor")
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The range a numeric parameter must lie in (``low`` excluded when ``above_low``).
+
+    The upper bounds keep every job within what its code can run: a seed must fit the 64-bit
+    integer torch.manual_seed takes, and a run of 10^9 epochs or 10^7 new tokens would fail
+    (or run for years) long after the form accepted it. The forms show the range as help text.
+    """
+
+    kind: type  # int or float
+    low: float
+    high: float
+    above_low: bool = False
+    high_text: str = ""  # how to write ``high`` where its digits would not read well
+
+    def describe(self):
+        high = self.high_text or f"{self.high:g}"
+        if self.above_low:
+            return f"Above {self.low:g}, at most {high}."
+        return f"From {self.low:g} to {high}."
+
+
+MAX_BATCH = 4096
+MAX_PROMPT_TOKENS = 32768
+MAX_NEW_TOKENS = 8192
+SEED = Bound(int, 0, 2**63 - 1, high_text="2^63 − 1")
+LEARNING_RATE = Bound(float, 0, 1, above_low=True)
+EPOCHS = Bound(int, 1, 1000)
+BATCH_SIZE = Bound(int, 1, MAX_BATCH)
+PROMPT_TOKENS = Bound(int, 1, MAX_PROMPT_TOKENS)
+RESPONSE_TOKENS = Bound(int, 1, MAX_NEW_TOKENS)
+TOP_P = Bound(float, 0, 1, above_low=True)
+
+# Every numeric parameter of each job kind, with its range (the validators and forms read these).
+SFT_NUMBERS = {"learning_rate": LEARNING_RATE, "epochs": EPOCHS, "batch_size": BATCH_SIZE,
+               "gradient_accumulation_steps": BATCH_SIZE, "max_prompt_tokens": PROMPT_TOKENS,
+               "max_response_tokens": RESPONSE_TOKENS, "seed": SEED}
+SAMPLE_NUMBERS = {"n": Bound(int, 1, 64), "temperature": Bound(float, 0, 100), "top_p": TOP_P,
+                  "max_new_tokens": RESPONSE_TOKENS, "batch_size": BATCH_SIZE, "max_prompt_tokens": PROMPT_TOKENS,
+                  "seed": SEED}
+RM_NUMBERS = {"eval_fraction": Bound(float, 0, 0.9), "learning_rate": LEARNING_RATE, "epochs": EPOCHS,
+              "batch_size": BATCH_SIZE, "gradient_accumulation_steps": BATCH_SIZE,
+              "max_length": Bound(int, 1, MAX_PROMPT_TOKENS + MAX_NEW_TOKENS), "seed": SEED}
+RL_NUMBERS = {"beta": Bound(float, 0, 1), "temperature": Bound(float, 0, 100, above_low=True), "top_p": TOP_P,
+              "learning_rate": LEARNING_RATE, "value_learning_rate": Bound(float, 0, 1),
+              "max_grad_norm": Bound(float, 0, 1000, above_low=True), "batch_size": BATCH_SIZE, "epochs": EPOCHS,
+              "max_prompt_tokens": PROMPT_TOKENS, "max_response_tokens": RESPONSE_TOKENS,
+              "gradient_accumulation_steps": BATCH_SIZE, "save_every": Bound(int, 1, 100000),
+              "generation_batch_size": Bound(int, 0, MAX_BATCH), "seed": SEED}
+NUMBERS = {"sft": SFT_NUMBERS, "sample": SAMPLE_NUMBERS, "reward_model": RM_NUMBERS, "rl": RL_NUMBERS}
+
+
 class _Errors(dict):
     def add(self, field, message):
         self.setdefault(field, []).append(message)
@@ -33,24 +89,42 @@ class _Errors(dict):
             raise ValidationError(dict(self))
 
 
-def _number(params, errors, field, kind, *, minimum=None, maximum=None, strict_min=False, strict_max=False):
-    value = params.get(field)
+def number_errors(values, bounds):
+    """Messages for the numbers among ``values`` (only those given) that are outside ``bounds``."""
+    errors, values = _Errors(), dict(values)
+    for field, bound in bounds.items():
+        if field in values:
+            _number(values, errors, field, bound)
+    return [m for messages in errors.values() for m in messages]
+
+
+def _numbers(params, errors, bounds):
+    for field, bound in bounds.items():
+        _number(params, errors, field, bound)
+
+
+def _number(params, errors, field, bound):
+    """Type ``params[field]`` as ``bound.kind`` and check its range; a message per problem."""
+    raw, name = params.get(field), field.replace("_", " ")
     try:
-        if isinstance(value, bool):
+        if isinstance(raw, bool):
             raise ValueError
-        value = kind(value)
-        if kind is int and float(params.get(field)) != value:
-            raise ValueError
-        if kind is float and value != value:  # NaN
-            raise ValueError
-    except (TypeError, ValueError):
-        errors.add(field, f"{field.replace('_', ' ')} must be {'a whole number' if kind is int else 'a number'} "
-                          f"(got {params.get(field)!r}).")
+        if bound.kind is int:
+            if isinstance(raw, float) and not raw.is_integer():  # also inf and NaN
+                raise ValueError
+            value = int(raw)
+        else:
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        shown = repr(raw) if len(repr(raw)) <= 40 else repr(raw)[:37] + "..."
+        errors.add(field, f"{name} must be {'a whole number' if bound.kind is int else 'a number'} (got {shown}).")
         return
-    if minimum is not None and (value <= minimum if strict_min else value < minimum):
-        errors.add(field, f"{field.replace('_', ' ')} must be {'greater than' if strict_min else 'at least'} {minimum}.")
-    elif maximum is not None and (value >= maximum if strict_max else value > maximum):
-        errors.add(field, f"{field.replace('_', ' ')} must be {'less than' if strict_max else 'at most'} {maximum}.")
+    if value < bound.low or (bound.above_low and value == bound.low):
+        errors.add(field, f"{name} must be {'greater than' if bound.above_low else 'at least'} {bound.low:g}.")
+    elif value > bound.high:
+        errors.add(field, f"{name} must be at most {bound.high_text or f'{bound.high:g}'}.")
     params[field] = value
 
 
@@ -58,12 +132,14 @@ def _policy(params, errors, field="policy_id", *, need_checkpoint=True):
     pid = params.get(field)
     try:
         policy = Policy.objects.get(pk=int(pid))
-    except (TypeError, ValueError, Policy.DoesNotExist):
+    except (TypeError, ValueError, OverflowError, Policy.DoesNotExist):
         errors.add(field, f"Unknown policy {pid!r}.")
         return None
     params[field] = policy.pk
     if need_checkpoint and not policy.checkpoint_dir:
         errors.add(field, f"Policy “{policy.name}” has no checkpoint folder to load (it is {policy.get_kind_display()}).")
+    elif need_checkpoint and not Path(policy.checkpoint_dir).is_dir():
+        errors.add(field, f"The folder of policy “{policy.name}” does not exist: {policy.checkpoint_dir}.")
     return policy
 
 
@@ -72,7 +148,7 @@ def _prompt_ids(params, errors, *, need_reference=False):
     if params.get("prompt_ids"):
         try:
             wanted = sorted({int(i) for i in params["prompt_ids"]})
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             errors.add("prompt_ids", "prompt ids must be whole numbers.")
             return []
         found = set(Prompt.objects.filter(pk__in=wanted).values_list("pk", flat=True))
@@ -86,7 +162,7 @@ def _prompt_ids(params, errors, *, need_reference=False):
     elif params.get("dataset_id") not in (None, ""):
         try:
             dataset = Dataset.objects.get(pk=int(params["dataset_id"]))
-        except (TypeError, ValueError, Dataset.DoesNotExist):
+        except (TypeError, ValueError, OverflowError, Dataset.DoesNotExist):
             errors.add("dataset_id", f"Unknown dataset {params.get('dataset_id')!r}.")
             return []
         params["dataset_id"] = dataset.pk
@@ -103,13 +179,22 @@ def _prompt_ids(params, errors, *, need_reference=False):
     return ids
 
 
-def _new_policy_name(params, errors):
+def _name(params, errors, what):
+    """``params["name"]`` stripped; '' (with a message) when it is missing or holds a NUL."""
     name = str(params.get("name") or "").strip()
     if not name:
-        errors.add("name", "Give the new policy a name.")
-    elif Policy.objects.filter(name=name).exists():
-        errors.add("name", f"A policy named “{name}” already exists.")
+        errors.add("name", f"Give the new {what} a name.")
+    elif "\x00" in name:  # PostgreSQL cannot even look it up
+        errors.add("name", "The name must not contain NUL characters.")
+        name = ""
     params["name"] = name
+    return name
+
+
+def _new_policy_name(params, errors):
+    name = _name(params, errors, "policy")
+    if name and Policy.objects.filter(name=name).exists():
+        errors.add("name", f"A policy named “{name}” already exists.")
 
 
 def _optimizer(params, errors):
@@ -138,10 +223,7 @@ def validate_sft(params):
             errors.add("base_model", "Choose a starting policy or give a Hugging Face model folder "
                                      f"(not found: {params.get('base_model')!r}).")
     _new_policy_name(params, errors)
-    _number(params, errors, "learning_rate", float, minimum=0, strict_min=True, maximum=1)
-    for field in ("epochs", "batch_size", "gradient_accumulation_steps", "max_prompt_tokens", "max_response_tokens"):
-        _number(params, errors, field, int, minimum=1)
-    _number(params, errors, "seed", int, minimum=0)
+    _numbers(params, errors, SFT_NUMBERS)
     _optimizer(params, errors)
     ids = _prompt_ids(params, errors, need_reference=True)
     _batch_vs_data(params, errors, len(ids), "prompts with a reference")
@@ -153,13 +235,7 @@ def validate_sample(params):
     params = {**SAMPLE_DEFAULTS, **params}
     errors = _Errors()
     _policy(params, errors)
-    _number(params, errors, "n", int, minimum=1, maximum=64)
-    _number(params, errors, "temperature", float, minimum=0)
-    _number(params, errors, "top_p", float, minimum=0, strict_min=True, maximum=1)
-    _number(params, errors, "max_new_tokens", int, minimum=1, maximum=4096)
-    _number(params, errors, "batch_size", int, minimum=1)
-    _number(params, errors, "max_prompt_tokens", int, minimum=1)
-    _number(params, errors, "seed", int, minimum=0)
+    _numbers(params, errors, SAMPLE_NUMBERS)
     params["make_pairs"] = bool(params.get("make_pairs"))
     if params["make_pairs"] and isinstance(params.get("n"), int) and params["n"] < 2:
         errors.add("n", "Making comparison pairs needs at least 2 samples per prompt (n ≥ 2).")
@@ -173,12 +249,9 @@ def validate_reward_model(params):
 
     params = {**RM_DEFAULTS, **params}
     errors = _Errors()
-    name = str(params.get("name") or "").strip()
-    if not name:
-        errors.add("name", "Give the reward model a name.")
-    elif RewardModel.objects.filter(name=name).exists():
+    name = _name(params, errors, "reward model")
+    if name and RewardModel.objects.filter(name=name).exists():
         errors.add("name", f"A reward model named “{name}” already exists.")
-    params["name"] = name
     if params.get("policy_id") not in (None, ""):
         _policy(params, errors)
         params.pop("base_model", None)
@@ -195,15 +268,11 @@ def validate_reward_model(params):
     if params.get("labels") == "ai":
         try:
             params["label_config_ids"] = sorted({int(i) for i in params.get("label_config_ids") or []})
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             errors.add("label_config_ids", "label configuration ids must be whole numbers.")
         if not params.get("label_config_ids"):
             errors.add("label_config_ids", "Choose the AI labeler configuration(s) whose soft labels to train on.")
-    _number(params, errors, "eval_fraction", float, minimum=0, maximum=0.9)
-    _number(params, errors, "learning_rate", float, minimum=0, strict_min=True, maximum=1)
-    for field in ("epochs", "batch_size", "gradient_accumulation_steps", "max_length"):
-        _number(params, errors, field, int, minimum=1)
-    _number(params, errors, "seed", int, minimum=0)
+    _numbers(params, errors, RM_NUMBERS)
     _optimizer(params, errors)
     if params.get("dataset_id") not in (None, "") or params.get("prompt_ids"):
         _prompt_ids(params, errors)
@@ -234,9 +303,14 @@ def validate_rl(params):
         errors.add("reward_model_id", "Choose the reward model that scores the responses.")
     elif params.get("reward") == "reward_model":
         try:
-            params["reward_model_id"] = RewardModel.objects.get(pk=int(params.get("reward_model_id"))).pk
-        except (TypeError, ValueError, RewardModel.DoesNotExist):
+            rm = RewardModel.objects.get(pk=int(params.get("reward_model_id")))
+        except (TypeError, ValueError, OverflowError, RewardModel.DoesNotExist):
             errors.add("reward_model_id", f"Unknown reward model {params.get('reward_model_id')!r}.")
+        else:
+            params["reward_model_id"] = rm.pk
+            if not Path(rm.checkpoint_dir).is_dir():
+                errors.add("reward_model_id", f"The folder of reward model “{rm.name}” does not exist: "
+                                              f"{rm.checkpoint_dir}.")
     elif params.get("reward") == "direct":
         from evalsite.modelzoo import is_hf_folder
 
@@ -245,17 +319,7 @@ def validate_rl(params):
                                         f"(not found: {params.get('labeler_model')!r}).")
     else:
         errors.add("reward", "reward must be 'reward_model' (RLHF / distilled RLAIF) or 'direct' (direct RLAIF).")
-    _number(params, errors, "beta", float, minimum=0, maximum=1)
-    _number(params, errors, "temperature", float, minimum=0, strict_min=True)
-    _number(params, errors, "top_p", float, minimum=0, strict_min=True, maximum=1)
-    _number(params, errors, "learning_rate", float, minimum=0, strict_min=True, maximum=1)
-    _number(params, errors, "value_learning_rate", float, minimum=0, maximum=1)
-    _number(params, errors, "max_grad_norm", float, minimum=0, strict_min=True)
-    for field in ("batch_size", "epochs", "max_prompt_tokens", "max_response_tokens", "gradient_accumulation_steps",
-                  "save_every"):
-        _number(params, errors, field, int, minimum=1)
-    _number(params, errors, "generation_batch_size", int, minimum=0)
-    _number(params, errors, "seed", int, minimum=0)
+    _numbers(params, errors, RL_NUMBERS)
     _optimizer(params, errors)
     ids = _prompt_ids(params, errors)
     _batch_vs_data(params, errors, len(ids))

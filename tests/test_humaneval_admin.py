@@ -57,10 +57,11 @@ def test_creating_a_round_names_exactly_what_is_missing_and_refuses_to_open(clie
     assert all(item.samples.count() == 2 for item in rnd.items.all())
 
 
-def test_sampling_button_starts_jobs_or_says_sampling_is_unavailable(client, researcher, setup):
+def test_sampling_button_starts_jobs_or_says_sampling_is_unavailable(client, researcher, setup, tmp_path):
     task, ds, prompts, sft, ref = setup
     client.force_login(researcher)
-    sft2 = Policy.objects.create(name="sft-2", kind=Policy.Kind.SFT, checkpoint_dir="/models/sft-2")
+    # A folder that exists: the sample job refuses a policy whose folder is missing.
+    sft2 = Policy.objects.create(name="sft-2", kind=Policy.Kind.SFT, checkpoint_dir=str(tmp_path))
     add_round(client, task, ds, [sft, sft2])
     rnd = EvalRound.objects.get()
     page = client.get(reverse("admin:evalsite_evalround_change", args=[rnd.pk])).content.decode()

@@ -335,11 +335,36 @@ def run_stage(exp_id, name):
     return job.pk
 
 
+# Numbers of the experiment itself: prompt budgets, the seed (the evaluation stage uses seed + 1)
+# and the round's overlap. The stages' own settings have their job kinds' bounds.
+BUDGETS = ("sft_prompts", "pair_prompts", "rl_prompts", "eval_prompts", "alignment_comparisons", "human_pairs")
+STAGE_KINDS = {"sft": "sft", "pairs": "sample", "reward_model": "reward_model", "rl": "rl", "eval": "sample"}
+
+
+def config_errors(config):
+    """Messages for the numbers in an experiment's config that its stages could not run with."""
+    from rl import params as P
+
+    sections = {
+        "": {**{k: P.Bound(int, 0, 10**7) for k in BUDGETS}, "seed": P.Bound(int, 0, 2**63 - 2, high_text="2^63 − 2")},
+        "round": {"overlap": P.Bound(int, 1, 100)},
+        **{section: P.NUMBERS[kind] for section, kind in STAGE_KINDS.items()},
+    }
+    messages = []
+    for section, bounds in sections.items():
+        values = config.get(section, {}) if section else config
+        if not isinstance(values, dict):
+            messages.append(f"{section}: expected an object of settings, found {type(values).__name__}.")
+            continue
+        messages += [f"{section}: {m}" if section else m for m in P.number_errors(values, bounds)]
+    return messages
+
+
 def prepare(exp):
     """Checks and splits before anything runs; clear messages for what is wrong."""
     from django.core.exceptions import ValidationError
 
-    errors = []
+    errors = config_errors(exp.config)
     if not exp.base_policy.checkpoint_dir:
         errors.append(f"The base policy “{exp.base_policy}” has no model folder.")
     unknown = set(exp.arms) - set(ARM_LABELS)
