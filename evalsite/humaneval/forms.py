@@ -58,6 +58,9 @@ def clean_answer(data, labels, *, asks_rank, asks_harmless):
     comment = (data.get("comment") or "").strip()
     if len(comment) > MAX_COMMENT:
         field_errors.append(f"Comment: Ensure this value has at most {MAX_COMMENT} characters (it has {len(comment)}).")
+    elif "\x00" in comment:  # PostgreSQL cannot store it; Django's CharField says the same
+        field_errors.append("Comment: Null characters are not allowed.")
+        comment = ""
     if asks_rank:
         missing = [label for label, r in ranks.items() if r is None]
         if missing:

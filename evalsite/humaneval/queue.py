@@ -12,6 +12,7 @@ the lease still open once it holds the row.
 """
 import json
 import random
+import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
@@ -316,12 +317,49 @@ def _insert_if_free(a, now, overlap):
     return row[0] if row else None
 
 
+# What models.new_token() makes (URL-safe base64) within the column's 32 characters.
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def is_token_shaped(token):
+    return _TOKEN_SHAPE.fullmatch(token) is not None
+
+
 def get_assignment(token, user):
-    """The user's assignment with this token, with its round, task, item and prompt; or Refused."""
-    a = Assignment.objects.select_related("round__task", "item__prompt").filter(token=token).first()
-    if a is None or a.annotator_id != user.pk:
+    """The user's assignment with this token, with its round, task, item and prompt; or Refused.
+
+    Refused too when the user may no longer annotate the round (removed from it, or from the
+    annotators group): the item they had leased goes back to the pool.
+    """
+    with connection.cursor() as c:
+        c.execute(
+            _sql("SELECT " + ", ".join(rawsql.columns(m, alias) for m, alias in _ASSIGNMENT_PAGE) + ", "
+                 + _MAY_ANNOTATE + " FROM {asg} a JOIN {round} r ON r.id = a.round_id "
+                 "JOIN {task} t ON t.id = r.task_id JOIN {item} i ON i.id = a.item_id "
+                 "JOIN {prompt} p ON p.id = i.prompt_id JOIN {user} u ON u.id = a.annotator_id "
+                 "WHERE a.token = %s AND a.annotator_id = %s"),
+            [ANNOTATORS_GROUP, token, user.pk],
+        )
+        row = c.fetchone()
+    if row is None:
         raise Refused("This item is not assigned to you. Nothing was saved.", status=403)
+    a, round, task, item, prompt = rawsql.load_row(row, *(m for m, _ in _ASSIGNMENT_PAGE))
+    round.task, item.prompt, a.round, a.item = task, prompt, round, item
+    if not row[-1] or round.status == EvalRound.Status.DRAFT:
+        raise _no_longer_available(a)
     return a
+
+
+_ASSIGNMENT_PAGE = ((Assignment, "a"), (EvalRound, "r"), (Task, "t"), (EvalItem, "i"), (Prompt, "p"))
+
+
+def _no_longer_available(a, now=None):
+    """Refused for an annotator who may no longer work on the round of their assignment ``a``;
+    their lease on it ends now, so the item goes back to the pool at once."""
+    now = now or timezone.now()
+    Assignment.objects.filter(pk=a.pk, status=Assignment.Status.LEASED, expires_at__gt=now).update(expires_at=now)
+    return Refused("You can no longer annotate this round; the item went back to the pool. Nothing was saved.",
+                   status=403, round=a.round)
 
 
 # --- submit / skip / undo -----------------------------------------------------------------
@@ -359,7 +397,8 @@ def submit_answer(token, user, read_answer, *, key, user_agent=""):
     stored. Refused carries the round, for the page that says why. The assignment is row-locked
     meanwhile, except on PostgreSQL's one-statement path, whose write checks that nothing changed.
     """
-    if not key or len(key) > 64:
+    if not key or len(key) > 64 or not key.isprintable():
+        # The page puts 32 hex digits here; anything else (a NUL most of all) is not its form.
         raise Refused("The form is missing its submission key; reload the page and try again.", status=400)
     now = timezone.now()
     a = None
@@ -371,14 +410,17 @@ def submit_answer(token, user, read_answer, *, key, user_agent=""):
             # statement writes only if the assignment is still an open lease when its UPDATE
             # holds the row; anything else takes the locked path below.
             a = read_assignment(token, user)
-            if a.status == Assignment.Status.LEASED and a.expires_at > now:
+            if a.status == Assignment.Status.LEASED and a.expires_at > now and a.may_annotate:
                 # Inside a caller's transaction a savepoint keeps it usable if the write fails.
                 with transaction.atomic() if connection.in_atomic_block else nullcontext():
                     result = _store(a, user, read_answer, user_agent, key, now, unless_changed=True)
         if result is None:
             with transaction.atomic():
                 a = lock_assignment(token, user)
-                result = _store(a, user, read_answer, user_agent, key, now)
+                if a.may_annotate:
+                    result = _store(a, user, read_answer, user_agent, key, now)
+            if result is None:  # removed from the round since they took the item
+                raise _no_longer_available(a, now)
         if not result.duplicate and result.ranking.pk in _REPLAN_AT:
             _replan_as_tables_grow()
         return result
@@ -423,19 +465,24 @@ def lock_assignment(token, user):
 
 
 def read_assignment(token, user, lock=False):
-    """The user's assignment with this token, and its round (``lock``: row-locked); or Refused."""
+    """The user's assignment with this token, and its round (``lock``: row-locked); or Refused.
+
+    ``a.may_annotate``: whether the user may (still) work on the round.
+    """
     with connection.cursor() as c:
         c.execute(
-            _sql("SELECT " + rawsql.columns(Assignment, "a") + ", " + rawsql.columns(EvalRound, "r") + " FROM {asg} a "
-                 "JOIN {round} r ON r.id = a.round_id WHERE a.token = %s AND a.annotator_id = %s")
+            _sql("SELECT " + rawsql.columns(Assignment, "a") + ", " + rawsql.columns(EvalRound, "r") + ", "
+                 + _MAY_ANNOTATE + " FROM {asg} a JOIN {round} r ON r.id = a.round_id "
+                 "JOIN {user} u ON u.id = a.annotator_id WHERE a.token = %s AND a.annotator_id = %s")
             + (" FOR NO KEY UPDATE OF a" if lock else ""),
-            [token, user.pk],
+            [ANNOTATORS_GROUP, token, user.pk],
         )
         row = c.fetchone()
     if row is None:
         raise Refused("This item is not assigned to you. Nothing was saved.", status=403)
     a, round = rawsql.load_row(row, Assignment, EvalRound)
     a.round = round
+    a.may_annotate = bool(row[-1]) and round.status != EvalRound.Status.DRAFT
     return a
 
 
@@ -474,7 +521,7 @@ def _store(a, user, read_answer, user_agent, key, now, unless_changed=False):
     ranking = Ranking(
         assignment=a, round=round, item_id=a.item_id, annotator=user, shown_order=list(a.order),
         comment=answer.comment.strip()[:5000], time_on_page_ms=answer.time_on_page_ms,
-        user_agent=user_agent[:500], idempotency_key=key, created_at=now,
+        user_agent=user_agent[:500].replace("\x00", ""), idempotency_key=key, created_at=now,
     )
     responses = [
         {"ranking_id": None, "sample_id": sample_id, "label": label, "position": i,

@@ -168,8 +168,15 @@ def _previous_values(a):
     return values
 
 
+def _check_token(token):
+    """A token that no assignment can have is a 404, found without asking the database."""
+    if not queue.is_token_shaped(token):
+        raise Http404("No such item.")
+
+
 @login_required
 def item(request, token):
+    _check_token(token)
     if request.method == "POST":
         return _submit(request, token)
     try:
@@ -216,7 +223,10 @@ def _submit(request, token):
             user_agent=request.META.get("HTTP_USER_AGENT", ""),
         )
     except InvalidAnswer as e:
-        a = queue.get_assignment(token, request.user)
+        try:
+            a = queue.get_assignment(token, request.user)
+        except Refused as refusal:  # removed from the round a moment ago
+            return refused(request, refusal, refusal.round)
         fields = answer_fields(a.labels, a.round.asks_rank, a.round.asks_harmless)
         return _render_page(request, a, {name: request.POST.get(name) for name in fields}, e.errors, status=400)
     except Refused as e:
@@ -229,6 +239,7 @@ def _submit(request, token):
 @login_required
 @require_POST
 def skip(request, token):
+    _check_token(token)
     try:
         a = queue.get_assignment(token, request.user)
     except Refused as e:
@@ -238,6 +249,8 @@ def skip(request, token):
         errors = [" ".join(form.non_field_errors())] if form.non_field_errors() else []
         if form["reason"].errors:
             errors.append("Choose a reason for skipping.")
+        if form["detail"].errors:
+            errors.append("Details: " + " ".join(form["detail"].errors))
         skip = {"open": True, "errors": errors, "reason": form["reason"].value(), "detail": form["detail"].value() or ""}
         return _render_page(request, a, {}, skip=skip, status=400)
     try:
