@@ -152,20 +152,26 @@ def first_by_hash(*parts):
 # --- reading files ------------------------------------------------------------------------
 
 
-def read_text(path):
-    """The file's text: gzip detected by its magic bytes, UTF-8 (BOM allowed) or a clear error."""
+def read_text(path, max_bytes=None):
+    """The file's text: gzip detected by its magic bytes, UTF-8 (BOM allowed) or a clear error.
+
+    ``max_bytes``: the most a gzip file may decompress to. It is decompressed a chunk at a time
+    and refused as soon as it passes that, so a small file that inflates to gigabytes (a "gzip
+    bomb") never fills the memory.
+    """
     p = Path(path)
     try:
-        data = p.read_bytes()
+        with open(p, "rb") as f:
+            if f.read(2) == b"\x1f\x8b":
+                f.seek(0)
+                data = _gunzip(f, path, max_bytes)
+            else:
+                f.seek(0)
+                data = f.read()
     except FileNotFoundError:
         raise ImportFormatError("file not found", path=path)
     except IsADirectoryError:
         raise ImportFormatError("is a folder, not a file", path=path)
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise ImportFormatError(f"looks gzip-compressed but cannot be decompressed ({e})", path=path)
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
@@ -182,6 +188,42 @@ def read_text(path):
     return text
 
 
+GUNZIP_CHUNK = 1 << 20
+
+
+def _gunzip(f, path, max_bytes):
+    chunks, size = [], 0
+    try:
+        with gzip.GzipFile(fileobj=f) as z:
+            while chunk := z.read(GUNZIP_CHUNK):
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    raise ImportFormatError(
+                        f"decompresses to more than {_size(max_bytes)}, the most an import accepts "
+                        "(DATASET_DECOMPRESSED_MAX_BYTES); split the file, or raise that limit", path=path,
+                    )
+                chunks.append(chunk)
+    except (OSError, EOFError, zlib.error) as e:
+        raise ImportFormatError(f"looks gzip-compressed but cannot be decompressed ({e})", path=path)
+    return b"".join(chunks)
+
+
+def _size(n):
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}".replace(".0 ", " ")
+        n /= 1024
+
+
+# Deeper than this, a JSON line is refused: no dataset nests so deep, and a value that does
+# could not be stored (Python's json and SQLite's JSON functions stop near 1000 levels).
+MAX_JSON_DEPTH = 100
+NUL = "\x00"
+# Text no database column can hold: NUL (PostgreSQL refuses it) and, from JSON's "\udXXX"
+# escapes, a lone surrogate (not Unicode text: it cannot be encoded as UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def iter_json_lines(path, text):
     """Yield (line number, object) for each non-blank line; broken JSON names its line."""
     lines = text.split("\n")  # not splitlines(): U+2028 may legally sit inside a JSON string
@@ -195,11 +237,62 @@ def iter_json_lines(path, text):
             if n == 1 and line.strip() in ("[", "{"):
                 hint = " (expected JSON lines: one complete JSON object on each line)"
             raise ImportFormatError(f"broken JSON: {e.msg} at column {e.colno}{hint}", path=path, line=n)
+        except RecursionError:
+            raise _too_deep(path, n)
         if not isinstance(obj, dict):
             raise ImportFormatError(
                 f"expected a JSON object on each line, found {type(obj).__name__}", path=path, line=n
             )
+        # Cheap tests first: a line with few brackets cannot nest deeply, and unstorable text can
+        # only come from a "\u0000" or "\udXXX" escape (raw control characters are not valid JSON).
+        if (line.count("{") + line.count("[") > MAX_JSON_DEPTH
+                or "\\u0000" in line or "\\ud" in line or "\\uD" in line):
+            _check_json_values(obj, path, n)
         yield n, obj
+
+
+def _too_deep(path, line, field=None):
+    if field and len(field) > 60:
+        field = field[:57] + "..."  # "extra[0][0][0]...": where it starts is enough
+    return ImportFormatError(f"nested too deeply (more than {MAX_JSON_DEPTH} levels of objects and lists)",
+                             path=path, line=line, field=field)
+
+
+def unstorable_text(text):
+    """Why ``text`` cannot be stored, or None when it can."""
+    m = _UNSTORABLE.search(text)
+    if m is None:
+        return None
+    if m.group() == NUL:
+        return "contains a NUL character (byte 0x00 or \\u0000), which cannot be stored; remove it"
+    return f"contains a lone surrogate (\\u{ord(m.group()):04x}), which is not Unicode text; remove it"
+
+
+def _check_json_values(obj, path, line):
+    """Refuse an object nested deeper than MAX_JSON_DEPTH, or holding text that cannot be stored
+    in a value or a key; the error names the field (``info.post``, ``summaries[0].text``)."""
+    stack = [(obj, None, 1)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, str):
+            problem = unstorable_text(value)
+            if problem:
+                raise ImportFormatError(problem, path=path, line=line, field=where)
+        elif isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise _too_deep(path, line, where)
+            if isinstance(value, dict):
+                children = []
+                for k, v in value.items():
+                    name = f"{where}.{k}" if where else k
+                    problem = unstorable_text(k)
+                    if problem:
+                        raise ImportFormatError(problem + " (in the field's name)", path=path, line=line,
+                                                field=_UNSTORABLE.sub("?", name))
+                    children.append((v, name))
+            else:
+                children = [(v, f"{where or ''}[{i}]") for i, v in enumerate(value)]
+            stack.extend((v, w, depth + 1) for v, w in reversed(children))
 
 
 def read_csv(path, text):
@@ -235,6 +328,8 @@ class _CsvRows:
         self.df = read_csv(path, text)
         self.columns = list(self.df.columns)
         self._lines = None
+        if NUL in text:  # strict UTF-8 decoding already refused lone surrogates
+            self._refuse_nul()
 
     def __len__(self):
         return len(self.df)
@@ -248,6 +343,17 @@ class _CsvRows:
             self._lines = csv_record_lines(self.text)
         line = self._lines[row - 1] if row - 1 < len(self._lines) else None
         return ImportFormatError(message, path=self.path, row=row, line=line, field=field)
+
+    def _refuse_nul(self):
+        """Name the first cell (or column name) holding a NUL character."""
+        for column in self.columns:
+            if NUL in column:
+                raise ImportFormatError(unstorable_text(column) + " (in the column's name)", path=self.path,
+                                        line=1, field=column.replace(NUL, "?"))
+        for column in self.columns:
+            found = self.df[column].str.contains(NUL, regex=False).to_numpy()
+            if found.any():
+                raise self.error(int(found.argmax()) + 1, unstorable_text(NUL), column)
 
     def require(self, *columns):
         missing = [c for c in columns if c not in self.columns]
@@ -611,10 +717,11 @@ def check_format(fmt):
     return fmt
 
 
-def parse_file(path, fmt, progress=None) -> ParsedDataset:
-    """Read ``path`` as format ``fmt``. ``progress(fraction, message)`` is called now and then."""
+def parse_file(path, fmt, progress=None, max_bytes=None) -> ParsedDataset:
+    """Read ``path`` as format ``fmt``. ``progress(fraction, message)`` is called now and then;
+    ``max_bytes``: the most a compressed file may decompress to (see :func:`read_text`)."""
     check_format(fmt)
-    text = read_text(path)
+    text = read_text(path, max_bytes)
     result = PARSERS[fmt](str(path), text, progress)
     if not result.prompts:
         raise ImportFormatError("no usable rows (every row was skipped: "

@@ -45,13 +45,18 @@ def validate_import_params(params):
 
     errors = {}
     p = {k: (v.strip() if isinstance(v, str) else v) for k, v in params.items()}
+    for f, v in p.items():
+        problem = importers.unstorable_text(v) if isinstance(v, str) else None
+        if problem:
+            errors[f] = f"The {f} {problem}."
+            p[f] = ""  # checked no further: it would reach the file system and the database
     fmt, path = p.get("format") or "", p.get("path") or ""
     if not fmt:
-        errors["format"] = f"Choose a format; known formats: {', '.join(FORMATS)}."
+        errors.setdefault("format", f"Choose a format; known formats: {', '.join(FORMATS)}.")
     elif fmt not in FORMATS:
         errors["format"] = f"Unknown format {fmt!r}; known formats: {', '.join(FORMATS)}."
     if not path:
-        errors["path"] = "Give the path of the file to import."
+        errors.setdefault("path", "Give the path of the file to import.")
     elif not Path(path).is_file():
         errors["path"] = f"File not found: {path}"
     task = p.get("task") or (importers.default_task_for(fmt, path) if fmt in FORMATS else None)
@@ -181,7 +186,8 @@ def import_dataset_job(ctx):
             ctx.log(message)
 
     try:
-        parsed = importers.parse_file(p["path"], p["format"], progress=reading)
+        parsed = importers.parse_file(p["path"], p["format"], progress=reading,
+                                      max_bytes=settings.DATASET_DECOMPRESSED_MAX_BYTES)
     except ImportFormatError as e:
         raise JobError(str(e))
     skipped = {k: v for k, v in parsed.counts.items() if k != "rows_read"}

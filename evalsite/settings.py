@@ -156,6 +156,8 @@ for _d in (MEDIA_ROOT, MODELS_DIR, CHECKPOINTS_DIR, UPLOADS_DIR, STATIC_ROOT):
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 DATASET_UPLOAD_MAX_BYTES = env.int("DATASET_UPLOAD_MAX_BYTES", default=500 * 1024 * 1024)
+# The most a gzip-compressed dataset file may decompress to (a 100 KB file can inflate to 100 MB).
+DATASET_DECOMPRESSED_MAX_BYTES = env.int("DATASET_DECOMPRESSED_MAX_BYTES", default=2 * 1024 ** 3)
 
 # The only environment variables a server labeler may read its API key from (comma-separated
 # names): a labeler config is written by researchers, and the key goes to the URL they chose.
