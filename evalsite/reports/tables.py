@@ -5,6 +5,7 @@ and JSON, so what a researcher downloads is exactly what the page shows (unround
 """
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,8 +97,35 @@ class Table:
         return out
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (a policy named
+# "=HYPERLINK(...)" would become a link, or worse). OWASP's advice: put a quote in front.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def spreadsheet_safe(value):
+    """Text that a spreadsheet would read as a formula, with a ``'`` in front; anything else as is.
+
+    Numbers stay numbers: only text is changed, and text that is a plain number ("-0.5") too
+    is left alone, since a spreadsheet reads it as that number and nothing more.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def to_csv(frame):
-    return frame.to_csv(index=False)
+    """The frame as CSV, safe to open in a spreadsheet: text cells and headings pass through
+    spreadsheet_safe; numeric and date columns are written as they are."""
+    safe = frame.copy(deep=False)
+    for i in range(frame.shape[1]):
+        column = frame.iloc[:, i]
+        if not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_datetime64_any_dtype(column)
+                or pd.api.types.is_timedelta64_dtype(column)):
+            safe.isetitem(i, column.map(spreadsheet_safe))
+    safe.columns = [spreadsheet_safe(c) for c in frame.columns]
+    # CRLF line ends (RFC 4180): the writer then also quotes a cell holding a lone "\r".
+    return safe.to_csv(index=False, lineterminator="\r\n")
 
 
 def _jsonable(v):
