@@ -63,7 +63,7 @@ def job_as_dict(job):
 @permissions_required("evalsite.view_job")
 def job_status(request):
     """Status of several jobs at once: ``?ids=1,2,3`` (what the admin list polls)."""
-    ids = [int(i) for i in request.GET.get("ids", "").split(",") if i.strip().isdigit()][:500]
+    ids = [int(i) for i in request.GET.get("ids", "").split(",") if _is_whole_number(i.strip())][:500]
     jobs = Job.objects.filter(pk__in=ids).only(
         "id", "kind", "name", "status", "progress", "message", "error", "cancel_requested",
         "started_at", "finished_at", "heartbeat_at",
@@ -78,9 +78,18 @@ def job_detail_json(request, pk):
     data = job_as_dict(job)
     data["log"] = job.log
     data["result"] = job.result
-    after = int(request.GET.get("after_step", -1))
+    after = request.GET.get("after_step", "-1").strip()
+    if not _is_whole_number(after.removeprefix("-")):
+        return JsonResponse({"error": f"after_step must be a whole number (got {after[:40]!r})."}, status=400)
+    after = int(after)
     data["metrics"] = [
         {"step": m.step, **m.values} for m in job.metrics.filter(step__gt=after).order_by("step")
     ]
     data["children"] = [job_as_dict(c) for c in job.children.order_by("id")]
     return JsonResponse(data)
+
+
+def _is_whole_number(text):
+    """At most 20 ASCII digits: str.isdigit() also passes "²" and "٣", which int() refuses or
+    reads, and int() refuses strings of over 4300 digits."""
+    return len(text) <= 20 and text.isdigit() and text.isascii()
