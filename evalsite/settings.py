@@ -197,7 +197,9 @@ LOGOUT_REDIRECT_URL = "login"
 _redis_url = env("REDIS_URL", default="")
 if _redis_url:
     # Shared by every web worker: sessions are read from Redis and written through to the
-    # database, saving a query on each annotator request.
+    # database, saving a query on each annotator request. While Redis is unreachable the cache
+    # answers "miss" and sessions come from the database (evalsite/cache.py); the short timeouts
+    # keep a Redis that hangs from holding requests up.
     CACHES = {"default": {
         "BACKEND": "evalsite.cache.RedisCache",  # Django's, keeping its client objects
         "LOCATION": env("CACHE_URL", default=_redis_url),

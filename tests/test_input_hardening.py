@@ -454,3 +454,8 @@ def test_job_feeds_answer_bad_query_parameters_with_400_or_ignore_them(client, r
     assert client.get(url, {"after_step": "9" * 20}).json()["metrics"] == []
     status = client.get(reverse("jobs:status"), {"ids": f"²,{job.pk},{'9' * 5000},x"})
     assert status.status_code == 200 and [j["id"] for j in status.json()["jobs"]] == [job.pk]
+    # The training-curve report reads the same kind of id list.
+    for ids in (f"²,{job.pk}", f"{job.pk},{'9' * 40}", f"{job.pk},x"):
+        r = client.get(reverse("reports:jobs"), {"ids": ids})
+        assert r.status_code == 200, ids
+        assert f"#{job.pk}" in r.content.decode() or "feed" in r.content.decode(), ids

@@ -16,8 +16,6 @@ CANCEL_PERMISSIONS = ("evalsite.change_experiment", "evalsite.change_job")
 @permissions_required("evalsite.view_experiment")
 def detail(request, pk):
     exp = get_object_or_404(Experiment.objects.select_related("task", "dataset", "base_policy", "labeler_config"), pk=pk)
-    if pipeline.fail_if_stalled(exp):
-        exp.refresh_from_db()
     done, rows = pipeline.progress(exp)
     return render(request, "experiments/detail.html", {
         "exp": exp, "done": done, "rows": rows, "figures": figures.all_figures(exp),
@@ -27,8 +25,6 @@ def detail(request, pk):
 @permissions_required("evalsite.view_experiment")
 def detail_json(request, pk):
     exp = get_object_or_404(Experiment, pk=pk)
-    if pipeline.fail_if_stalled(exp):
-        exp.refresh_from_db()
     done, rows = pipeline.progress(exp)
     return JsonResponse({
         "id": exp.pk, "status": exp.status, "message": exp.message, "progress": round(done, 4),

@@ -277,7 +277,8 @@ def labelers_export(request, table, fmt):
 def _job_ids(request, pk=None):
     ids = [pk] if pk is not None else []
     # ?ids=1,2 (links) or ?ids=1&ids=2 (the compare form's checkboxes)
-    ids += [int(i) for value in request.GET.getlist("ids") for i in value.split(",") if i.strip().isdigit()]
+    ids += [int(i) for value in request.GET.getlist("ids") for i in value.split(",")
+            if i.strip().isascii() and i.strip().isdigit() and len(i.strip()) < 19]  # a bigint, not "²"
     return list(dict.fromkeys(ids))[:20]
 
 
