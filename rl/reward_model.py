@@ -51,6 +51,14 @@ def soft_label_loss(r_a, r_b, p_first):
     return -(p_first * F.logsigmoid(margin) + (1 - p_first) * F.logsigmoid(-margin)).mean()
 
 
+def _cpu_float64(values):
+    """A flat float64 CPU tensor of rewards or targets, wherever they were: rewards come from the
+    model's device, targets from Python lists."""
+    if torch.is_tensor(values):
+        return values.detach().to("cpu", torch.float64).flatten()
+    return torch.tensor(values, dtype=torch.float64).flatten()
+
+
 def pairwise_metrics(r_a, r_b, p_first, bins=10):
     """Held-out quality of a reward model on pairs.
 
@@ -58,7 +66,7 @@ def pairwise_metrics(r_a, r_b, p_first, bins=10):
     calibration: expected calibration error of P(a) = sigmoid(r_a - r_b) over equal-width
     bins, Brier score and log loss against the targets, and the mean |P(a) - p| (soft labels).
     """
-    r_a, r_b, p = (torch.as_tensor(x, dtype=torch.float64).flatten() for x in (r_a, r_b, p_first))
+    r_a, r_b, p = (_cpu_float64(x) for x in (r_a, r_b, p_first))
     pred = torch.sigmoid(r_a - r_b)
     decided = p != 0.5
     n = int(decided.sum())
@@ -217,11 +225,12 @@ class RewardScorer:
         return prompt_rows, answer_rows
 
     def score(self, prompts, responses):
+        """Rewards as a float32 CPU tensor (plain numbers to index and compare with Python data)."""
         out = []
         with torch.no_grad():
             for i in range(0, len(prompts), self.batch_size):
                 out.append(self.forward(self.encode(prompts[i:i + self.batch_size], responses[i:i + self.batch_size])))
-        return torch.cat(out) if out else torch.zeros(0)
+        return torch.cat(out).float().cpu() if out else torch.zeros(0)
 
     def __call__(self, prompts, responses):
         return self.score(prompts, responses).tolist()
