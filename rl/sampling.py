@@ -2,8 +2,12 @@
 
 Each row draws its tokens from its own ``torch.Generator``, so a response depends on its
 prompt, its seed and the weights, not on which other prompts shared its batch (up to float
-rounding of padded batches). Rows that finish are dropped from the batch (and the KV cache),
-so a batch costs what its long responses cost, not ``batch x max_new_tokens``.
+rounding of padded batches). The generators live on the CPU and give one uniform number per
+row and token; the token is picked from it on the model's device by inverting the cumulative
+distribution. So the same seed draws the same tokens on a CPU and on a GPU, wherever their
+probabilities agree (a CUDA generator would draw other numbers than a CPU one). Rows that finish
+are dropped from the batch (and the KV cache), so a batch costs what its long responses cost,
+not ``batch x max_new_tokens``.
 """
 import hashlib
 from dataclasses import dataclass
@@ -46,12 +50,19 @@ def _filter_top_p(probs, top_p):
 
 
 def _draw(logits, temperature, top_p, generators):
+    """One token per row: argmax at temperature 0, else the first token whose cumulative
+    probability passes the row's uniform number (its generator's next draw)."""
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
         probs = _filter_top_p(probs, top_p)
-    return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
+    uniform = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
+    # float64 sums: over a 50k vocabulary float32 rounding would move the boundaries between tokens
+    cdf = probs.double().cumsum(-1)
+    target = uniform.to(cdf.device)[:, None] * cdf[:, -1:]  # top-p leaves the rows unnormalised
+    tokens = torch.searchsorted(cdf, target, right=True)[:, 0]  # never a token of probability 0
+    return tokens.clamp_(max=probs.shape[-1] - 1)
 
 
 @torch.no_grad()
@@ -67,7 +78,7 @@ def sample_token_ids(model, prompt_ids, *, max_new_tokens, temperature, top_p, s
 
     generators = []
     for s in seeds:
-        g = torch.Generator(device=device)
+        g = torch.Generator()  # on the CPU whatever the model's device (module docstring)
         g.manual_seed(int(s))
         generators.append(g)
     input_ids, mask, positions = pad_left(prompt_ids, pad_id, device)
