@@ -203,9 +203,10 @@ class ReinforceTrainer:
             del ref_logits
             # R needs log pi of the sampled tokens: the generation pass computed them with these very
             # weights, so R is known before either model trains.
-            gen_logprobs = torch.zeros_like(ref_logprobs)
+            gen_logprobs = torch.zeros(ref_logprobs.shape, dtype=ref_logprobs.dtype)
             for row, i in enumerate(idx):
                 gen_logprobs[row, :len(sampled_logprobs[i])] = torch.tensor(sampled_logprobs[i])
+            gen_logprobs = gen_logprobs.to(self.device)
             kl, returns = reinforce_returns(gen_logprobs, ref_logprobs, resp_mask, scores[idx].to(self.device),
                                             cfg.beta)
             kl_all[idx] = kl.float().cpu()
