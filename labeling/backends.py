@@ -187,7 +187,8 @@ def _block_attention(module, query, key, value, attention_mask=None, scaling=Non
         total = parts[0][1]
         for _, lse in parts[1:]:
             total = torch.logaddexp(total, lse)
-        out = sum(o * (lse - total).exp_()[..., None] for o, lse in parts)
+        # the log-sum-exps are float32: the merged output goes back to the model's dtype (bf16)
+        out = sum(o * (lse - total).exp_()[..., None] for o, lse in parts).to(query.dtype)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -324,16 +325,16 @@ class LocalBackend:
 
     # ---- the scoring primitive --------------------------------------------------------------
     def last_logprobs_naive(self, seqs):
-        """Reference: each sequence alone, the textbook way: a full forward pass (logits at every
-        position), no batching, no reuse."""
+        """Reference: each sequence alone, as a careful user would score it: one forward pass with
+        the LM head at the last position only (``logits_to_keep=1``), no batching, no reuse."""
         import torch
 
         out = []
         with torch.inference_mode():
             for seq in seqs:
                 ids = torch.tensor([seq], device=self.device)
-                logits = self.model(input_ids=ids).logits[0, -1].float()
-                self._count(1, len(seq), 0, head_rows=len(seq))
+                logits = self.model(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
+                self._count(1, len(seq), 0, head_rows=1)
                 out.append(torch.log_softmax(logits, -1).cpu())
         return torch.stack(out) if out else torch.empty(0)
 

@@ -18,7 +18,9 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    return LocalBackend(LocalBackendConfig(str(tiny_model_dir), batch_size=3))
+    # float32 on any device: these tests compare paths (fast and naive, local and server) to 1e-5,
+    # which bf16 (the default on a GPU) does not resolve; tests/test_gpu.py checks bf16 with its bounds.
+    return LocalBackend(LocalBackendConfig(str(tiny_model_dir), batch_size=3, dtype="float32"))
 
 
 # ---- prompts --------------------------------------------------------------------------------
@@ -221,7 +223,7 @@ def test_cot_on_the_tiny_model_stores_rationales(tiny):
 @pytest.mark.parametrize("chat", [False, True])
 def test_fast_path_equals_naive(tiny_model_dir, tiny_chat_model_dir, chat):
     path = tiny_chat_model_dir if chat else tiny_model_dir
-    backend = LocalBackend(LocalBackendConfig(str(path), batch_size=2))
+    backend = LocalBackend(LocalBackendConfig(str(path), batch_size=2, dtype="float32"))  # see `tiny`
     assert backend.uses_chat_template == chat
     exemplars = [{"context": "the quick brown fox", "first": "fox", "second": "dog", "label": 1}]
     lab = PreferenceLabeler(backend, LabelerSettings(exemplars=exemplars))
@@ -311,7 +313,9 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
 
 
 def test_packed_fast_path_equals_naive_for_very_different_lengths_and_uneven_groups(tiny_model_dir):
-    backend = LocalBackend(LocalBackendConfig(str(tiny_model_dir), batch_size=4))
+    # The packed path is built on torch's CPU attention kernel, so it runs on the CPU only (a GPU
+    # takes the padded path, checked on CUDA in tests/test_gpu.py).
+    backend = LocalBackend(LocalBackendConfig(str(tiny_model_dir), batch_size=4, device="cpu"))
     assert backend._block_attention  # GPT-2 routes its attention through the interface
     head = backend.encode("Below is a shared preamble that every prompt starts with, long enough to cache. ")
     seqs, groups = [], []
