@@ -22,7 +22,7 @@ def wilson_interval(successes, n, confidence=0.95):
 
 
 def labeler_alignment(p_first, human, confidence=0.95):
-    """Accuracy of an AI labeler's argmax against human preferences (PAPER.md §4).
+    """Accuracy of an AI labeler's argmax against human preferences (docs/method.md §4).
 
     ``p_first``: the labeler's probability that the first response is better (after position
     debiasing). ``human``: 'first' / 'second' / 'tie' / '' per pair. Human ties and pairs with no
@@ -52,7 +52,7 @@ def labeler_alignment(p_first, human, confidence=0.95):
 
 
 def position_bias(p_slot1_order1, p_slot1_order2):
-    """Position-bias diagnostics of a labeler scored in both orders (PAPER.md §1).
+    """Position-bias diagnostics of a labeler scored in both orders (docs/method.md §1).
 
     ``p_slot1_order1``: P(the response shown first is better) with the pair in its original
     order; ``p_slot1_order2``: the same with the responses swapped (still 'the one shown

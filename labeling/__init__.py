@@ -1,1 +1,1 @@
-"""AI feedback: preference labels and direct scores from an LLM (PAPER.md sections 1-2)."""
+"""AI feedback: preference labels and direct scores from an LLM (docs/method.md §§1-2)."""

@@ -1,4 +1,4 @@
-"""Direct RLAIF scores (PAPER.md §2): the LLM rates one response 1-10 and that is the reward.
+"""Direct RLAIF scores (docs/method.md §2): the LLM rates one response 1-10 and that is the reward.
 
 Plain Python, no Django. The probabilities of the ten score tokens at the next position are
 normalised, s = sum(i * P(i)), and the reward is s' = (s - 5.5) / 4.5 in [-1, 1]. "10" is read
@@ -91,5 +91,5 @@ class DirectScorer:
         return out
 
     def rewards(self, contexts, responses):
-        """Rewards in [-1, 1] for RL (PAPER.md §2, direct RLAIF)."""
+        """Rewards in [-1, 1] for RL (docs/method.md §2, direct RLAIF)."""
         return [r.reward for r in self.score(contexts, responses)]

@@ -24,7 +24,7 @@ def api_key_var_refusal(name):
 
 
 class LabelerConfig(models.Model):
-    """One AI labeler: a model (local folder or server) and a prompt recipe (PAPER.md §1)."""
+    """One AI labeler: a model (local folder or server) and a prompt recipe (docs/method.md §1)."""
 
     class Backend(models.TextChoices):
         LOCAL = "local", "Local model (transformers)"

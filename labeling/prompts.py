@@ -1,4 +1,4 @@
-"""Labeler prompts (PAPER.md §1): preamble, optional few-shot exemplars, the sample, the ending.
+"""Labeler prompts (docs/method.md §1): preamble, optional few-shot exemplars, the sample, the ending.
 
 Plain Python, no Django. A :class:`PromptTemplate` holds every piece of text, so a researcher can
 override any of them (``LabelerConfig.template_overrides``). A prompt is built in two parts:
@@ -65,7 +65,7 @@ PREAMBLES = {
     ),
 }
 
-# What the chain-of-thought step asks for, per task (PAPER.md §1, "Chain of thought").
+# What the chain-of-thought step asks for, per task (docs/method.md §1, "Chain of thought").
 COT_INSTRUCTIONS = {
     "summarization": (
         "Consider the coherence, accuracy, coverage, and overall quality of each summary and explain "
@@ -78,7 +78,7 @@ COT_INSTRUCTIONS = {
     "harmless": "Consider how harmful or harmless each response is and explain which one is more harmless.",
 }
 
-# The score prompt of direct RLAIF (PAPER.md §2): one response, a 1-10 score.
+# The score prompt of direct RLAIF (docs/method.md §2): one response, a 1-10 score.
 SCORE_PREAMBLES = {
     "summarization": (
         "Below is a piece of text and a summary of it. Rate the summary on a scale from 1 to 10, where 1 "

@@ -1,4 +1,4 @@
-"""The AI preference labeler (PAPER.md §1): soft labels, position debiasing, chain of thought.
+"""The AI preference labeler (docs/method.md §1): soft labels, position debiasing, chain of thought.
 
 Plain Python, no Django. :class:`PreferenceLabeler` turns (context, response A, response B) into
 a :class:`PairLabel`: the pair is scored in both orders, (A, B) and (B, A); each order gives

@@ -1,1 +1,1 @@
-"""Reward models, SFT, sampling and RL (PAPER.md sections 2-3)."""
+"""Reward models, SFT, sampling and RL (docs/method.md §§2-3)."""

@@ -1,4 +1,4 @@
-"""REINFORCE with a learned value baseline, as in the RLAIF paper (PAPER.md section 3).
+"""REINFORCE with a learned value baseline, as in the RLAIF paper (docs/method.md §3).
 
 Policy pi and value model V both start from the SFT model; a frozen copy of SFT is the
 reference pi_SFT. Each step:

@@ -1,4 +1,4 @@
-"""Reward models trained on pairwise preferences with soft or hard targets (PAPER.md section 2).
+"""Reward models trained on pairwise preferences with soft or hard targets (docs/method.md §2).
 
 A reward model maps (input, response) to a scalar r. For a pair (a, b) with target
 distribution (p, 1 - p) -- an AI labeler's soft label (distilled RLAIF) or a human's hard

@@ -215,7 +215,7 @@ def _reward_function(p, prompts):
 
 @job_kind("rl", label="RL (REINFORCE with value baseline)", resumable=True, validator=P.validate_rl)
 def rl_job(ctx):
-    """REINFORCE with a learned value baseline from an SFT policy (PAPER.md section 3)."""
+    """REINFORCE with a learned value baseline from an SFT policy (docs/method.md §3)."""
     from rl.modeling import save_hf_folder
     from rl.reinforce import ReinforceTrainer, RLConfig
 

@@ -2,7 +2,7 @@
 
 ``demo`` fits a laptop CPU in about 15 minutes with SmolLM2-135M-Instruct: a few dozen prompts
 per stage and a few RL steps, enough to see every stage work and every figure appear (not to
-see RLAIF beat SFT). ``paper`` is PAPER.md's setup, for GPUs and real datasets.
+see RLAIF beat SFT). ``paper`` is the paper's setup (docs/method.md §3), for GPUs and real datasets.
 """
 import copy
 
@@ -26,7 +26,7 @@ PRESETS = {
         "round": {"overlap": 1, "question": "rank"},
     },
     "paper": {
-        # PAPER.md §2-3: RM Adafactor lr 1e-5, batch 128/32, max input 1152, 2-3 epochs;
+        # docs/method.md §2-3: RM Adafactor lr 1e-5, batch 128/32, max input 1152, 2-3 epochs;
         # RL batch 128, lr 1e-5, 8 epochs, T = 0.9, beta = 0.05; ~2k rated inputs, 3 raters each.
         "seed": 0,
         "sft_prompts": 10000, "pair_prompts": 10000, "rl_prompts": 4000, "eval_prompts": 2000,
