@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 export DEBUG ?= 1
 
-.PHONY: demo test setup install install-dev serve bench clean
+.PHONY: demo test setup install install-dev serve bench gpu-check gpu-bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,15 @@ endif
 
 bench: install-dev
 	bench/reports && bench/labeling --quick && bench/annotate --seconds 10 && bench/rl --quick
+
+## make gpu-check: on a CUDA machine, the `gpu` tests and both ML benchmarks at SmolLM2-135M's shape;
+## make gpu-bench: the benchmarks at SmolLM2-1.7B's shape. They install nothing: .venv's python when
+## there is one, else the active python3 (README: On a GPU). Logs in var/gpu-check/.
+gpu-check:
+	bench/gpu_check check
+
+gpu-bench:
+	bench/gpu_check bench
 
 clean:
 	rm -rf $(VENV) var/staticfiles var/test-*.sqlite3
