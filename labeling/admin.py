@@ -10,6 +10,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from evalsite.models import Job
+from evalsite.preferencejobs import export_action
 
 from . import runs
 from .forms import StartLabelingForm
@@ -27,11 +28,14 @@ class LabelerConfigAdmin(admin.ModelAdmin):
     list_filter = ["task", "backend", "preamble_variant", "chain_of_thought"]
     search_fields = ["name", "model_path", "server_url"]
     readonly_fields = ["diagnostics", "recent_runs", "created_at", "updated_at"]
-    actions = ["start_labeling"]
+    actions = ["start_labeling", export_action("config")]
     fieldsets = [
         (None, {"fields": ["name", "task", "notes"]}),
         ("Model", {"fields": ["backend", "model_path", "server_url", "server_model", "api_key_env", "dtype", "threads",
                               "chat_template", "batch_size", "server_concurrency", "server_timeout_s"]}),
+        ("Servers: top-k alternatives, chat layout and prices", {"fields": [
+            "server_top_logprobs", "absent_labels", "reask_top_logprobs", "chat_preamble_role", "chat_exemplars",
+            "price_prompt_per_mtok", "price_completion_per_mtok"]}),
         ("Prompt", {"fields": ["preamble_variant", "template_overrides", "exemplars", "max_prompt_tokens"]}),
         ("Chain of thought", {"fields": ["chain_of_thought", "cot_max_tokens", "self_consistency_k",
                                          "self_consistency_temperature"]}),
@@ -77,10 +81,12 @@ class LabelerConfigAdmin(admin.ModelAdmin):
     def diagnostics(self, obj):
         if not obj.pk:
             return "Save the config, then label comparisons with it."
-        from .data import alignment_summary, label_frame
+        from .data import alignment_summary, label_frame, usage_by_config
 
         s = alignment_summary(label_frame([obj.pk]))
-        return render_to_string("labeling/admin/diagnostics.html", {"s": s, "config": obj})
+        usage = usage_by_config([obj.pk]).to_dict("records")
+        return render_to_string("labeling/admin/diagnostics.html",
+                                {"s": s, "config": obj, "usage": usage[0] if usage else None})
 
     @admin.display(description="labeling runs")
     def recent_runs(self, obj):
@@ -104,8 +110,17 @@ class LabelerConfigAdmin(admin.ModelAdmin):
         config = get_object_or_404(LabelerConfig, pk=pk)
         if not (self.has_change_permission(request, config) and request.user.has_perm("evalsite.add_job")):
             return HttpResponseRedirect(reverse("admin:index"))
-        form = StartLabelingForm(request.POST or None, config=config)
-        if request.method == "POST" and form.is_valid():
+        estimate_only = "estimate" in request.POST
+        form = StartLabelingForm(request.POST or None, config=config, probe=not estimate_only)
+        estimate = None
+        if request.method == "POST" and estimate_only and form.is_valid():
+            from .backends import BackendError
+
+            try:
+                estimate = runs.describe_estimate(runs.estimate_run(form.params))
+            except (BackendError, ValueError) as e:
+                form.add_error(None, f"Labeler config '{config.name}': {e}")
+        elif request.method == "POST" and form.is_valid():
             with transaction.atomic():
                 job = Job.submit(runs.RUN_KIND, form.params, name=f"AI labeling with {config.name}",
                                  user=request.user)
@@ -113,15 +128,15 @@ class LabelerConfigAdmin(admin.ModelAdmin):
                               messages.SUCCESS)
             return HttpResponseRedirect(reverse("admin:evalsite_job_change", args=[job.pk]))
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "config": config,
-                   "form": form, "title": f"Label comparisons with {config.name}"}
+                   "form": form, "estimate": estimate, "title": f"Label comparisons with {config.name}"}
         return render(request, "labeling/admin/start_labeling.html", context)
 
 
 @admin.register(AILabel)
 class AILabelAdmin(admin.ModelAdmin):
     list_display = ["comparison", "config", "p_first", "p_slot1_order1", "p_slot1_order2", "label_mass", "agrees",
-                    "prompt_tokens", "truncated_tokens", "latency_ms", "created_at"]
-    list_filter = ["config", "comparison__human_preference"]
+                    "bounded", "prompt_tokens", "completion_tokens", "truncated_tokens", "latency_ms", "created_at"]
+    list_filter = ["config", "comparison__human_preference", "bounded"]
     list_select_related = ["config", "comparison"]
     search_fields = ["comparison__response_a", "comparison__response_b"]
     readonly_fields = [f.name for f in AILabel._meta.fields]

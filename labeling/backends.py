@@ -15,9 +15,18 @@ Two backends with the same small interface (``render``, ``count_tokens``, ``max_
   repeated per row. Only the last position's hidden state goes through the LM head. The result equals
   scoring every prompt alone (:meth:`LocalBackend.last_logprobs_naive`) up to float rounding.
 * :class:`ServerBackend`: any OpenAI-compatible ``/v1/completions`` server that returns token
-  log-probabilities (vLLM, llama.cpp server, hosted APIs), with timeouts, retries with backoff and a
-  concurrency limit.
+  log-probabilities (vLLM, llama.cpp server, hosted APIs), with timeouts, retries with backoff, waits
+  a ``429``'s ``Retry-After`` asks for, and a concurrency limit.
+* :class:`ChatBackend`: the same over ``/v1/chat/completions`` (``logprobs: true``,
+  ``top_logprobs``), where today's strong models are served; the prompt goes as chat messages.
+
+Servers return only the top-k alternatives of a token. A label token that is not among them is
+never taken as probability 0: it holds at most the smallest returned probability (or what the
+returned ones leave of 1, when that is less), and :class:`NextTokenScores` says which labels were
+absent and that bound, so the labeler can bound the label and mark it. Every answer's ``usage``
+(prompt and completion tokens) is kept with the scores, for cost accounting.
 """
+import email.utils
 import json
 import math
 import threading
@@ -39,7 +48,13 @@ class NextTokenScores:
 
     logprobs: list
     mass: float  # total probability of all label tokens: low = the model ignores the format
-    n_tokens: int = 0
+    n_tokens: int = 0  # prompt tokens (a server's own count where it reports usage)
+    completion_tokens: int = 0  # tokens the server generated and bills
+    # Top-k servers: labels whose tokens were not among the alternatives (their log-prob above is
+    # -inf), the log of the most such a token can hold, and the probability the alternatives left unseen.
+    absent: tuple = ()
+    absent_bound_logprob: float = -math.inf
+    unseen_mass: float = 0.0
 
 
 def _logsumexp(values):
@@ -638,6 +653,8 @@ class ServerBackendConfig:
     chat_template: str = "auto"
     max_context: int = 4096
     extra_headers: dict = field(default_factory=dict)
+    rate_limit_retries: int = 8  # 429 answers waited out, besides max_retries for failures
+    max_retry_after_s: float = 120.0  # the longest Retry-After wait honoured
 
 
 class ServerBackend:
@@ -668,6 +685,9 @@ class ServerBackend:
         self.max_context = config.max_context
         self.name = config.model or self.endpoint
         self.requests_sent = 0
+        self.prompt_tokens_used = 0  # from every answer's usage
+        self.completion_tokens_used = 0
+        self._usage_lock = threading.Lock()
 
     def render(self, prompt):
         return render_prompt(prompt, self.tokenizer if self.uses_chat_template else None)
@@ -679,35 +699,59 @@ class ServerBackend:
 
     # ---- HTTP ---------------------------------------------------------------------------
     def _post(self, payload):
+        """POST ``payload`` to the endpoint; the answer's JSON. Connection errors, timeouts and 5xx are
+        retried ``max_retries`` times with backoff; a ``429`` waits what its ``Retry-After`` asks (at
+        most ``max_retry_after_s``), up to ``rate_limit_retries`` times, without using up those retries."""
         import requests
 
         if self.config.model:
             payload = {"model": self.config.model, **payload}
+        body = json.dumps(payload)
         delay = self.config.backoff_s
+        failures = rate_limited = 0
         last = None
-        for attempt in range(self.config.max_retries + 1):
+        while True:
+            wait = None
             try:
-                self.requests_sent += 1
-                r = self.session.post(self.endpoint, data=json.dumps(payload), timeout=self.config.timeout_s)
+                with self._usage_lock:
+                    self.requests_sent += 1
+                r = self.session.post(self.endpoint, data=body, timeout=self.config.timeout_s)
             except (requests.ConnectionError, requests.Timeout) as e:
                 last = f"{type(e).__name__}: {e}"
             else:
                 if r.status_code == 200:
                     try:
-                        return r.json()
+                        data = r.json()
                     except ValueError:
                         raise BackendError(f"the server at {self.endpoint} answered with something that is not JSON: "
                                            f"{r.text[:200]!r}") from None
+                    self._count_usage(data)
+                    return data
+                retry_after = _retry_after_seconds(r.headers.get("Retry-After"))
+                if r.status_code == 429 and rate_limited < self.config.rate_limit_retries:
+                    rate_limited += 1
+                    time.sleep(min(self.config.max_retry_after_s, delay if retry_after is None else retry_after))
+                    continue
                 if r.status_code in (408, 409, 425, 429) or r.status_code >= 500:
                     last = f"HTTP {r.status_code}: {r.text[:300]}"
+                    wait = retry_after
                 else:
                     raise BackendError(f"the server at {self.endpoint} refused the request (HTTP {r.status_code}): "
                                        f"{r.text[:500]}")
-            if attempt < self.config.max_retries:
-                time.sleep(delay)
-                delay *= 2
-        raise BackendError(f"the server at {self.endpoint} did not answer after {self.config.max_retries + 1} "
-                           f"attempts ({last})")
+            if failures >= self.config.max_retries:
+                break
+            failures += 1
+            time.sleep(min(self.config.max_retry_after_s, max(delay, wait or 0.0)))
+            delay *= 2
+        limited = f", {rate_limited} rate-limit waits" if rate_limited else ""
+        raise BackendError(f"the server at {self.endpoint} did not answer after {failures + 1} "
+                           f"attempts{limited} ({last})")
+
+    def _count_usage(self, data):
+        prompt, completion = usage_of(data)
+        with self._usage_lock:
+            self.prompt_tokens_used += prompt
+            self.completion_tokens_used += completion
 
     def _map(self, fn, items):
         if len(items) <= 1 or self.config.concurrency <= 1:
@@ -715,10 +759,14 @@ class ServerBackend:
         with ThreadPoolExecutor(max_workers=int(self.config.concurrency)) as pool:
             return list(pool.map(fn, items))
 
-    def top_logprobs(self, text):
+    def top_logprobs(self, text, k=None):
         """{token text: log-prob} of the next token's most likely alternatives."""
+        return dict(self._alternatives(text, k)[0])
+
+    def _alternatives(self, text, k=None):
+        """([(token text, log-prob)] of the next token's top ``k`` alternatives, the answer's usage)."""
         data = self._post({"prompt": text, "max_tokens": 1, "temperature": 0.0,
-                           "logprobs": int(self.config.top_logprobs), "echo": False})
+                           "logprobs": int(k or self.config.top_logprobs), "echo": False})
         try:
             top = data["choices"][0]["logprobs"]["top_logprobs"][0]
         except (KeyError, IndexError, TypeError):
@@ -729,35 +777,40 @@ class ServerBackend:
                 "probabilities of the label tokens, so it needs a completions server that returns "
                 "'logprobs' (vLLM, llama.cpp server, or an API that supports the 'logprobs' parameter).")
         if isinstance(top, list):  # some servers send [{"token":..., "logprob":...}]
-            top = {d["token"]: d["logprob"] for d in top}
-        return {str(k): float(v) for k, v in top.items()}
+            pairs = [(str(d["token"]), float(d["logprob"])) for d in top]
+        else:
+            pairs = [(str(t), float(v)) for t, v in top.items()]
+        return pairs, usage_of(data)
 
     @staticmethod
     def _label_logprob(top, label):
         return _logsumexp([lp for tok, lp in top.items() if tok.strip().lstrip("▁Ġ") == label])
 
-    def label_logprobs(self, texts, labels=("1", "2"), groups=None):
+    def label_logprobs(self, texts, labels=("1", "2"), groups=None, top_logprobs=None):
+        """Label log-probs from each prompt's top alternatives (``top_logprobs``: ask for that many)."""
         def one(text):
-            top = self.top_logprobs(text)
-            per_label = [self._label_logprob(top, lab) for lab in labels]
-            mass = sum(math.exp(v) for v in per_label if v != -math.inf)
-            return NextTokenScores(per_label, mass, self.count_tokens(text))
+            top, (prompt, completion) = self._alternatives(text, top_logprobs)
+            return scores_from_alternatives(top, labels, prompt or self.count_tokens(text), completion)
 
         return self._map(one, list(texts))
 
     def score_probs(self, texts):
         def one(text):
-            top = self.top_logprobs(text)
+            pairs_top, (prompt, completion) = self._alternatives(text)
+            top = dict(pairs_top)
             p = {d: math.exp(self._label_logprob(top, str(d))) for d in range(2, 10)}
             pairs = []
             for tok, lp in top.items():
                 if tok.strip() == "1" and math.exp(lp) > 1e-6:
-                    nxt = self.top_logprobs(text + tok)
+                    nxt, (more_prompt, more_completion) = self._alternatives(text + tok)
+                    prompt, completion = prompt + more_prompt, completion + more_completion
+                    nxt = dict(nxt)
                     # "0" glued to the "1" makes a 10; " 0" would not.
                     pairs.append((math.exp(lp), math.exp(nxt["0"]) if "0" in nxt else 0.0))
             ten = sum(math.exp(lp) for tok, lp in top.items() if tok.strip() == "10")
             probs = score_distribution_from(p, pairs, ten)
-            return NextTokenScores(probs, sum(probs), self.count_tokens(text))
+            return NextTokenScores(probs, sum(probs), prompt or self.count_tokens(text), completion,
+                                   unseen_mass=_unseen_mass(pairs_top))
 
         return self._map(one, list(texts))
 
@@ -765,9 +818,278 @@ class ServerBackend:
         def one(text):
             data = self._post({"prompt": text, "max_tokens": int(max_new_tokens), "temperature": float(temperature),
                                "n": int(n), "seed": int(seed)})
-            return [c.get("text", "") for c in data.get("choices", [])][:n]
+            return Completions([c.get("text", "") for c in data.get("choices", [])][:n], *usage_of(data))
 
         return self._map(one, list(texts))
+
+
+# --------------------------------------------------------------------------------------------
+# what the server backends share: usage, rate limits, top-k alternatives
+# --------------------------------------------------------------------------------------------
+class Completions(list):
+    """The texts generated for one prompt, with the tokens the server counted for them."""
+
+    def __init__(self, texts=(), prompt_tokens=0, completion_tokens=0):
+        super().__init__(texts)
+        self.prompt_tokens, self.completion_tokens = prompt_tokens, completion_tokens
+
+
+def usage_of(data):
+    """(prompt tokens, completion tokens) from an answer's ``usage``; (0, 0) where it has none."""
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0
+
+    def count(name):
+        value = usage.get(name)
+        return int(value) if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0 else 0
+
+    return count("prompt_tokens"), count("completion_tokens")
+
+
+def _retry_after_seconds(value):
+    """Seconds a ``Retry-After`` header asks to wait (a number of seconds or an HTTP date); None if absent
+    or unreadable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _label_text(token):
+    return token.strip().lstrip("▁Ġ")
+
+
+def _unseen_mass(alternatives):
+    """The probability the returned alternatives leave unaccounted for."""
+    return max(0.0, 1.0 - sum(math.exp(lp) for _, lp in alternatives))
+
+
+def scores_from_alternatives(alternatives, labels, n_tokens=0, completion_tokens=0):
+    """:class:`NextTokenScores` of ``labels`` from a server's top-k ``alternatives`` [(token, log-prob)].
+
+    A label none of whose tokens ("1", " 1", ...) was returned is *absent*: its log-prob stays -inf
+    here, and ``absent_bound_logprob`` is the most it can be: a single token outside the top k has
+    at most the smallest returned probability, and never more than the alternatives leave unseen.
+    """
+    per_label = [_logsumexp([lp for tok, lp in alternatives if _label_text(tok) == lab]) for lab in labels]
+    mass = sum(math.exp(v) for v in per_label if v != -math.inf)
+    absent = tuple(lab for lab, v in zip(labels, per_label) if v == -math.inf)
+    unseen = _unseen_mass(alternatives)
+    bound = -math.inf
+    if absent and alternatives:
+        bound = min(min(lp for _, lp in alternatives), math.log(unseen) if unseen > 0 else -math.inf)
+    elif absent:
+        bound = 0.0  # nothing returned: the label may hold anything
+    return NextTokenScores(per_label, mass, n_tokens, completion_tokens, absent=absent, absent_bound_logprob=bound,
+                           unseen_mass=unseen)
+
+
+# --------------------------------------------------------------------------------------------
+# (c) OpenAI-compatible chat completions server
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A prompt laid out as chat messages: ((role, content), ...)."""
+
+    messages: tuple
+
+    def payload(self):
+        return [{"role": role, "content": content} for role, content in self.messages]
+
+    @classmethod
+    def from_text(cls, text):
+        return cls((("user", text),))
+
+
+@dataclass
+class ChatBackendConfig(ServerBackendConfig):
+    """``url``: the API base (``https://api.openai.com/v1``, ``http://localhost:8000/v1``); the rest as
+    for :class:`ServerBackendConfig`. ``top_logprobs``: hosted chat APIs allow at most 20.
+    ``tokenizer_path``: a local tokenizer with the model's chat template, for exact token counts
+    (without one they are estimated from characters)."""
+
+    preamble_role: str = "system"  # the preamble as the system message, or as user text ("user")
+    exemplars: str = "turns"  # exemplars as earlier user/assistant turns, or inline in the user text
+    max_context: int = 8192
+
+
+class ChatBackend(ServerBackend):
+    """The labeler over ``/v1/chat/completions``: the answer's first token is read from the
+    ``top_logprobs`` of ``choices[0].logprobs.content[0]``.
+
+    A chat API cannot start the model's reply, so the ending (``Preferred Summary=``) closes the
+    last user message (:func:`labeling.prompts.chat_messages`). The direct scorer asks for two
+    tokens: a 10 is "10" as one token, or "1" then "0" where the reply starts with "1"; when it
+    does not, P("0" after "1") is unknown and that share of the "1" is counted in ``unseen_mass``.
+    """
+
+    kind = "chat"
+
+    def __init__(self, config: ChatBackendConfig):
+        from .prompts import EXEMPLAR_LAYOUTS, PREAMBLE_ROLES
+
+        if config.preamble_role not in PREAMBLE_ROLES:
+            raise BackendError(f"preamble role {config.preamble_role!r}: use one of {', '.join(PREAMBLE_ROLES)}")
+        if config.exemplars not in EXEMPLAR_LAYOUTS:
+            raise BackendError(f"exemplar layout {config.exemplars!r}: use one of {', '.join(EXEMPLAR_LAYOUTS)}")
+        super().__init__(config)
+        url = config.url.strip().rstrip("/")
+        for tail in ("/chat/completions", "/completions"):
+            if url.endswith(tail):
+                url = url[: -len(tail)]
+        self.endpoint = url + ("/chat/completions" if url.endswith("/v1") else "/v1/chat/completions")
+        self.name = config.model or self.endpoint
+        self.uses_chat_template = True
+
+    # ---- messages -------------------------------------------------------------------------
+    def render(self, prompt):
+        from .prompts import chat_messages
+
+        messages = chat_messages(prompt, self.config.preamble_role, self.config.exemplars)
+        return ChatPrompt(tuple((m["role"], m["content"]) for m in messages))
+
+    def count_tokens(self, text):
+        if not isinstance(text, ChatPrompt):
+            return super().count_tokens(text)
+        if self.tokenizer is not None and getattr(self.tokenizer, "chat_template", None):
+            rendered = self.tokenizer.apply_chat_template(text.payload(), tokenize=False, add_generation_prompt=True)
+            return len(self.tokenizer.encode(rendered, add_special_tokens=False))  # the template holds its own
+        # Each message costs a few tokens of framing besides its text.
+        return sum(super(ChatBackend, self).count_tokens(c) + 4 for _, c in text.messages) + 3
+
+    # ---- HTTP -----------------------------------------------------------------------------
+    def _chat(self, prompt, **fields):
+        if not isinstance(prompt, ChatPrompt):
+            prompt = ChatPrompt.from_text(str(prompt))
+        return self._post({"messages": prompt.payload(), **fields})
+
+    def _reply_alternatives(self, prompt, positions=1, k=None):
+        """The top alternatives at each of the reply's first ``positions`` tokens (greedy reply):
+        ([[(token, log-prob)], ...], [token chosen at each position], usage)."""
+        data = self._chat(prompt, max_tokens=int(positions), temperature=0.0, logprobs=True,
+                          top_logprobs=int(k or self.config.top_logprobs))
+        try:
+            content = data["choices"][0]["logprobs"]["content"]
+            tops = [[(str(a["token"]), float(a["logprob"])) for a in entry["top_logprobs"]] for entry in content]
+            chosen = [str(entry["token"]) for entry in content]
+        except (KeyError, IndexError, TypeError, ValueError):
+            tops = chosen = None
+        if not tops or not tops[0]:
+            raise BackendError(
+                f"the chat server at {self.endpoint} returned no token log-probabilities. Labeling reads the "
+                "probabilities of the label tokens, so it needs a chat API that answers 'logprobs': true with "
+                "'top_logprobs' (OpenAI-compatible APIs that support them, vLLM, llama.cpp's server started "
+                "with --logits_all true).")
+        return tops, chosen, usage_of(data)
+
+    def top_logprobs(self, text, k=None):
+        """{token text: log-prob} of the reply's first token (``text``: a ChatPrompt or a user message)."""
+        return dict(self._reply_alternatives(text, k=k)[0][0])
+
+    # ---- what the labeler asks --------------------------------------------------------------
+    def label_logprobs(self, texts, labels=("1", "2"), groups=None, top_logprobs=None):
+        def one(prompt):
+            tops, _, (n_prompt, n_completion) = self._reply_alternatives(prompt, k=top_logprobs)
+            return scores_from_alternatives(tops[0], labels, n_prompt or self.count_tokens(prompt), n_completion)
+
+        return self._map(one, list(texts))
+
+    def score_probs(self, texts):
+        def one(prompt):
+            tops, chosen, (n_prompt, n_completion) = self._reply_alternatives(prompt, positions=2)
+            first = tops[0]
+            p = {d: math.exp(_logsumexp([lp for tok, lp in first if _label_text(tok) == str(d)])) for d in range(2, 10)}
+            p_one = math.exp(_logsumexp([lp for tok, lp in first if _label_text(tok) == "1"]))
+            ten = sum(math.exp(lp) for tok, lp in first if _label_text(tok) == "10")
+            unseen = _unseen_mass(first)
+            if p_one and _label_text(chosen[0]) == "1" and len(tops) > 1:
+                # The reply began with "1": its next token says how often that "1" is a 10.
+                p_zero = math.exp(_logsumexp([lp for tok, lp in tops[1] if tok == "0"]))
+                pairs = [(p_one, p_zero)]
+            else:
+                pairs = [(p_one, 0.0)]
+                unseen += p_one  # 1 or 10: not known without a reply that starts with "1"
+            probs = score_distribution_from(p, pairs, ten)
+            return NextTokenScores(probs, sum(probs), n_prompt or self.count_tokens(prompt), n_completion,
+                                   unseen_mass=min(1.0, unseen))
+
+        return self._map(one, list(texts))
+
+    def generate(self, texts, max_new_tokens, temperature=0.0, n=1, seed=0):
+        """Replies to each prompt; servers that give fewer than ``n`` choices are asked again."""
+        def one(prompt):
+            replies, n_prompt, n_completion = [], 0, 0
+            while len(replies) < n:
+                data = self._chat(prompt, max_tokens=int(max_new_tokens), temperature=float(temperature),
+                                  n=int(n - len(replies)), seed=int(seed) + len(replies))
+                choices = [(c.get("message") or {}).get("content") or "" for c in data.get("choices") or []]
+                if not choices:
+                    raise BackendError(f"the chat server at {self.endpoint} answered without any choices")
+                replies += choices
+                used = usage_of(data)
+                n_prompt, n_completion = n_prompt + used[0], n_completion + used[1]
+            return Completions(replies[:n], n_prompt, n_completion)
+
+        return self._map(one, list(texts))
+
+
+class LocalChatLayoutBackend(LocalBackend):
+    """A local model reading each prompt laid out as a :class:`ChatBackend` sends it: the messages
+    of :func:`labeling.prompts.chat_messages` in the tokenizer's chat template, the reply not started.
+    What an OpenAI-compatible chat server running the same model computes; the reference the chat
+    backend is checked against."""
+
+    def __init__(self, config: LocalBackendConfig, preamble_role="system", exemplars="turns"):
+        super().__init__(config)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise BackendError(f"the tokenizer in {config.model_path} has no chat template")
+        self.uses_chat_template = True
+        self.preamble_role, self.exemplars = preamble_role, exemplars
+
+    def render(self, prompt):
+        from .prompts import chat_messages
+
+        return self.tokenizer.apply_chat_template(chat_messages(prompt, self.preamble_role, self.exemplars),
+                                                  tokenize=False, add_generation_prompt=True)
+
+
+class LocalTokenCounter:
+    """What a dry run needs of a local backend (render and count tokens), without loading the weights."""
+
+    kind = "local"
+
+    def __init__(self, config: LocalBackendConfig):
+        from transformers import AutoConfig, AutoTokenizer
+
+        from evalsite.modelzoo import is_hf_folder
+
+        path = Path(config.model_path)
+        if not is_hf_folder(path):
+            raise BackendError(f"{path} is not a Hugging Face model folder (it needs config.json and *.safetensors)")
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.uses_chat_template = bool(getattr(self.tokenizer, "chat_template", None)) and config.chat_template != "off"
+        model_config = AutoConfig.from_pretrained(path)
+        window = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", 2048)
+        self.max_context = min(window, config.max_context) if config.max_context else window
+
+    render = LocalBackend.render
+    encode = LocalBackend.encode
+    count_tokens = LocalBackend.count_tokens
+
+
+def token_counter(kind, **options):
+    """A backend that can render and count a labeler's prompts without loading a model or calling a server."""
+    if kind == "local":
+        return LocalTokenCounter(LocalBackendConfig(**options))
+    return make_backend(kind, **options)  # server backends send nothing until asked
 
 
 def make_backend(kind, **options):
@@ -776,4 +1098,6 @@ def make_backend(kind, **options):
         return LocalBackend(LocalBackendConfig(**options))
     if kind == "server":
         return ServerBackend(ServerBackendConfig(**options))
-    raise BackendError(f"unknown backend {kind!r}; use 'local' or 'server'")
+    if kind == "chat":
+        return ChatBackend(ChatBackendConfig(**options))
+    raise BackendError(f"unknown backend {kind!r}; use 'local', 'server' or 'chat'")

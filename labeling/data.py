@@ -50,3 +50,30 @@ def alignment_summary(df):
 def config_summaries(config_ids=None):
     df = label_frame(config_ids)
     return {cid: alignment_summary(part) for cid, part in df.groupby("config_id")}
+
+
+USAGE_COLUMNS = ["config_id", "config_name", "backend", "n_labels", "n_bounded", "prompt_tokens", "completion_tokens",
+                 "price_prompt_per_mtok", "price_completion_per_mtok", "cost_usd"]
+
+
+def usage_by_config(config_ids=None):
+    """Per config: its labels, how many are bounded (a label token was not among a server's top
+    alternatives), the tokens they took and their cost at the config's prices (NaN without prices)."""
+    from django.db.models import Count, Q, Sum
+
+    from .models import LabelerConfig
+
+    qs = LabelerConfig.objects.all()
+    if config_ids is not None:
+        qs = qs.filter(pk__in=list(config_ids))
+    rows = []
+    for c in qs.annotate(n=Count("labels"), n_bounded=Count("labels", filter=Q(labels__bounded=True)),
+                         prompt=Sum("labels__prompt_tokens"), completion=Sum("labels__completion_tokens")) \
+            .filter(n__gt=0).order_by("pk"):
+        prompt, completion = int(c.prompt or 0), int(c.completion or 0)
+        rows.append({"config_id": c.pk, "config_name": c.name, "backend": c.get_backend_display(), "n_labels": c.n,
+                     "n_bounded": c.n_bounded, "prompt_tokens": prompt, "completion_tokens": completion,
+                     "price_prompt_per_mtok": float(c.price_prompt_per_mtok),
+                     "price_completion_per_mtok": float(c.price_completion_per_mtok),
+                     "cost_usd": c.cost(prompt, completion) if c.has_prices else np.nan})
+    return pd.DataFrame(rows, columns=USAGE_COLUMNS)

@@ -10,7 +10,8 @@ look one token further after a "1").
 """
 from dataclasses import dataclass, field
 
-from .backends import LocalBackend, LocalBackendConfig, ServerBackend, ServerBackendConfig
+from .backends import (ChatBackend, ChatBackendConfig, LocalBackend, LocalBackendConfig, ServerBackend,
+                       ServerBackendConfig)
 from .prompts import make_template, PromptBuilder, truncate_context
 
 
@@ -21,6 +22,9 @@ class DirectScore:
     reward: float  # (s - 5.5) / 4.5, in [-1, 1]
     mass: float  # probability the model put on score tokens before normalising
     truncated_tokens: int = 0
+    # Servers: probability the top-k alternatives left unseen, plus a "1" that may have been a 10
+    # (chat APIs cannot be asked what follows a "1" the reply did not start with). 0 for a local model.
+    unseen_mass: float = 0.0
 
 
 def expected_score(probs):
@@ -62,6 +66,10 @@ class DirectScorer:
     def from_server(cls, url, task, *, model="", **settings):
         return cls(ServerBackend(ServerBackendConfig(url=url, model=model)), task, **settings)
 
+    @classmethod
+    def from_chat(cls, url, task, *, model="", api_key="", **settings):
+        return cls(ChatBackend(ChatBackendConfig(url=url, model=model, api_key=api_key)), task, **settings)
+
     def _prompt(self, context, response):
         limit = self.backend.max_context
         if self.settings.max_prompt_tokens:
@@ -87,7 +95,7 @@ class DirectScorer:
                 total = sum(res.logprobs)
                 probs = [p / total for p in res.logprobs] if total > 0 else [0.1] * 10
                 s = expected_score(probs)
-                out.append(DirectScore(probs, s, score_to_reward(s), res.mass, removed))
+                out.append(DirectScore(probs, s, score_to_reward(s), res.mass, removed, res.unseen_mass))
         return out
 
     def rewards(self, contexts, responses):

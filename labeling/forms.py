@@ -9,13 +9,13 @@ from . import runs
 
 def probe_backend(config):
     """Check a server labeler answers with log-probs before queueing work (local: the folder check)."""
-    if config.backend != config.Backend.SERVER:
+    if config.backend not in (config.Backend.SERVER, config.Backend.CHAT):
         return
     from .backends import BackendError, make_backend
 
     try:
         kind, options = config.backend_options()
-        options.update(timeout_s=min(10.0, config.server_timeout_s), max_retries=0)
+        options.update(timeout_s=min(10.0, config.server_timeout_s), max_retries=0, rate_limit_retries=0)
         make_backend(kind, **options).top_logprobs("Answer with 1 or 2. Answer=")
     except BackendError as e:
         raise ValidationError(f"Labeler config '{config.name}': {e}")
@@ -50,9 +50,10 @@ class StartLabelingForm(forms.Form):
                                     help_text="Comparisons per chunk job (workers take chunks in parallel).")
     relabel = forms.BooleanField(required=False, help_text="Label again comparisons this config already labeled.")
 
-    def __init__(self, *args, config=None, **kwargs):
+    def __init__(self, *args, config=None, probe=True, **kwargs):
         super().__init__(*args, **kwargs)
         self.config = config
+        self.probe = probe  # False for an estimate: it sends nothing
         self.params = None
 
     def clean(self):
@@ -69,7 +70,8 @@ class StartLabelingForm(forms.Form):
         }
         try:
             self.params = runs.validate_run_params(params)
-            probe_backend(self.config)
+            if self.probe:
+                probe_backend(self.config)
         except ValidationError as e:
             messages = e.message_dict if hasattr(e, "error_dict") else {None: e.messages}
             for field, msgs in messages.items():

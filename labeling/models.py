@@ -4,6 +4,7 @@ Thin layer over the plain-Python cores (``prompts``, ``scoring``, ``backends``, 
 """
 import math
 import os
+from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
@@ -29,6 +30,20 @@ class LabelerConfig(models.Model):
     class Backend(models.TextChoices):
         LOCAL = "local", "Local model (transformers)"
         SERVER = "server", "OpenAI-compatible server"
+        CHAT = "chat", "OpenAI-compatible chat"
+
+    class PreambleRole(models.TextChoices):
+        SYSTEM = "system", "system message"
+        USER = "user", "user text"
+
+    class ExemplarLayout(models.TextChoices):
+        TURNS = "turns", "earlier turns of the conversation"
+        INLINE = "inline", "inline, before the sample"
+
+    class AbsentLabels(models.TextChoices):
+        KEEP = "keep", "keep the bounded label"
+        REASK = "reask", "re-ask with more alternatives"
+        DROP = "drop", "drop the pair"
 
     class Variant(models.TextChoices):
         BASE = "base", "Base"
@@ -51,7 +66,8 @@ class LabelerConfig(models.Model):
     model_path = models.CharField(
         max_length=1000, blank=True,
         help_text="Local backend: a Hugging Face model folder (absolute, or relative to MODELS_DIR). "
-                  "Server backend: optional local tokenizer folder for chat templates and token counts.")
+                  "Server and chat backends: optional local tokenizer folder for chat templates and exact "
+                  "token counts.")
     server_url = models.CharField(max_length=500, blank=True, help_text="e.g. http://localhost:8000/v1")
     server_model = models.CharField(max_length=200, blank=True, help_text="Model name the server expects.")
     api_key_env = models.CharField(
@@ -94,6 +110,32 @@ class LabelerConfig(models.Model):
     server_timeout_s = models.FloatField(
         default=60.0, validators=[MinValueValidator(1.0), MaxValueValidator(3600.0)],
         help_text="Seconds to wait for each answer of the server, 1 to 3600.")
+    server_top_logprobs = models.PositiveIntegerField(
+        "top log-probs", default=20, validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        help_text="Alternatives of the answer's first token to ask a server for, 1 to 1000 (hosted chat APIs "
+                  "allow at most 20; vLLM 20 unless started with a higher --max-logprobs).")
+    chat_preamble_role = models.CharField(
+        "preamble as", max_length=10, choices=PreambleRole.choices, default=PreambleRole.SYSTEM,
+        help_text="Chat backend: the preamble as the system message or at the start of the user's text.")
+    chat_exemplars = models.CharField(
+        "exemplars as", max_length=10, choices=ExemplarLayout.choices, default=ExemplarLayout.TURNS,
+        help_text="Chat backend: exemplars as earlier user/assistant turns, or inline in the user's text.")
+    absent_labels = models.CharField(
+        "label token not in the top-k", max_length=10, choices=AbsentLabels.choices, default=AbsentLabels.KEEP,
+        help_text="Servers return only the top alternatives. When a label token is not among them its probability "
+                  "is at most the smallest returned one, so the label is bounded, not exact: keep it (marked), "
+                  "re-ask with more alternatives (kept, marked, if still absent), or store no label for the pair.")
+    reask_top_logprobs = models.PositiveIntegerField(
+        "re-ask with", default=20, validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        help_text="Alternatives to ask for when re-asking, 1 to 1000; more than the first ask.")
+    price_prompt_per_mtok = models.DecimalField(
+        "price of prompt tokens", max_digits=10, decimal_places=4, default=Decimal("0"),
+        validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("10000"))],
+        help_text="US dollars per million prompt (input) tokens, 0 to 10000, as the provider bills them.")
+    price_completion_per_mtok = models.DecimalField(
+        "price of completion tokens", max_digits=10, decimal_places=4, default=Decimal("0"),
+        validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("10000"))],
+        help_text="US dollars per million completion (output) tokens, 0 to 10000.")
     notes = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -124,9 +166,14 @@ class LabelerConfig(models.Model):
                 errors["model_path"] = f"The model folder {p} does not exist."
             elif not is_hf_folder(p):
                 errors["model_path"] = f"{p} is not a Hugging Face model folder (config.json and *.safetensors)."
-        elif self.backend == self.Backend.SERVER:
+        elif self.backend in (self.Backend.SERVER, self.Backend.CHAT):
             if not self.server_url.startswith(("http://", "https://")):
                 errors["server_url"] = "A server labeler needs a URL starting with http:// or https://."
+        reask, top = self.reask_top_logprobs, self.server_top_logprobs
+        if self.absent_labels == self.AbsentLabels.REASK and isinstance(reask, int) and isinstance(top, int) \
+                and reask <= top:
+            errors["reask_top_logprobs"] = (f"Re-asking with {reask} alternatives finds nothing the first ask "
+                                            f"({top}) did not: ask for more, or keep or drop such labels.")
         if self.api_key_env and self.api_key_env not in settings.LABELER_API_KEY_VARS:
             errors["api_key_env"] = api_key_var_refusal(self.api_key_env)
         for name in ("self_consistency_temperature", "server_timeout_s"):
@@ -178,8 +225,18 @@ class LabelerConfig(models.Model):
             exemplars=list(self.exemplars or []), chain_of_thought=self.chain_of_thought,
             cot_max_tokens=self.cot_max_tokens, self_consistency_k=self.self_consistency_k,
             self_consistency_temperature=self.self_consistency_temperature,
-            max_prompt_tokens=self.max_prompt_tokens,
+            max_prompt_tokens=self.max_prompt_tokens, absent_labels=self.absent_labels,
+            reask_top_logprobs=self.reask_top_logprobs,
         )
+
+    def cost(self, prompt_tokens, completion_tokens):
+        """US dollars the tokens cost at this config's prices (0 without prices)."""
+        return (float(self.price_prompt_per_mtok) * int(prompt_tokens or 0)
+                + float(self.price_completion_per_mtok) * int(completion_tokens or 0)) / 1e6
+
+    @property
+    def has_prices(self):
+        return bool(self.price_prompt_per_mtok or self.price_completion_per_mtok)
 
     def api_key(self):
         """The server's API key, read only from a variable on the operator's allow-list.
@@ -197,14 +254,18 @@ class LabelerConfig(models.Model):
                                "environment of this process (the web server's or the worker's).")
         return key
 
-    def backend_options(self):
-        """(kind, options) for :func:`labeling.backends.make_backend`; the server's key already read."""
+    def backend_options(self, with_api_key=True):
+        """(kind, options) for :func:`labeling.backends.make_backend`; the server's key already read
+        (``with_api_key=False``: left out, for what sends nothing, such as a dry run)."""
         if self.backend == self.Backend.LOCAL:
             return "local", dict(model_path=str(self.resolved_model_path()), dtype=self.dtype, threads=self.threads,
                                  chat_template=self.chat_template, batch_size=self.batch_size)
-        return "server", dict(url=self.server_url, model=self.server_model, api_key=self.api_key(),
-                              timeout_s=self.server_timeout_s, concurrency=self.server_concurrency,
-                              tokenizer_path=str(self.resolved_model_path() or ""), chat_template=self.chat_template)
+        options = dict(url=self.server_url, model=self.server_model, api_key=self.api_key() if with_api_key else "",
+                       timeout_s=self.server_timeout_s, concurrency=self.server_concurrency,
+                       top_logprobs=self.server_top_logprobs, tokenizer_path=str(self.resolved_model_path() or ""))
+        if self.backend == self.Backend.CHAT:
+            return "chat", dict(options, preamble_role=self.chat_preamble_role, exemplars=self.chat_exemplars)
+        return "server", dict(options, chat_template=self.chat_template)
 
 
 def _bad_exemplar():
@@ -223,9 +284,19 @@ class AILabel(models.Model):
     mass_order1 = models.FloatField(default=0.0)
     mass_order2 = models.FloatField(default=0.0)
     rationales = models.JSONField(default=dict, blank=True, help_text="{'order1': [...], 'order2': [...]}")
-    prompt_tokens = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveIntegerField(
+        default=0, help_text="Prompt tokens of every request for this pair (a server's own count where it gives one).")
+    completion_tokens = models.PositiveIntegerField(
+        default=0, help_text="Tokens a server generated for this pair (a local model: the rationales' tokens).")
     generated_tokens = models.PositiveIntegerField(default=0)
     truncated_tokens = models.PositiveIntegerField(default=0, help_text="Context tokens cut to fit the window.")
+    bounded = models.BooleanField(
+        default=False, help_text="A label token was not among the server's top alternatives: p_first is an "
+                                 "estimate between p_first_low and p_first_high, not exact.")
+    p_first_low = models.FloatField(null=True, blank=True, help_text="Lowest P(A is better) the answers allow.")
+    p_first_high = models.FloatField(null=True, blank=True, help_text="Highest P(A is better) the answers allow.")
+    unseen_mass = models.FloatField(
+        default=0.0, help_text="Probability the server's top alternatives left unseen (mean of both orders).")
     latency_ms = models.FloatField(default=0.0)
     job = models.ForeignKey("evalsite.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)

@@ -8,6 +8,11 @@ Plain models see ``user + "\\n\\n" + assistant``; instruct models see the user p
 chat template and the assistant part as the start of their reply, so the next token is the label
 either way.
 
+Chat APIs cannot start the model's reply for it, so a prompt also keeps its pieces
+(:class:`PromptParts`) and :func:`chat_messages` lays them out as messages: the preamble as the
+system message or user text, exemplars as earlier turns or inline, and the ending (``Preferred
+Summary=``) at the end of the last user message, so the reply's first token is the label.
+
 The preambles are the paper's *Base* and *Detailed* variants written in our own words.
 """
 import string
@@ -195,14 +200,78 @@ class Exemplar:
 
 
 @dataclass(frozen=True)
+class PromptParts:
+    """The pieces of a prompt, for laying it out as chat messages (:func:`chat_messages`).
+
+    ``exemplar_turns``: the exemplars as (role, text) messages, each answered by the assistant;
+    ``exemplar_block``: the same exemplars as one block of text. ``question``: the sample (with the
+    chain-of-thought request when asked). ``ending``: what the reply must start with (the label
+    follows it). Chain of thought, step 2: ``rationale`` is the model's own reply to ``question``
+    followed by ``rationale_request``, replayed as its turn before the ending is asked.
+    """
+
+    preamble: str
+    question: str
+    ending: str
+    exemplar_turns: tuple = ()
+    exemplar_block: str = ""
+    rationale: str | None = None
+    rationale_request: str = ""
+    separator: str = "\n\n"
+
+
+@dataclass(frozen=True)
 class LabelPrompt:
     """One prompt: the user part and the start of the answer (see the module docstring)."""
 
     user: str
     assistant: str
+    parts: PromptParts | None = field(default=None, compare=False, repr=False)
 
     def plain(self):
         return f"{self.user}\n\n{self.assistant}"
+
+
+PREAMBLE_ROLES = ("system", "user")
+EXEMPLAR_LAYOUTS = ("turns", "inline")
+
+
+def chat_messages(prompt, preamble_role="system", exemplars="turns"):
+    """A :class:`LabelPrompt` as chat messages ``[{"role": ..., "content": ...}]``.
+
+    The preamble is the system message (``preamble_role="system"``) or starts the first user
+    message (``"user"``); exemplars are earlier user/assistant turns (``"turns"``) or text before the
+    sample (``"inline"``). The ending closes the last user message, so the first token of the reply
+    is the label: with ``"user"`` and ``"inline"`` the one user message is ``prompt.plain()``.
+    """
+    if preamble_role not in PREAMBLE_ROLES:
+        raise TemplateError(f"preamble role must be one of {', '.join(PREAMBLE_ROLES)}, not {preamble_role!r}")
+    if exemplars not in EXEMPLAR_LAYOUTS:
+        raise TemplateError(f"exemplars must be laid out as one of {', '.join(EXEMPLAR_LAYOUTS)}, not {exemplars!r}")
+    p = prompt.parts
+    if p is None:  # a prompt built by hand: one user message
+        return [{"role": "user", "content": prompt.plain()}]
+    messages = [{"role": "system", "content": p.preamble}] if preamble_role == "system" else []
+    lead = [p.preamble] if preamble_role == "user" else []  # text that starts the first user message
+
+    def add(role, text):
+        nonlocal lead
+        if role == "user" and lead:
+            text, lead = p.separator.join(lead + [text]), []
+        messages.append({"role": role, "content": text})
+
+    if exemplars == "turns":
+        for role, text in p.exemplar_turns:
+            add(role, text)
+    elif p.exemplar_block:
+        lead.append(p.exemplar_block)
+    if p.rationale is None:
+        add("user", f"{p.question}\n\n{p.ending}")
+    else:
+        add("user", f"{p.question}\n\n{p.rationale_request}")
+        add("assistant", p.rationale)
+        add("user", p.ending)
+    return messages
 
 
 @dataclass
@@ -210,6 +279,30 @@ class PromptBuilder:
     template: PromptTemplate
     exemplars: list = field(default_factory=list)
     chain_of_thought: bool = False
+
+    def exemplar_turns(self):
+        """The exemplars as chat turns: the sample asked, the label (after its rationale) answered."""
+        t = self.template
+        turns = []
+        for ex in self.exemplars:
+            sample = t.fmt("sample", context=ex.context, first=ex.first, second=ex.second)
+            if self.chain_of_thought and ex.rationale:
+                turns += [("user", f"{sample}\n\n{t.fmt('cot_instruction')}\n\n{t.rationale_label}"),
+                          ("assistant", ex.rationale.strip()), ("user", t.fmt("ending"))]
+            else:
+                turns.append(("user", f"{sample}\n\n{t.fmt('ending')}"))
+            turns.append(("assistant", str(ex.label)))
+        return tuple(turns)
+
+    def _parts(self, context, first, second, ending, *, cot=False, rationale=None):
+        t = self.template
+        sample = t.fmt("sample", context=context, first=first, second=second)
+        if cot:
+            sample += "\n\n" + t.fmt("cot_instruction")
+        return PromptParts(preamble=t.preamble, question=sample, ending=ending,
+                           exemplar_turns=self.exemplar_turns(), exemplar_block=self.exemplar_block(),
+                           rationale=rationale, rationale_request=t.rationale_label if cot else "",
+                           separator=t.exemplar_separator)
 
     def exemplar_block(self):
         t = self.template
@@ -237,18 +330,22 @@ class PromptBuilder:
         """The scoring prompt; with ``rationale`` (chain of thought, step 2) it is inserted first."""
         t = self.template
         if rationale is None:
-            return LabelPrompt(self.user_text(context, first, second), t.fmt("ending"))
+            return LabelPrompt(self.user_text(context, first, second), t.fmt("ending"),
+                               self._parts(context, first, second, t.fmt("ending")))
         return LabelPrompt(self.user_text(context, first, second, cot=True),
-                           f"{t.rationale_label} {rationale.strip()}\n{t.fmt('ending')}")
+                           f"{t.rationale_label} {rationale.strip()}\n{t.fmt('ending')}",
+                           self._parts(context, first, second, t.fmt("ending"), cot=True, rationale=rationale.strip()))
 
     def rationale_prompt(self, context, first, second):
         """Chain of thought, step 1: ask for an explanation instead of the label."""
-        return LabelPrompt(self.user_text(context, first, second, cot=True), self.template.rationale_label)
+        return LabelPrompt(self.user_text(context, first, second, cot=True), self.template.rationale_label,
+                           self._parts(context, first, second, self.template.rationale_label, cot=True))
 
     def score_prompt(self, context, response):
         t = self.template
-        return LabelPrompt(f"{t.score_preamble}\n\n{t.fmt('score_sample', context=context, response=response)}",
-                           t.fmt("score_ending"))
+        sample = t.fmt("score_sample", context=context, response=response)
+        return LabelPrompt(f"{t.score_preamble}\n\n{sample}", t.fmt("score_ending"),
+                           PromptParts(preamble=t.score_preamble, question=sample, ending=t.fmt("score_ending")))
 
 
 def clean_rationale(text, template):

@@ -11,7 +11,9 @@ How a run works (and why):
   after the job mechanism has written the job's final status, so the run can never be left
   behind by a race. The run shows ``running`` with the share of comparisons labeled while any
   chunk is queued or running, then ``succeeded``, ``failed`` (naming the failed chunks) or
-  ``cancelled``. Chunks refresh the run's heartbeat as they work; if no chunk runs for longer
+  ``cancelled``. The run's result adds up its chunks' tokens (prompt and completion, as the
+  server counted them), labels bounded or dropped because a label token was not among a server's
+  top alternatives, and the cost at the config's prices. Chunks refresh the run's heartbeat as they work; if no chunk runs for longer
   than ``JOB_STALE_AFTER_SECONDS`` (all workers busy elsewhere) the stale-job sweep may show the
   run as failed until the next chunk finishes and syncs it back.
 * Idempotent: labels are unique per (comparison, config) and written with ``bulk_create``
@@ -208,13 +210,44 @@ def sync_run(run_id):
             fields.update(status=Job.Status.CANCELLED, finished_at=timezone.now(),
                           message=f"cancelled: {int(done)}/{total} comparisons labeled")
         else:
-            labeled = sum(int((c["result"] or {}).get("labeled", 0)) for c in chunks)
+            totals = run_totals(run, chunks)
             fields.update(status=Job.Status.SUCCEEDED, finished_at=timezone.now(), progress=1.0, error="",
                           message=(f"{total} comparisons labeled in {n} chunk(s)" if n else
-                                   f"nothing to label: all {total} comparisons already had labels"),
-                          result={**run.result, "labeled": labeled})
+                                   f"nothing to label: all {total} comparisons already had labels")
+                          + describe_totals(totals),
+                          result={**run.result, **totals})
+        if not active and "result" not in fields:
+            fields["result"] = {**run.result, **run_totals(run, chunks)}  # what the finished chunks used
         Job.objects.filter(pk=run_id).update(**fields)
     return fields.get("status")
+
+
+TOTAL_KEYS = ("labeled", "dropped", "bounded", "prompt_tokens", "completion_tokens")
+
+
+def run_totals(run, chunks):
+    """The finished chunks' labels, dropped and bounded labels, tokens, and their cost at the config's prices."""
+    from .models import LabelerConfig
+
+    totals = {key: sum(int((c["result"] or {}).get(key, 0)) for c in chunks) for key in TOTAL_KEYS}
+    config = LabelerConfig.objects.filter(pk=run.params.get("config_id")).first()
+    if config is not None and config.has_prices:
+        totals["cost_usd"] = round(config.cost(totals["prompt_tokens"], totals["completion_tokens"]), 6)
+    return totals
+
+
+def describe_totals(totals):
+    """The part of a run's message that says what it used."""
+    text = ""
+    if totals.get("dropped"):
+        text += f"; {totals['dropped']} dropped (a label token was not among the server's top alternatives)"
+    if totals.get("bounded"):
+        text += f"; {totals['bounded']} bounded labels (a label token was not among the top alternatives)"
+    if totals.get("prompt_tokens") or totals.get("completion_tokens"):
+        text += f"; {totals['prompt_tokens']:,} prompt + {totals['completion_tokens']:,} completion tokens"
+        if "cost_usd" in totals:
+            text += f" (${totals['cost_usd']:.4f})"
+    return text
 
 
 def touch_run(run_id):
@@ -232,3 +265,56 @@ def cancel_run(run):
     sync_run(run.pk)
     run.refresh_from_db()
     return run.status
+
+
+ESTIMATE_SAMPLE = 1000  # pairs rendered for an estimate; a larger selection is scaled up from them
+
+
+def estimate_run(params, sample=ESTIMATE_SAMPLE):
+    """What a run with these (validated) params will take, before it starts: comparisons to label,
+    requests, prompt and completion tokens, and their cost at the config's prices.
+
+    Prompts are rendered and counted as the run will (a server config without a local tokenizer
+    estimates tokens from characters); with more than ``sample`` comparisons to label, an evenly
+    spread sample of them is counted and scaled up. Chain-of-thought figures are upper bounds
+    (rationales as long as allowed), and re-asks are not counted.
+    """
+    from evalsite.models import Comparison
+
+    from .backends import token_counter
+    from .models import LabelerConfig
+    from .scoring import Pair, PreferenceLabeler
+
+    config = LabelerConfig.objects.select_related("task").get(pk=params["config_id"])
+    ids = list(comparison_queryset(params).values_list("pk", flat=True))
+    done = set() if params.get("relabel") else _already_labeled(config.pk, ids)
+    todo = [i for i in ids if i not in done]
+    step = max(1, len(todo) / sample) if todo else 1
+    picked = sorted({todo[int(k * step)] for k in range(min(len(todo), sample))})
+    kind, options = config.backend_options(with_api_key=False)
+    labeler = PreferenceLabeler(token_counter(kind, **options), config.labeler_settings())
+    pairs = [Pair(c.prompt.context, c.response_a, c.response_b)
+             for c in Comparison.objects.filter(pk__in=picked).select_related("prompt").order_by("pk")]
+    counted = labeler.estimate(pairs)
+    scale = len(todo) / len(pairs) if pairs else 0.0
+    out = {"selected": len(ids), "already_labeled": len(done), "to_label": len(todo), "counted": len(pairs),
+           "backend": config.get_backend_display(), "model": config.server_model or config.model_path,
+           "tokens_exact": kind == "local" or bool(config.model_path)}
+    for key in ("requests", "prompt_tokens", "completion_tokens"):
+        out[key] = int(round(counted[key] * scale))
+    out["cost_usd"] = config.cost(out["prompt_tokens"], out["completion_tokens"]) if config.has_prices else None
+    return out
+
+
+def describe_estimate(e):
+    """An estimate as lines of text (the dry run's output, the admin's summary)."""
+    what = "forward passes" if e["backend"].startswith("Local") else "requests"
+    lines = [f"{e['selected']} comparisons selected, {e['already_labeled']} already labeled by this config, "
+             f"{e['to_label']} to label",
+             f"{e['requests']:,} {what}, {e['prompt_tokens']:,} prompt tokens, {e['completion_tokens']:,} "
+             "completion tokens" + ("" if e["tokens_exact"] else " (tokens estimated from characters: give the "
+                                                                 "config a local tokenizer folder to count them)")]
+    if e["counted"] < e["to_label"]:
+        lines.append(f"counted on {e['counted']} of the {e['to_label']} comparisons and scaled up")
+    lines.append("cost: no prices on this config" if e["cost_usd"] is None else f"cost: ${e['cost_usd']:.4f}")
+    return lines

@@ -6,12 +6,23 @@ P(the response in slot 1 is better) = softmax over the log-probs of the label to
 the swapped order is mapped back (1 - p) and the two are averaged. With chain of thought, each
 order first gets a greedy rationale (or k sampled ones: self-consistency), which is appended
 before the ending and scored the same way; the k distributions are averaged.
+
+Servers return only the top-k alternatives of the answer's first token. When a label token is not
+among them, the pair is not turned into a hard 0/1 label: the absent token is put at the most it
+can hold (``NextTokenScores.absent_bound_logprob``), which gives the label closest to 0.5 that the
+answer allows, and the label is *bounded* (``PairLabel.bounded``, with ``p_first_low`` and
+``p_first_high``). ``LabelerSettings.absent_labels`` says what to do with such prompts: keep them
+bounded, re-ask with ``reask_top_logprobs`` alternatives (kept bounded if still absent), or drop
+the pair (the app stores no label for it).
 """
 import math
 import time
 from dataclasses import dataclass, field
 
 from .prompts import Exemplar, PromptBuilder, clean_rationale, make_template, truncate_context
+
+
+ABSENT_LABEL_POLICIES = ("keep", "reask", "drop")
 
 
 @dataclass
@@ -28,6 +39,8 @@ class LabelerSettings:
     self_consistency_temperature: float = 1.0
     max_prompt_tokens: int = 0  # 0 = the backend's window
     seed: int = 0
+    absent_labels: str = "keep"  # a label token not among a server's top-k: keep (bounded), reask or drop
+    reask_top_logprobs: int = 20  # alternatives asked for when re-asking
 
     def __post_init__(self):
         self.exemplars = [e if isinstance(e, Exemplar) else Exemplar.from_dict(e) for e in self.exemplars]
@@ -37,6 +50,9 @@ class LabelerSettings:
             raise ValueError("self-consistency samples rationales, so it needs chain of thought")
         if self.self_consistency_k > 1 and self.self_consistency_temperature <= 0:
             raise ValueError("self-consistency needs a temperature above 0")
+        if self.absent_labels not in ABSENT_LABEL_POLICIES:
+            raise ValueError(f"absent_labels must be one of {', '.join(ABSENT_LABEL_POLICIES)}, "
+                             f"not {self.absent_labels!r}")
 
 
 @dataclass
@@ -54,10 +70,22 @@ class PairLabel:
     mass_order1: float
     mass_order2: float
     rationales: dict = field(default_factory=dict)  # {"order1": [...], "order2": [...]}
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # every request's prompt (a server's usage where it reports one)
     generated_tokens: int = 0
     truncated_tokens: int = 0
     latency_s: float = 0.0
+    completion_tokens: int = 0  # what a server generated and bills (else the rationales' tokens)
+    # A label token was not among a server's top-k alternatives: p_first is then bounded by these.
+    bounded: bool = False
+    p_first_low: float | None = None
+    p_first_high: float | None = None
+    unseen_mass: float = 0.0  # probability the returned alternatives left unseen (mean of the orders)
+
+    def __post_init__(self):
+        if self.p_first_low is None:
+            self.p_first_low = self.p_first
+        if self.p_first_high is None:
+            self.p_first_high = self.p_first
 
     @property
     def label_mass(self):
@@ -76,6 +104,23 @@ def softmax2(lp1, lp2):
 def debias(p_slot1_order1, p_slot1_order2):
     """P(A better) averaged over both orders; order 2 showed B first, so its 'slot 1' is B."""
     return (p_slot1_order1 + (1.0 - p_slot1_order2)) / 2.0
+
+
+def slot1_probability(scores, labels=("1", "2")):
+    """(estimate, lowest, highest) P(slot 1 better) from one prompt's :class:`NextTokenScores`.
+
+    Exact when both labels were seen. An absent label token holds between 0 and its bound; the
+    estimate puts it at the bound (the label closest to 0.5 the answer allows, never a silent 0/1).
+    """
+    lp1, lp2 = scores.logprobs[:2]
+    absent1, absent2 = labels[0] in scores.absent, labels[1] in scores.absent
+    if not (absent1 or absent2):
+        p = softmax2(lp1, lp2)
+        return p, p, p
+    bound = scores.absent_bound_logprob
+    top1, top2 = (bound if absent1 else lp1), (bound if absent2 else lp2)
+    return (softmax2(top1, top2), softmax2(-math.inf if absent1 else lp1, top2),
+            softmax2(top1, -math.inf if absent2 else lp2))
 
 
 class PreferenceLabeler:
@@ -143,6 +188,8 @@ class PreferenceLabeler:
         fitted = [self.fit_context(p) for p in pairs]
         rationales = [None] * len(pairs)
         generated = [0] * len(pairs)
+        step1_prompt = [0] * len(pairs)
+        step1_completion = [0] * len(pairs)
         if s.chain_of_thought:
             step1 = []
             for (ctx, _), p in zip(fitted, pairs):
@@ -155,6 +202,12 @@ class PreferenceLabeler:
                 r2 = [clean_rationale(t, self.template) for t in outs[2 * i + 1]]
                 rationales[i] = (r1, r2)
                 generated[i] = sum(self.backend.count_tokens(t) for t in outs[2 * i] + outs[2 * i + 1])
+                # A server reports what it billed; a local model's prompt tokens are counted here.
+                billed = [(getattr(o, "prompt_tokens", 0), getattr(o, "completion_tokens", 0))
+                          for o in outs[2 * i:2 * i + 2]]
+                step1_prompt[i] = sum(b[0] or self.backend.count_tokens(t)
+                                      for b, t in zip(billed, step1[2 * i:2 * i + 2]))
+                step1_completion[i] = sum(b[1] for b in billed) or generated[i]
         texts, groups, spans = [], [], []
         for i, ((ctx, _), p) in enumerate(zip(fitted, pairs)):
             if s.chain_of_thought:
@@ -167,18 +220,67 @@ class PreferenceLabeler:
             groups.append(list(range(start, len(texts))))
             spans.append((start, len(o1), len(o2)))
         scores = self.backend.label_logprobs(texts, ("1", "2"), groups)
+        if s.absent_labels == "reask":
+            scores = self._reask(texts, scores)
         elapsed = time.perf_counter() - t0
         out = []
         for i, (start, n1, n2) in enumerate(spans):
             sc1 = scores[start:start + n1]
             sc2 = scores[start + n1:start + n1 + n2]
-            p1 = sum(softmax2(*x.logprobs) for x in sc1) / n1
-            p2 = sum(softmax2(*x.logprobs) for x in sc2) / n2
+            (p1, low1, high1), (p2, low2, high2) = (
+                [sum(v) / len(sc) for v in zip(*(slot1_probability(x) for x in sc))] for sc in (sc1, sc2))
             out.append(PairLabel(
                 p_first=debias(p1, p2), p_slot1_order1=p1, p_slot1_order2=p2,
                 mass_order1=sum(x.mass for x in sc1) / n1, mass_order2=sum(x.mass for x in sc2) / n2,
                 rationales={"order1": rationales[i][0], "order2": rationales[i][1]} if rationales[i] else {},
-                prompt_tokens=sum(x.n_tokens for x in sc1 + sc2), generated_tokens=generated[i],
+                prompt_tokens=step1_prompt[i] + sum(x.n_tokens for x in sc1 + sc2), generated_tokens=generated[i],
                 truncated_tokens=fitted[i][1], latency_s=elapsed / len(pairs),
+                completion_tokens=step1_completion[i] + sum(x.completion_tokens for x in sc1 + sc2),
+                bounded=any(x.absent for x in sc1 + sc2), p_first_low=debias(low1, high2),
+                p_first_high=debias(high1, low2),
+                unseen_mass=(sum(x.unseen_mass for x in sc1) / n1 + sum(x.unseen_mass for x in sc2) / n2) / 2,
             ))
+        return out
+
+    def _reask(self, texts, scores):
+        """Ask again, with ``reask_top_logprobs`` alternatives, for the prompts whose label tokens were absent."""
+        redo = [j for j, sc in enumerate(scores) if sc.absent]
+        if not redo:
+            return scores
+        again = self.backend.label_logprobs([texts[j] for j in redo], ("1", "2"),
+                                            top_logprobs=self.settings.reask_top_logprobs)
+        scores = list(scores)
+        for j, sc in zip(redo, again):
+            first = scores[j]
+            sc.n_tokens += first.n_tokens  # both requests were paid for
+            sc.completion_tokens += first.completion_tokens
+            scores[j] = sc
+        return scores
+
+    # ---- what a run will take ------------------------------------------------------------------
+    def estimate(self, pairs):
+        """Requests and tokens labeling ``pairs`` will take, before it starts (a dry run).
+
+        Prompts are rendered and counted exactly as :meth:`label` does. With chain of thought each
+        order takes one request for its rationale(s) (up to ``cot_max_tokens`` each) and one per
+        rationale for the label, whose prompt holds the rationale: those are upper bounds.
+        Re-asks are not counted (nobody knows yet which labels will be absent). Returns a dict with
+        ``pairs``, ``requests``, ``prompt_tokens``, ``completion_tokens``.
+        """
+        s = self.settings
+        k = s.self_consistency_k
+        out = {"pairs": 0, "requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        for pair in pairs:
+            pair = pair if isinstance(pair, Pair) else Pair(*pair)
+            first = [self.backend.count_tokens(t) for t in self.prompts(pair)]
+            out["pairs"] += 1
+            if s.chain_of_thought:
+                label_prompt = [n + s.cot_max_tokens + 16 for n in first]  # the rationale and the ending
+                out["requests"] += 2 + 2 * k
+                out["prompt_tokens"] += sum(first) + k * sum(label_prompt)
+                out["completion_tokens"] += 2 * k * s.cot_max_tokens + 2 * k
+            else:
+                out["requests"] += 2
+                out["prompt_tokens"] += sum(first)
+                out["completion_tokens"] += 2
         return out

@@ -1,10 +1,14 @@
-"""A small OpenAI-compatible ``/v1/completions`` server over a local model (plain Python).
+"""A small OpenAI-compatible ``/v1/completions`` and ``/v1/chat/completions`` server over a local
+model (plain Python).
 
-It answers what :class:`labeling.backends.ServerBackend` asks (``max_tokens``, ``logprobs``,
-``temperature``, ``n``), so the server backend can be tested end to end against a real HTTP
-server, and a CPU-only machine can serve a labeler to others. ``logprobs=False`` imitates a server
-that never returns log-probabilities; ``fail_first=N`` answers the first N requests with HTTP 503
-(to exercise retries).
+It answers what :class:`labeling.backends.ServerBackend` and :class:`~labeling.backends.ChatBackend`
+ask (``max_tokens``, ``logprobs``/``top_logprobs``, ``temperature``, ``n``, ``usage``) with the
+local backend's own numbers, so the server backends can be checked end to end against a real
+HTTP server to float precision, on any Hugging Face folder (the tests' tiny models included).
+To serve a labeler to others, llama.cpp's or vLLM's server is faster (see the README).
+``logprobs=False`` imitates a server that never returns log-probabilities; ``fail_first=N``
+answers the first N requests with HTTP 503 (to exercise retries); ``rate_limit_first=N`` answers
+them with HTTP 429 and ``Retry-After: retry_after`` (to exercise rate limits).
 
     python -m labeling.serve var/models/SmolLM2-135M-Instruct --port 8011
 """
@@ -18,12 +22,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class CompletionServer:
-    def __init__(self, backend, host="127.0.0.1", port=0, logprobs=True, fail_first=0, model_name="local"):
+    def __init__(self, backend, host="127.0.0.1", port=0, logprobs=True, fail_first=0, model_name="local",
+                 rate_limit_first=0, retry_after="1"):
         self.backend = backend
         self.logprobs = logprobs
         self.fail_first = fail_first
+        self.rate_limit_first = rate_limit_first
+        self.retry_after = retry_after
         self.model_name = model_name
         self.requests = 0
+        self.bodies = []  # every request's JSON, in order of arrival
         self._lock = threading.Lock()
         server = self
 
@@ -31,9 +39,11 @@ class CompletionServer:
             def log_message(self, *args):  # quiet
                 pass
 
-            def _send(self, status, payload):
+            def _send(self, status, payload, headers=()):
                 body = json.dumps(payload).encode()
                 self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -45,18 +55,26 @@ class CompletionServer:
                 with server._lock:
                     server.requests += 1
                     n_req = server.requests
-                if n_req <= server.fail_first:
+                if n_req <= server.rate_limit_first:
+                    return self._send(429, {"error": {"message": "rate limit reached"}},
+                                      [("Retry-After", server.retry_after)])
+                if n_req <= server.rate_limit_first + server.fail_first:
                     return self._send(503, {"error": {"message": "warming up"}})
-                if self.path.rstrip("/") not in ("/v1/completions", "/completions"):
+                route = self.path.rstrip("/")
+                chat = route in ("/v1/chat/completions", "/chat/completions")
+                if not chat and route not in ("/v1/completions", "/completions"):
                     return self._send(404, {"error": {"message": f"no route {self.path}"}})
                 try:
                     req = json.loads(raw or b"{}")
                 except ValueError:
                     return self._send(400, {"error": {"message": "body is not JSON"}})
-                if "prompt" not in req:
-                    return self._send(400, {"error": {"message": "'prompt' is required"}})
+                with server._lock:
+                    server.bodies.append(req)
+                field = "messages" if chat else "prompt"
+                if field not in req:
+                    return self._send(400, {"error": {"message": f"'{field}' is required"}})
                 try:
-                    return self._send(200, server.complete(req))
+                    return self._send(200, server.chat(req) if chat else server.complete(req))
                 except Exception as e:  # report, do not hang the client
                     return self._send(500, {"error": {"message": f"{type(e).__name__}: {e}"}})
 
@@ -74,8 +92,9 @@ class CompletionServer:
         top_k = req.get("logprobs")
         temperature = float(req.get("temperature", 1.0) or 0.0)
         n = int(req.get("n", 1))
-        choices = []
+        choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0}
         for text in prompts:
+            usage["prompt_tokens"] += len(self.backend.encode(text))
             lp_payload, first_text = None, None
             if top_k is not None or max_tokens <= 1:
                 lp_payload, first_text = self._first_token(text, int(top_k or 1))
@@ -85,10 +104,44 @@ class CompletionServer:
                 outs = self.backend.generate([text], max_tokens, temperature=temperature, n=n,
                                              seed=int(req.get("seed", 0) or 0))[0]
             for out in outs:
+                usage["completion_tokens"] += max(1, len(self.backend.tokenizer.encode(out, add_special_tokens=False)))
                 choices.append({"index": len(choices), "text": out, "finish_reason": "length",
                                 "logprobs": lp_payload if self.logprobs else None})
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         return {"id": f"cmpl-{uuid.uuid4().hex[:12]}", "object": "text_completion", "created": int(time.time()),
-                "model": req.get("model") or self.model_name, "choices": choices}
+                "model": req.get("model") or self.model_name, "choices": choices, "usage": usage}
+
+    def chat(self, req):
+        """A chat completion: the messages in the tokenizer's chat template, the reply not started.
+        With ``logprobs``, each of the first ``max_tokens`` positions of the greedy reply gets its
+        ``top_logprobs`` alternatives (as OpenAI's API answers)."""
+        tokenizer = self.backend.tokenizer
+        text = tokenizer.apply_chat_template(req["messages"], tokenize=False, add_generation_prompt=True)
+        max_tokens = int(req.get("max_tokens") or 16)
+        temperature = float(req.get("temperature", 1.0) or 0.0)
+        n = int(req.get("n") or 1)
+        usage = {"prompt_tokens": len(self.backend.encode(text)), "completion_tokens": 0}
+        if req.get("logprobs"):
+            content, reply = [], text
+            for _ in range(max_tokens):
+                payload, token = self._first_token(reply, int(req.get("top_logprobs") or 0) or 1)
+                top = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in payload["top_logprobs"][0].items()]
+                content.append({"token": token, "logprob": payload["token_logprobs"][0], "top_logprobs": top})
+                reply += token
+            outs = ["".join(c["token"] for c in content)] * n
+            logprobs = {"content": content} if self.logprobs else None
+        else:
+            outs = self.backend.generate([text], max_tokens, temperature=temperature, n=n,
+                                         seed=int(req.get("seed", 0) or 0))[0]
+            logprobs = None
+        choices = []
+        for out in outs:
+            usage["completion_tokens"] += max(1, len(tokenizer.encode(out, add_special_tokens=False)))
+            choices.append({"index": len(choices), "message": {"role": "assistant", "content": out},
+                            "finish_reason": "length", "logprobs": logprobs})
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
+                "model": req.get("model") or self.model_name, "choices": choices, "usage": usage}
 
     def _first_token(self, text, top_k):
         import torch
@@ -124,7 +177,7 @@ def main():
     args = ap.parse_args()
     backend = LocalBackend(LocalBackendConfig(args.model_dir, threads=args.threads, chat_template="off"))
     server = CompletionServer(backend, args.host, args.port, model_name=backend.name)
-    print(f"serving {args.model_dir} at {server.url}/completions")
+    print(f"serving {args.model_dir} at {server.url}/completions and {server.url}/chat/completions")
     server.httpd.serve_forever()
 
 

@@ -70,8 +70,10 @@ def label_chunk_job(ctx):
     labeler = get_labeler(config)
     step = max(1, config.batch_size) * 2
     fields = ["p_first", "p_slot1_order1", "p_slot1_order2", "label_mass", "mass_order1", "mass_order2",
-              "rationales", "prompt_tokens", "generated_tokens", "truncated_tokens", "latency_ms", "job"]
-    labeled = 0
+              "rationales", "prompt_tokens", "completion_tokens", "generated_tokens", "truncated_tokens", "bounded",
+              "p_first_low", "p_first_high", "unseen_mass", "latency_ms", "job"]
+    drop_bounded = config.absent_labels == LabelerConfig.AbsentLabels.DROP
+    labeled = dropped = bounded = prompt_tokens = completion_tokens = 0
     for start in range(0, len(todo), step):
         batch = list(Comparison.objects.filter(pk__in=todo[start:start + step]).select_related("prompt"))
         t = time.perf_counter()
@@ -80,11 +82,19 @@ def label_chunk_job(ctx):
         except (BackendError, ValueError) as e:
             raise JobError(f"Labeling with '{config.name}' failed: {e}") from None
         ms = 1000 * (time.perf_counter() - t) / max(1, len(batch))
+        # Every request was paid for, a dropped pair's too.
+        prompt_tokens += sum(r.prompt_tokens for r in results)
+        completion_tokens += sum(r.completion_tokens for r in results)
+        kept = [(c, r) for c, r in zip(batch, results) if not (drop_bounded and r.bounded)]
+        dropped += len(batch) - len(kept)
+        bounded += sum(r.bounded for _, r in kept)
         rows = [AILabel(comparison=c, config=config, p_first=r.p_first, p_slot1_order1=r.p_slot1_order1,
                         p_slot1_order2=r.p_slot1_order2, label_mass=r.label_mass, mass_order1=r.mass_order1,
                         mass_order2=r.mass_order2, rationales=r.rationales, prompt_tokens=r.prompt_tokens,
-                        generated_tokens=r.generated_tokens, truncated_tokens=r.truncated_tokens, latency_ms=ms,
-                        job_id=ctx.job_id) for c, r in zip(batch, results)]
+                        completion_tokens=r.completion_tokens, generated_tokens=r.generated_tokens,
+                        truncated_tokens=r.truncated_tokens, bounded=r.bounded, p_first_low=r.p_first_low,
+                        p_first_high=r.p_first_high, unseen_mass=r.unseen_mass, latency_ms=ms,
+                        job_id=ctx.job_id) for c, r in kept]
         with transaction.atomic():
             if p.get("relabel"):
                 AILabel.objects.bulk_create(rows, update_conflicts=True, unique_fields=["comparison", "config"],
@@ -98,4 +108,5 @@ def label_chunk_job(ctx):
         if ctx.job.parent_id:
             runs.touch_run(ctx.job.parent_id)
         ctx.progress(n_done / len(ids), f"{n_done}/{len(ids)} labeled")
-    return {"labeled": labeled, "skipped": len(done)}
+    return {"labeled": labeled, "skipped": len(done), "dropped": dropped, "bounded": bounded,
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}

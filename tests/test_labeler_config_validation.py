@@ -155,7 +155,8 @@ def test_the_bounds_themselves_are_accepted():
 
 def test_help_texts_state_the_upper_bounds():
     for name in ("threads", "batch_size", "self_consistency_k", "server_concurrency", "cot_max_tokens",
-                 "max_prompt_tokens", "server_timeout_s", "self_consistency_temperature"):
+                 "max_prompt_tokens", "server_timeout_s", "self_consistency_temperature", "server_top_logprobs",
+                 "reask_top_logprobs", "price_prompt_per_mtok", "price_completion_per_mtok"):
         field = LabelerConfig._meta.get_field(name)
         (high,) = [v.limit_value for v in field.validators if isinstance(v, MaxValueValidator)]
         assert str(high).removesuffix(".0") in field.help_text, (name, field.help_text)
@@ -168,7 +169,9 @@ def admin_form_data(**changes):
             "threads": "0", "chat_template": "auto", "batch_size": "8", "server_concurrency": "4",
             "server_timeout_s": "60", "preamble_variant": "base", "template_overrides": "{}", "exemplars": "[]",
             "max_prompt_tokens": "0", "cot_max_tokens": "512", "self_consistency_k": "1",
-            "self_consistency_temperature": "1.0"}
+            "self_consistency_temperature": "1.0", "server_top_logprobs": "20", "absent_labels": "keep",
+            "reask_top_logprobs": "20", "chat_preamble_role": "system", "chat_exemplars": "turns",
+            "price_prompt_per_mtok": "0", "price_completion_per_mtok": "0"}
     return {**data, **changes}
 
 

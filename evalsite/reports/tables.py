@@ -64,6 +64,7 @@ RECORD_FORMATS = {"ci_pct": _ci(fmt_pct), "ci_rating": _ci(lambda v: fmt_float(v
                   "ci_float3": _ci(lambda v: fmt_float(v, 3))}
 
 FORMATS = {"pct": fmt_pct, "float": fmt_float, "float3": lambda v: fmt_float(v, 3), "int": fmt_int,
+           "float4": lambda v: fmt_float(v, 4),
            "p": fmt_p, "text": fmt_text, "time": fmt_time,
            "pct100": lambda v: "–" if _nan(v) else f"{float(v):.1f}%", "rating": lambda v: fmt_float(v, 0)}
 
@@ -219,18 +220,32 @@ def round_tables(report):
 
 
 def alignment_table(alignment):
+    bounded = "n_bounded" in alignment.columns  # the labelers page adds it (labeling.data.usage_by_config)
     return Table("alignment", "AI-labeler alignment with humans", alignment, [
         ("config_name", "Labeler config", "text"), ("accuracy", "Alignment", "pct"), ("ci", "95% CI", "ci_pct"),
         ("n", "Pairs", "int"), ("ties_excluded", "Human ties left out", "int"),
         ("unlabeled_excluded", "No human label", "int"), ("same_position_pct", "Same position", "pct100"),
         ("first_slot_share", "First-slot share", "pct"), ("n_both_orders", "Scored both orders", "int"),
         ("mean_label_mass", "Mass on 1/2", "float3"), ("judge_accuracy", "Agrees with dataset judge", "pct"),
-        ("judge_n", "Judged pairs", "int")],
+        ("judge_n", "Judged pairs", "int")] + ([("n_bounded", "Bounded labels", "int")] if bounded else []),
         "Accuracy of the labeler's argmax against the human preference (the annotators' majority where "
         "several ranked the pair); Wilson intervals. Same position: pairs where the labeler picked the "
         "same slot in both orders (paper: PaLM 2 L 18%, XS 56%); first-slot share: how often a single order's "
         "judgment chose the response shown first. Dataset judge: the external AI judge some datasets ship "
-        "(e.g. GPT-4 on TL;DR), never counted as human.")
+        "(e.g. GPT-4 on TL;DR), never counted as human."
+        + (" Bounded labels: a label token was not among a server's top alternatives, so the label is an "
+           "estimate within bounds (counted here, not left out)." if bounded else ""))
+
+
+def usage_table(usage):
+    return Table("usage", "Tokens and cost", usage, [
+        ("config_name", "Labeler config", "text"), ("backend", "Backend", "text"), ("n_labels", "Labels", "int"),
+        ("n_bounded", "Bounded labels", "int"), ("prompt_tokens", "Prompt tokens", "int"),
+        ("completion_tokens", "Completion tokens", "int"), ("price_prompt_per_mtok", "$ / M prompt", "float"),
+        ("price_completion_per_mtok", "$ / M completion", "float"), ("cost_usd", "Cost ($)", "float4")],
+        "Tokens of the stored labels as the server counted them (its usage; counted locally where it gives "
+        "none), priced at each config's prices per million tokens (– where the config has none). Pairs a "
+        "config dropped are in its runs' totals, not here.")
 
 
 # --- heatmap and charts ----------------------------------------------------------------------

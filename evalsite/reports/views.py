@@ -57,6 +57,15 @@ def load_labels(config_ids=None):
     return label_frame(config_ids)
 
 
+def load_usage(config_ids):
+    """``labeling.data.usage_by_config`` (tokens, cost, bounded labels) or None where AI feedback is not installed."""
+    try:
+        from labeling.data import usage_by_config
+    except ImportError:
+        return None
+    return usage_by_config([int(i) for i in config_ids])
+
+
 def eval_round_model():
     try:
         from evalsite.models import EvalRound
@@ -248,7 +257,12 @@ def labeler_context(n_boot):
         names = dict(Policy.objects.values_list("pk", "name"))
         result = T.labeler_report(labels, pairs, n_boot=n_boot, policy_names=names)
         cache.set(key, result, 600)
-    tables = {"alignment": T.alignment_table(result["alignment"]), "ai_judge": T.ai_judge_table(result["ai_judge"])}
+    alignment, usage = result["alignment"], load_usage(labels["config_id"].unique())
+    if usage is not None:
+        alignment = alignment.merge(usage[["config_id", "n_bounded"]], on="config_id", how="left")
+    tables = {"alignment": T.alignment_table(alignment), "ai_judge": T.ai_judge_table(result["ai_judge"])}
+    if usage is not None and len(usage):
+        tables["usage"] = T.usage_table(usage)
     attach_exports(tables, "reports:labelers_export", query=f"?boot={n_boot}" if n_boot != DEFAULT_BOOT else "")
     charts = [c for c in [T.alignment_chart(result["alignment"])] if c]
     judge_heatmaps = []
