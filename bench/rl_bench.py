@@ -130,7 +130,8 @@ def run_trl_rl(a):
     start = time.perf_counter()
     trainer.train()
     return {"samples_per_s": rate(times, a.batch), "steps": len(times), "total_s": times[-1] - start,
-            "optimizer": str(config.optim), "gradient_checkpointing": bool(config.gradient_checkpointing),
+            "optimizer": str(getattr(config.optim, "value", config.optim)),
+            "gradient_checkpointing": bool(config.gradient_checkpointing),
             **peak_mb(a.device)}
 
 
@@ -184,7 +185,8 @@ def run_trl_rm(a):
     start = time.perf_counter()
     trainer.train()
     return {"pairs_per_s": rate(times, a.batch), "steps": len(times), "total_s": times[-1] - start,
-            "optimizer": str(config.optim), "gradient_checkpointing": bool(config.gradient_checkpointing),
+            "optimizer": str(getattr(config.optim, "value", config.optim)),
+            "gradient_checkpointing": bool(config.gradient_checkpointing),
             **peak_mb(a.device)}
 
 
