@@ -1,25 +1,29 @@
 """Dataset file parsers: one per format, each returning the same normalized result.
 
-Plain Python and pandas (no Django): :func:`parse_file` reads a file and returns a
+Plain Python, pandas and `datasets` (no Django): :func:`parse_file` reads a file and returns a
 :class:`ParsedDataset` of prompts (``external_id``, ``context``, ``reference``, ``metadata``)
 and pairs (``prompt_external_id``, ``response_a``, ``response_b``, ``human_preference``,
 ``judge_preference``, ``judge_name``, ``metadata``), plus counters of what was skipped.
 Writing to the database is :mod:`evalsite.importjobs`' business.
 
 Any problem with the file raises :class:`ImportFormatError`, whose message names the file,
-the line (JSON lines) or data row (CSV, counted from 1 after the header) and the field.
+the line (JSON lines) or data row (CSV, counted from 1 after the header; Hugging Face datasets,
+counted from 1) and the field.
 
 Conventions shared with the rest of the project: contexts are stored bare (a TL;DR post
 without the trailing "TL;DR:", an HH dialogue up to the final "\\n\\nAssistant:"); a
 preference is 'first' (response_a better), 'second' or 'tie'; an external AI judge's label
 shipped with a dataset goes to ``judge_preference``/``judge_name``, never to the human label.
 """
+import contextlib
 import csv
 import gzip
 import hashlib
 import io
 import json
+import math
 import re
+import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +31,7 @@ from typing import Callable
 
 import pandas as pd
 
-from evalsite.tasktext import ASSISTANT_TURN, SUMMARIZATION_SUFFIX, split_dialogue
+from evalsite.tasktext import ASSISTANT_TURN, SUMMARIZATION_SUFFIX, dialogue_text, split_dialogue
 
 TLDR_JUDGE_NAME = "GPT-4 (dataset)"
 MAX_ID_CHARS = 200  # Prompt.external_id's column width
@@ -49,6 +53,8 @@ FORMATS = {
     "prompts-jsonl": "generic prompts, JSON lines with a 'context' field",
     "pairs-csv": "generic preference pairs, CSV with 'context', 'response_a', 'response_b'",
     "pairs-jsonl": "generic preference pairs, JSON lines with 'context', 'response_a', 'response_b'",
+    "hf": "a Hugging Face dataset (save_to_disk folder, Parquet, JSON lines, or a hub id) in TRL's preference, "
+          "prompt-only or prompt-completion format",
 }
 
 FORMAT_HELP = {
@@ -78,9 +84,19 @@ FORMAT_HELP = {
                    "reference (optional); preference (optional; alias 'human_preference'): first/second/tie "
                    "(or a/b), empty or null when unknown; judge_preference with judge_name (optional, an AI "
                    "label). Other fields go to the comparison's metadata.",
+    "hf": "A folder written by datasets' save_to_disk, a .parquet or .jsonl(.gz) file, or a hub id (org/name, "
+          "downloaded where there is internet); a dataset with several splits is read at the import's split. "
+          "TRL's formats, text or conversational (lists of {\"role\", \"content\"}, turned into "
+          "\"\\n\\nHuman: …\\n\\nAssistant: …\" dialogues): preference (prompt, chosen, rejected; or chosen and "
+          "rejected holding the whole conversation), prompt-completion (the completion becomes the prompt's "
+          "reference) and prompt-only. A trailing \"TL;DR:\" or \"\\n\\nAssistant:\" is cut from text prompts. "
+          "Optional: prompt_id (default: a hash of the prompt), p_chosen (0.5 = tie), source ('ai' stores the "
+          "label as an AI judge's, named by 'labeler'; otherwise it is human). Other columns go to metadata. "
+          "Map other column names with --column-map chosen=better,rejected=worse. The chosen response is put "
+          "first or second by a stable hash of the pair, as for hh.",
 }
 
-# Formats whose files say which task they are; the generic ones need the task from the user.
+# Formats whose files say which task they are; the generic ones (and hf) need the task from the user.
 DEFAULT_TASKS = {"hh": "harmless", "tldr": "summarization", "openai-comparisons": "summarization"}
 
 
@@ -698,6 +714,325 @@ def _generic_pairs(fmt, kind):
     return parse
 
 
+# --- Hugging Face datasets ----------------------------------------------------------------------
+
+# The fields the hf format reads, and what each holds; --column-map names other columns for them.
+HF_FIELDS = {
+    "prompt": "the prompt: text, or a list of {role, content} messages",
+    "chosen": "the better response (preference format)",
+    "rejected": "the worse response (preference format)",
+    "completion": "a response, kept as the prompt's reference (prompt-completion format)",
+    "label": "TRL's unpaired preference label (refused: there is no place for it)",
+    "prompt_id": "the prompt's external id",
+    "source": "'ai' or 'human': whose label the pair carries",
+    "p_chosen": "probability that chosen is better; 0.5 is a tie",
+    "labeler": "the AI labeler's name, for source 'ai'",
+}
+HF_FILE_SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".gz": "json"}
+HF_AI_JUDGE_NAME = "AI labeler (imported)"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def is_hub_id(path):
+    """Whether ``path`` reads as a Hugging Face hub id ("org/name") rather than a local path."""
+    return bool(_HUB_ID.fullmatch(str(path))) and not Path(path).exists()
+
+
+@contextlib.contextmanager
+def quiet_datasets():
+    """Without datasets' own progress bars: jobs and commands report their progress themselves."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+def parse_column_map(text):
+    """'chosen=better,rejected=worse' (or a dict) -> {"chosen": "better", "rejected": "worse"}."""
+    if not text:
+        return {}
+    if isinstance(text, dict):
+        items = list(text.items())
+    else:
+        items = []
+        for part in str(text).split(","):
+            if not part.strip():
+                continue
+            name, sep, column = part.partition("=")
+            if not sep or not name.strip() or not column.strip():
+                raise ImportFormatError(f"bad column mapping {part.strip()!r}: write FIELD=COLUMN, e.g. chosen=better")
+            items.append((name, column))
+    mapping = {}
+    for name, column in items:
+        name, column = str(name).strip(), str(column).strip()
+        if name not in HF_FIELDS:
+            raise ImportFormatError(f"unknown field {name!r} in the column mapping; the fields are: "
+                                    f"{', '.join(HF_FIELDS)}")
+        if name in mapping:
+            raise ImportFormatError(f"the column mapping names the field {name!r} twice")
+        mapping[name] = column
+    return mapping
+
+
+def read_hf_dataset(path, split="train"):
+    """A `datasets.Dataset` from a save_to_disk folder, a Parquet or JSON lines file, or a hub id.
+
+    Files are read through a temporary cache (deleted afterwards) into memory; a DatasetDict gives
+    its only split, or the one named ``split``.
+    """
+    import datasets
+
+    p = Path(path)
+    try:
+        with quiet_datasets(), tempfile.TemporaryDirectory(prefix="hf-import-") as cache:
+            if p.is_dir():
+                if not any((p / name).exists() for name in ("dataset_info.json", "dataset_dict.json", "state.json")):
+                    raise ImportFormatError("is a folder but not one written by datasets' save_to_disk "
+                                            "(no dataset_info.json or dataset_dict.json)", path=path)
+                if _has_no_rows(p, "disk"):  # datasets cannot load a folder saved without rows
+                    raise ImportFormatError("the dataset has no rows", path=path)
+                data = datasets.load_from_disk(str(p), keep_in_memory=True)
+            elif p.is_file():
+                kind = HF_FILE_SUFFIXES.get(p.suffix.lower())
+                if kind is None:
+                    raise ImportFormatError("the hf format reads .parquet and .jsonl files, save_to_disk folders "
+                                            "and hub ids", path=path)
+                if _has_no_rows(p, kind):  # datasets would only say that the split "corresponds to no data"
+                    raise ImportFormatError("the dataset has no rows", path=path)
+                reader = datasets.Dataset.from_parquet if kind == "parquet" else datasets.Dataset.from_json
+                data = reader(str(p), cache_dir=cache, keep_in_memory=True)
+            elif is_hub_id(path):
+                data = datasets.load_dataset(str(path))
+            else:
+                raise ImportFormatError("file or folder not found (nor a hub id like org/name)", path=path)
+    except ImportFormatError:
+        raise
+    except Exception as e:  # datasets and pyarrow raise many kinds; the user needs the message, not the class
+        cause = e.__cause__ or e
+        raise ImportFormatError(f"cannot be read as a Hugging Face dataset: {type(cause).__name__}: "
+                                f"{str(cause).strip()[:500]}", path=path) from e
+    if isinstance(data, datasets.DatasetDict):
+        if len(data) == 1:
+            return next(iter(data.values()))
+        if split not in data:
+            raise ImportFormatError(f"has splits {', '.join(data)}; choose one with the import's split "
+                                    f"(now {split!r})", path=path)
+        return data[split]
+    return data
+
+
+def _has_no_rows(path, kind):
+    if kind == "disk":
+        state = path / "state.json"
+        return state.exists() and json.loads(state.read_text(encoding="utf-8")).get("_data_files") == []
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_metadata(path).num_rows == 0
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        return not any(line.strip() for line in f)
+
+
+def parse_hf(path, progress=None, *, column_map=None, split="train"):
+    """A Hugging Face dataset in TRL's preference, prompt-completion or prompt-only format."""
+    mapping = parse_column_map(column_map)
+    data = read_hf_dataset(path, split)
+    columns = list(data.column_names)
+    missing = [f"{name}={column}" for name, column in mapping.items() if column not in columns]
+    if missing:
+        raise ImportFormatError(f"the column mapping names column(s) the dataset does not have: "
+                                f"{', '.join(missing)} (its columns: {', '.join(columns)})", path=path)
+    taken = set(mapping.values())
+    fields = {name: mapping.get(name, name if name not in taken else None) for name in HF_FIELDS}
+    fields = {name: column for name, column in fields.items() if column in columns}
+    if len(data) == 0:
+        raise ImportFormatError("the dataset has no rows", path=path)
+    has = fields.__contains__
+    if has("chosen") != has("rejected"):
+        present, absent = ("chosen", "rejected") if has("chosen") else ("rejected", "chosen")
+        raise ImportFormatError(f"has {present!r} but no {absent!r} column (its columns: {', '.join(columns)}); "
+                                f"map one with --column-map {absent}=COLUMN", path=path, field=absent)
+    if has("chosen"):
+        kind = "preference"
+    elif has("completion") and has("label"):
+        raise ImportFormatError("is TRL's unpaired preference format (prompt, completion, label): there is no "
+                                "place for a single response's label; import pairs (chosen, rejected) or prompts",
+                                path=path, field="label")
+    elif has("prompt"):
+        kind = "prompt-completion" if has("completion") else "prompt-only"
+    else:
+        raise ImportFormatError(f"has no 'prompt' column, nor 'chosen' and 'rejected' (its columns: "
+                                f"{', '.join(columns)}); map yours with --column-map prompt=COLUMN", path=path,
+                                field="prompt")
+    used = set(fields.values())
+    b = _Builder("hf", path, None, progress, len(data))
+    for i, rec in enumerate(data, start=1):
+        b.row_read(i)
+        err = lambda msg, f=None, i=i: ImportFormatError(msg, path=path, row=i, field=f)  # noqa: E731
+        extra = _hf_extra(rec, used, err)
+        pid = None
+        if has("prompt_id") and rec[fields["prompt_id"]] not in (None, ""):
+            pid = _hf_text(rec[fields["prompt_id"]], fields["prompt_id"], err).strip()
+        if kind == "preference":
+            _hf_pair(b, rec, fields, pid, extra, err, i)
+        else:
+            context = _hf_context(rec[fields["prompt"]], fields["prompt"], err)
+            reference = ""
+            if kind == "prompt-completion" and rec[fields["completion"]] is not None:
+                reference = _hf_response(rec[fields["completion"]], fields["completion"], err)[0]
+            b.prompt(pid or context_id(context), context, reference, extra, error=err)
+    return b.result
+
+
+def _hf_pair(b, rec, fields, pid, extra, err, row):
+    chosen, chosen_prefix = _hf_response(rec[fields["chosen"]], fields["chosen"], err)
+    rejected, rejected_prefix = _hf_response(rec[fields["rejected"]], fields["rejected"], err)
+    if "prompt" in fields:
+        if chosen_prefix or rejected_prefix:
+            raise err("with a prompt column, chosen and rejected must each be one assistant message",
+                      fields["chosen"] if chosen_prefix else fields["rejected"])
+        context = _hf_context(rec[fields["prompt"]], fields["prompt"], err)
+    else:  # TRL's implicit prompt: chosen and rejected hold the whole conversation
+        if (chosen_prefix is None) != (rejected_prefix is None):
+            raise err("chosen and rejected must both be text or both be lists of messages", fields["rejected"])
+        if chosen_prefix is None:
+            c, r = split_dialogue(chosen), split_dialogue(rejected)
+            if c is None or r is None:
+                raise err(f"without a prompt column, needs the whole dialogue with a final "
+                          f"{ASSISTANT_TURN.strip()!r} turn", fields["chosen"] if c is None else fields["rejected"])
+            (context, chosen), (rejected_context, rejected) = c, r
+        else:
+            if not chosen_prefix:
+                raise err("without a prompt column, needs the conversation before the response", fields["chosen"])
+            try:
+                context, rejected_context = dialogue_text(chosen_prefix), dialogue_text(rejected_prefix)
+            except ValueError as e:
+                raise err(str(e), fields["chosen"])
+        if context != rejected_context:
+            b.result.count("skipped_context_mismatch")
+            return
+    source = "human"
+    if "source" in fields and rec[fields["source"]] not in (None, ""):
+        source = _hf_text(rec[fields["source"]], fields["source"], err).strip().lower()
+        if source not in ("human", "ai"):
+            raise err(f"bad source {rec[fields['source']]!r}: use 'human' or 'ai'", fields["source"])
+    p_chosen = 1.0
+    if "p_chosen" in fields and rec[fields["p_chosen"]] is not None:
+        p_chosen = rec[fields["p_chosen"]]
+        if isinstance(p_chosen, bool) or not isinstance(p_chosen, (int, float)) or not 0.5 <= p_chosen <= 1.0:
+            raise err(f"bad probability {p_chosen!r}: the probability that chosen is better is from 0.5 (a tie) "
+                      "to 1", fields["p_chosen"])
+    b.prompt(pid or context_id(context), context, error=err)
+    if chosen == rejected:
+        b.result.count("skipped_identical_responses")
+        return
+    if p_chosen == 0.5:
+        a, bb, preference = chosen, rejected, "tie"  # no better one to hide: the file's order stays
+        meta = {}
+    else:
+        chosen_first = first_by_hash(context, chosen, rejected)
+        a, bb = (chosen, rejected) if chosen_first else (rejected, chosen)
+        preference = "first" if chosen_first else "second"
+        meta = {"chosen_position": preference}
+    if "p_chosen" in fields:
+        meta["p_chosen"] = p_chosen
+    meta.update(extra)
+    meta["row"] = row
+    record = PairRecord(pid or context_id(context), a, bb, metadata=meta)
+    if source == "ai":
+        record.judge_preference = preference
+        labeler = rec[fields["labeler"]] if "labeler" in fields else None
+        record.judge_name = (_hf_text(labeler, fields["labeler"], err).strip() if labeler else "") or HF_AI_JUDGE_NAME
+        record.judge_name = record.judge_name[:100]  # Comparison.judge_name's width
+    else:
+        record.human_preference = preference
+    b.pair(record)
+
+
+def _hf_text(value, name, err):
+    if not isinstance(value, str):
+        raise err(f"expected text, found {type(value).__name__}", name)
+    problem = unstorable_text(value)
+    if problem:
+        raise err(problem, name)
+    return value
+
+
+def _hf_context(value, name, err):
+    """A prompt as the stored bare context: messages become an HH dialogue, a trailing
+    "TL;DR:" or "\\n\\nAssistant:" is cut."""
+    if isinstance(value, list):
+        try:
+            text = dialogue_text(value)
+        except ValueError as e:
+            raise err(str(e), name)
+        text = _hf_text(text, name, err)
+    else:
+        if value is None:
+            raise err("is missing or empty", name)
+        text = _hf_text(value, name, err)
+        if text.endswith(ASSISTANT_TURN):
+            text = text[: -len(ASSISTANT_TURN)]
+        elif text.rstrip().endswith(SUMMARIZATION_SUFFIX.strip()):
+            text = tldr_context(text)
+    if not text.strip():
+        raise err("is empty", name)
+    return text
+
+
+def _hf_response(value, name, err):
+    """(response text, the messages before it or None): a conversational response is the last,
+    assistant, message of its list."""
+    if isinstance(value, list):
+        if not value:
+            raise err("is an empty list of messages", name)
+        last = value[-1]
+        if not isinstance(last, dict) or last.get("role") != "assistant" or not isinstance(last.get("content"), str):
+            raise err("the last message must be the assistant's: {\"role\": \"assistant\", \"content\": text}", name)
+        return _hf_text(last["content"], name, err), value[:-1]
+    if value is None:
+        raise err("is missing", name)
+    return _hf_text(value, name, err), None
+
+
+def _hf_extra(rec, used, err):
+    """The columns no field reads, for the metadata: JSON values, empty ones left out."""
+    out = {}
+    for column, value in rec.items():
+        if column in used:
+            continue
+        value = _json_value(value, column, err)
+        if value is not None and value != "":
+            out[column] = value
+    return out
+
+
+def _json_value(value, where, err, depth=0):
+    if depth > MAX_JSON_DEPTH:
+        raise err(f"nested too deeply (more than {MAX_JSON_DEPTH} levels)", where)
+    if isinstance(value, str):
+        problem = unstorable_text(value)
+        if problem:
+            raise err(problem, where)
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None  # JSON (and PostgreSQL's jsonb) has no NaN
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _json_value(v, f"{where}.{k}", err, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v, f"{where}[{i}]", err, depth + 1) for i, v in enumerate(value)]
+    return _json_value(str(value), where, err, depth)  # dates, decimals, bytes: their text
+
+
+# The text-file formats; hf reads its own input (parse_file).
 PARSERS: dict[str, Callable] = {
     "hh": parse_hh,
     "tldr": parse_tldr,
@@ -707,22 +1042,28 @@ PARSERS: dict[str, Callable] = {
     "pairs-csv": _generic_pairs("pairs-csv", "csv"),
     "pairs-jsonl": _generic_pairs("pairs-jsonl", "jsonl"),
 }
-assert set(PARSERS) == set(FORMATS) == set(FORMAT_HELP)
+assert set(PARSERS) | {"hf"} == set(FORMATS) == set(FORMAT_HELP)
 
 
 def check_format(fmt):
     """Raise ImportFormatError naming the known formats when ``fmt`` is not one of them."""
-    if fmt not in PARSERS:
-        raise ImportFormatError(f"unknown format {fmt!r}; known formats: {', '.join(PARSERS)}")
+    if fmt not in FORMATS:
+        raise ImportFormatError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}")
     return fmt
 
 
-def parse_file(path, fmt, progress=None, max_bytes=None) -> ParsedDataset:
+def parse_file(path, fmt, progress=None, max_bytes=None, column_map=None, split="train") -> ParsedDataset:
     """Read ``path`` as format ``fmt``. ``progress(fraction, message)`` is called now and then;
-    ``max_bytes``: the most a compressed file may decompress to (see :func:`read_text`)."""
+    ``max_bytes``: the most a compressed file may decompress to (see :func:`read_text`).
+    ``column_map`` and ``split`` are for the ``hf`` format (see :func:`parse_hf`)."""
     check_format(fmt)
-    text = read_text(path, max_bytes)
-    result = PARSERS[fmt](str(path), text, progress)
+    if fmt == "hf":
+        result = parse_hf(str(path), progress, column_map=column_map, split=split)
+    else:
+        if column_map:
+            raise ImportFormatError(f"a column mapping is for the hf format, not {fmt!r}", path=path)
+        text = read_text(path, max_bytes)
+        result = PARSERS[fmt](str(path), text, progress)
     if not result.prompts:
         raise ImportFormatError("no usable rows (every row was skipped: "
                                 f"{', '.join(f'{k}={v}' for k, v in result.counts.items())})", path=path)

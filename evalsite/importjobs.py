@@ -33,7 +33,7 @@ BATCH = 1000
 def dataset_name_from_path(path):
     """'hh-rlhf-harmless-base-test.jsonl.gz' -> 'hh-rlhf-harmless-base-test'."""
     name = Path(path).name
-    for ext in (".gz", ".jsonl", ".json", ".csv", ".tsv", ".txt"):
+    for ext in (".gz", ".jsonl", ".json", ".csv", ".tsv", ".txt", ".parquet"):
         if name.lower().endswith(ext):
             name = name[: -len(ext)]
     return name or Path(path).name
@@ -57,8 +57,22 @@ def validate_import_params(params):
         errors["format"] = f"Unknown format {fmt!r}; known formats: {', '.join(FORMATS)}."
     if not path:
         errors.setdefault("path", "Give the path of the file to import.")
+    elif fmt == "hf":
+        # A Hugging Face dataset may also be a save_to_disk folder or a hub id (org/name).
+        if not (Path(path).exists() or importers.is_hub_id(path)):
+            errors["path"] = f"File or folder not found (nor a hub id like org/name): {path}"
     elif not Path(path).is_file():
         errors["path"] = f"File not found: {path}"
+    column_map = p.get("column_map") or {}
+    if column_map:
+        if fmt and fmt != "hf":
+            errors["column_map"] = f"A column mapping is for the hf format, not {fmt!r}."
+        else:
+            try:
+                column_map = importers.parse_column_map(column_map)
+            except ImportFormatError as e:
+                errors["column_map"] = f"{e}."
+    p["column_map"] = column_map
     task = p.get("task") or (importers.default_task_for(fmt, path) if fmt in FORMATS else None)
     known_tasks = list(Task.objects.values_list("slug", flat=True))
     if fmt in FORMATS and not task:
@@ -187,7 +201,8 @@ def import_dataset_job(ctx):
 
     try:
         parsed = importers.parse_file(p["path"], p["format"], progress=reading,
-                                      max_bytes=settings.DATASET_DECOMPRESSED_MAX_BYTES)
+                                      max_bytes=settings.DATASET_DECOMPRESSED_MAX_BYTES,
+                                      column_map=p.get("column_map"), split=p["split"])
     except ImportFormatError as e:
         raise JobError(str(e))
     skipped = {k: v for k, v in parsed.counts.items() if k != "rows_read"}

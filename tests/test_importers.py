@@ -494,3 +494,216 @@ def test_load_demo_data_is_idempotent():
     call_command("load_demo_data", stdout=out)
     assert db_counts() == (3, 52, 28)
     assert "0 prompts and 0 comparisons created (16 and 16 already there)" in out.getvalue()
+
+
+# --- Hugging Face datasets (--format hf) ---------------------------------------------------------------
+
+
+def hf_data(tmp_path, rows, name):
+    """Write ``rows`` with `datasets`: a .parquet or .jsonl file, or else a save_to_disk folder."""
+    import datasets
+
+    ds = datasets.Dataset.from_list(rows)
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        ds.to_parquet(str(path))
+    elif name.endswith(".jsonl"):
+        ds.to_json(str(path), lines=True)
+    else:
+        ds.save_to_disk(str(path))
+    return path
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+@pytest.mark.django_db
+def test_hf_conversational_preferences_with_a_column_map_import_once(tmp_path):
+    rows = [
+        {"question": [user("Hi"), assistant("Hello."), user("How do I boil an egg?")],
+         "better": [assistant("Nine minutes in boiling water.")], "worse": [assistant("Eggs cannot be boiled.")],
+         "annotator": "ann-1"},
+        {"question": [user("What is 2+2?")], "better": [assistant("4")], "worse": [assistant("5")],
+         "annotator": None},
+    ]
+    path = hf_data(tmp_path, rows, "convo.parquet")
+    out = io.StringIO()
+    call_command("import_dataset", str(path), "--format", "hf", "--task", "helpful",
+                 "--column-map", "prompt=question,chosen=better,rejected=worse", stdout=out)
+    assert "Imported convo [train]" in out.getvalue() and "comparisons created 2" in out.getvalue()
+    egg = Comparison.objects.get(prompt__context="\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: How do I boil an egg?")
+    chosen_first = importers.first_by_hash(egg.prompt.context, "Nine minutes in boiling water.",
+                                           "Eggs cannot be boiled.")
+    assert (egg.response_a, egg.human_preference) == (
+        ("Nine minutes in boiling water.", "first") if chosen_first else ("Eggs cannot be boiled.", "second"))
+    assert egg.human_source == "dataset" and egg.judge_preference == ""
+    assert egg.metadata == {"chosen_position": egg.human_preference, "annotator": "ann-1", "row": 1}
+    assert egg.prompt.external_id == importers.context_id(egg.prompt.context)
+    assert Dataset.objects.get().task.slug == "helpful"
+    out = io.StringIO()
+    call_command("import_dataset", str(path), "--format", "hf", "--task", "helpful",
+                 "--column-map", "prompt=question,chosen=better,rejected=worse", stdout=out)
+    assert "prompts created 0, existing 2; comparisons created 0, existing 2" in out.getvalue()
+    assert db_counts() == (1, 2, 2)
+
+
+@pytest.mark.django_db
+def test_hf_prompt_only_and_prompt_completion_formats(tmp_path):
+    post = "SUBREDDIT: r/cooking\n\nTITLE: Eggs\n\nPOST: How long do I boil an egg?"
+    path = hf_data(tmp_path, [{"prompt": post + "\n\nTL;DR:", "prompt_id": "post-1", "score": 3.5},
+                              {"prompt": "\n\nHuman: Hi\n\nAssistant:", "prompt_id": None, "score": float("nan")}],
+                   "prompts.jsonl")
+    job = import_file(path, "hf", task="summarization")
+    assert job.status == "succeeded", job.error
+    assert set(Prompt.objects.values_list("external_id", "context", "reference")) == {
+        ("post-1", post, ""), (importers.context_id("\n\nHuman: Hi"), "\n\nHuman: Hi", "")}
+    assert Prompt.objects.get(external_id="post-1").metadata == {"score": 3.5}
+    assert Prompt.objects.exclude(external_id="post-1").get().metadata == {}  # NaN is no value
+    folder = hf_data(tmp_path, [{"prompt": [user("Name a fruit.")], "completion": [assistant("An apple.")]}],
+                     "completions")
+    job = import_file(folder, "hf", task="helpful")
+    assert job.status == "succeeded", job.error
+    p = Prompt.objects.get(dataset__name="completions")
+    assert (p.context, p.reference) == ("\n\nHuman: Name a fruit.", "An apple.")
+
+
+@pytest.mark.django_db
+def test_hf_implicit_prompts_read_like_hh(tmp_path):
+    """TRL's implicit prompt: chosen and rejected hold the whole conversation, as text or as messages."""
+    text = hf_data(tmp_path, [json.loads(line) for line in (DATA / "hh_small.jsonl").read_text().splitlines()],
+                   "hh-like.jsonl")
+    hh = parse_file(DATA / "hh_small.jsonl", "hh")
+    hf = parse_file(text, "hf")
+    assert [(p.response_a, p.response_b, p.human_preference) for p in hf.pairs] == \
+           [(p.response_a, p.response_b, p.human_preference) for p in hh.pairs]
+    assert hf.counts["skipped_context_mismatch"] == 1
+    msgs = hf_data(tmp_path, [{"chosen": [user("Hi?"), assistant("Hello.")],
+                               "rejected": [user("Hi?"), assistant("Go.")]}], "msgs.parquet")
+    parsed = parse_file(msgs, "hf")
+    assert parsed.prompts[0].context == "\n\nHuman: Hi?"
+    assert {parsed.pairs[0].response_a, parsed.pairs[0].response_b} == {"Hello.", "Go."}
+
+
+@pytest.mark.django_db
+def test_hf_ai_source_and_soft_labels_become_an_ai_judges_label(tmp_path):
+    path = hf_data(tmp_path, [
+        {"prompt": "Q1", "chosen": "a", "rejected": "b", "source": "ai", "p_chosen": 0.8, "labeler": "judge"},
+        {"prompt": "Q2", "chosen": "c", "rejected": "d", "source": "ai", "p_chosen": 0.5, "labeler": "judge"},
+        {"prompt": "Q3", "chosen": "e", "rejected": "f", "source": "human", "p_chosen": 1.0, "labeler": None},
+    ], "labels.jsonl")
+    assert import_file(path, "hf", task="harmless").status == "succeeded"
+    q1, q2, q3 = (Comparison.objects.get(prompt__context=q) for q in ("Q1", "Q2", "Q3"))
+    assert (q1.human_preference, q1.judge_name, q1.metadata["p_chosen"]) == ("", "judge", 0.8)
+    assert q1.judge_preference == ("first" if q1.response_a == "a" else "second")
+    assert (q2.response_a, q2.response_b, q2.judge_preference) == ("c", "d", "tie")
+    assert q3.human_preference in ("first", "second") and q3.judge_preference == "" and q3.judge_name == ""
+
+
+HF_BAD = [
+    # (rows, file name, column map, every part the message must name)
+    ([{"prompt": "q", "chosen": "a", "rejected": "b"}], "x.jsonl", "chosen=better",
+     ["x.jsonl", "column(s) the dataset does not have: chosen=better (its columns: prompt, chosen, rejected)"]),
+    ([{"text": "q", "score": 1}], "x.parquet", "",
+     ["x.parquet", "field 'prompt'", "has no 'prompt' column", "--column-map prompt=COLUMN"]),
+    ([{"prompt": "q", "chosen": "a"}], "x.parquet", "", ["has 'chosen' but no 'rejected' column"]),
+    ([{"prompt": "q", "completion": "a", "label": True}], "x.parquet", "", ["unpaired preference format"]),
+    ([{"prompt": "q", "chosen": "a", "rejected": "b", "p_chosen": 0.2}], "x.jsonl", "",
+     ["row 1", "field 'p_chosen'", "bad probability 0.2"]),
+    ([{"prompt": [{"role": "tool", "content": "x"}], "chosen": "a", "rejected": "b"}], "x.jsonl", "",
+     ["row 1", "field 'prompt'", "message 1 has role 'tool'"]),
+    ([{"prompt": "ok", "chosen": "a", "rejected": "b"}, {"prompt": "q\u0000", "chosen": "a", "rejected": "b"}],
+     "x.jsonl", "", ["row 2", "field 'prompt'", "NUL character"]),
+    ([{"prompt": "q", "chosen": "a", "rejected": "b", "source": "robot"}], "x.jsonl", "",
+     ["row 1", "field 'source'", "bad source 'robot'"]),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("rows,name,column_map,parts", HF_BAD, ids=range(len(HF_BAD)))
+def test_bad_hf_data_fails_the_job_with_a_clear_message_and_writes_nothing(tmp_path, rows, name, column_map, parts):
+    path = hf_data(tmp_path, rows, name)
+    job = import_file(path, "hf", task="helpful", column_map=column_map)
+    if job.status == "succeeded" or not job.error:
+        raise AssertionError(f"expected a failure, got {job.status}: {job.result}")
+    for part in parts:
+        assert part in job.error
+    assert "Traceback" not in job.error
+    assert db_counts() == (0, 0, 0)
+
+
+@pytest.mark.django_db
+def test_hf_datasets_without_rows_or_not_datasets_are_refused(tmp_path):
+    import datasets
+
+    empty = tmp_path / "empty.parquet"
+    datasets.Dataset.from_dict({"prompt": []}).to_parquet(str(empty))
+    assert "empty.parquet: the dataset has no rows" in import_file(empty, "hf", task="helpful").error
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    assert "blank.jsonl: the dataset has no rows" in import_file(tmp_path / "blank.jsonl", "hf", task="helpful").error
+    datasets.Dataset.from_dict({"prompt": []}).save_to_disk(str(tmp_path / "empty-folder"))
+    assert "empty-folder: the dataset has no rows" in import_file(tmp_path / "empty-folder", "hf", task="helpful").error
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("hello")
+    assert "folder: is a folder but not one written by datasets' save_to_disk" in \
+        import_file(tmp_path / "folder", "hf", task="helpful").error
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "q"}\n{"prompt": \n')
+    assert "broken.jsonl: cannot be read as a Hugging Face dataset" in \
+        import_file(tmp_path / "broken.jsonl", "hf", task="helpful").error
+    (tmp_path / "t.csv").write_text("prompt\nq\n")
+    assert "the hf format reads .parquet and .jsonl files" in \
+        import_file(tmp_path / "t.csv", "hf", task="helpful").error
+    assert db_counts() == (0, 0, 0)
+
+
+@pytest.mark.django_db
+def test_hf_parameters_are_checked_before_queueing(tmp_path):
+    with pytest.raises(ValidationError) as e:
+        Job.submit("import_dataset", {"path": str(tmp_path / "nothing-here"), "format": "hf", "task": "helpful"},
+                   send=False)
+    assert "File or folder not found (nor a hub id like org/name)" in str(e.value)
+    with pytest.raises(ValidationError) as e:
+        Job.submit("import_dataset", {"path": str(DATA / "pairs.jsonl"), "format": "hf"}, send=False)
+    assert "does not say which task" in str(e.value)
+    with pytest.raises(ValidationError) as e:
+        Job.submit("import_dataset", {"path": str(DATA / "pairs.jsonl"), "format": "pairs-jsonl", "task": "helpful",
+                                      "column_map": "context=question"}, send=False)
+    assert "A column mapping is for the hf format, not 'pairs-jsonl'" in str(e.value)
+    with pytest.raises(ValidationError) as e:
+        Job.submit("import_dataset", {"path": str(DATA / "pairs.jsonl"), "format": "hf", "task": "helpful",
+                                      "column_map": "answer=chosen"}, send=False)
+    assert "unknown field 'answer' in the column mapping; the fields are: prompt, chosen, rejected" in str(e.value)
+    with pytest.raises(CommandError, match="column_map: bad column mapping 'chosen': write FIELD=COLUMN"):
+        call_command("import_dataset", str(DATA / "pairs.jsonl"), "--format", "hf", "--task", "helpful",
+                     "--column-map", "chosen", stdout=io.StringIO())
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_hf_hub_ids_are_loaded_with_datasets_at_the_imports_split(monkeypatch):
+    """No network here: load_dataset is replaced, to check what the importer asks of it."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, **kwargs):
+        calls.append(name)
+        if name == "nobody/offline":
+            raise ConnectionError("Couldn't reach 'nobody/offline' on the Hub")
+        return datasets.DatasetDict({split: datasets.Dataset.from_list([{"prompt": f"a {split} prompt"}])
+                                     for split in ("train", "test")})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    job = import_file("someone/prompts", "hf", task="helpful", split="test")
+    assert job.status == "succeeded", job.error
+    assert calls == ["someone/prompts"]
+    assert list(Prompt.objects.values_list("dataset__name", "dataset__split", "context")) == [
+        ("prompts", "test", "a test prompt")]
+    assert "has splits train, test; choose one" in import_file("someone/prompts", "hf", task="helpful",
+                                                               split="validation").error
+    job = import_file("nobody/offline", "hf", task="helpful")
+    assert "cannot be read as a Hugging Face dataset: ConnectionError: Couldn't reach 'nobody/offline'" in job.error

@@ -14,12 +14,17 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("path", help="the file to import (.jsonl, .jsonl.gz, .csv)")
+        parser.add_argument("path", help="the file to import (.jsonl, .jsonl.gz, .csv; for --format hf also "
+                            ".parquet, a save_to_disk folder or a hub id)")
         parser.add_argument("--format", required=True, help=f"one of: {', '.join(FORMATS)}")
         parser.add_argument("--name", default="", help="dataset name (default: the file's name)")
         parser.add_argument("--split", default="", help="dataset split (default: train)")
         parser.add_argument("--task", default="", help="summarization, helpful or harmless (default: the "
-                            "format's: hh harmless, tldr/openai-comparisons summarization; generic formats need it)")
+                            "format's: hh harmless, tldr/openai-comparisons summarization; generic formats and hf "
+                            "need it)")
+        parser.add_argument("--column-map", default="", metavar="FIELD=COLUMN,...",
+                            help="hf format: read a field from another column, e.g. chosen=better,rejected=worse "
+                            "(fields: prompt, chosen, rejected, completion, prompt_id, source, p_chosen, labeler)")
         parser.add_argument("--source", default="", help="where the data came from")
         parser.add_argument("--licence", "--license", dest="licence", default="", help="the data's licence")
         parser.add_argument("--description", default="")
@@ -27,7 +32,8 @@ class Command(BaseCommand):
                             help="queue the job for the Celery workers instead of running it here")
 
     def handle(self, *args, **opts):
-        params = {k: opts[k] for k in ("path", "format", "name", "split", "task", "source", "licence", "description")}
+        params = {k: opts[k] for k in ("path", "format", "name", "split", "task", "source", "licence", "description",
+                                       "column_map")}
         try:
             job = run_import(params, background=opts["background"], write=self.stdout.write)
         except ValidationError as e:
