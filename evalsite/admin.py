@@ -7,6 +7,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from evalsite.models import Comparison, Dataset, Job, JobMetric, Policy, Prompt, Sample, Task
+from evalsite.preferencejobs import export_action
 
 admin.site.site_header = "RLAIF workbench"
 admin.site.site_title = "RLAIF workbench"
@@ -25,6 +26,7 @@ class DatasetAdmin(admin.ModelAdmin):
     search_fields = ["name", "source"]
     readonly_fields = ["import_job", "created_at"]
     change_list_template = "admin/evalsite/dataset/change_list.html"
+    actions = [export_action("datasets")]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
@@ -127,7 +129,7 @@ class JobAdmin(admin.ModelAdmin):
     list_display = ["id", "name", "kind", "status_badge", "progress_bar", "message", "created_at", "duration_s"]
     list_filter = ["status", "kind"]
     search_fields = ["name", "kind", "message", "celery_task_id"]
-    actions = ["cancel_jobs", "resume_jobs"]
+    actions = ["cancel_jobs", "resume_jobs", export_action("run")]
     change_form_template = "admin/evalsite/job/change_form.html"
     change_list_template = "admin/evalsite/job/change_list.html"
     readonly_fields = [
@@ -189,7 +191,14 @@ class JobAdmin(admin.ModelAdmin):
         return [
             path("<int:pk>/cancel/", self.admin_site.admin_view(self.cancel_view), name="evalsite_job_cancel"),
             path("<int:pk>/resume/", self.admin_site.admin_view(self.resume_view), name="evalsite_job_resume"),
+            path("export-preferences/", self.admin_site.admin_view(self.export_preferences_view),
+                 name="evalsite_export_preferences"),
         ] + super().get_urls()
+
+    def export_preferences_view(self, request):
+        from evalsite.preferencejobs import export_view
+
+        return export_view(request)
 
     def cancel_view(self, request, pk):
         job = get_object_or_404(Job, pk=pk)

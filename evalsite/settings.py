@@ -149,7 +149,9 @@ MEDIA_URL = "media/"
 MODELS_DIR = Path(env("MODELS_DIR", default=str(VAR_DIR / "models")))
 CHECKPOINTS_DIR = Path(env("CHECKPOINTS_DIR", default=str(VAR_DIR / "checkpoints")))
 UPLOADS_DIR = MEDIA_ROOT / "uploads"
-for _d in (MEDIA_ROOT, MODELS_DIR, CHECKPOINTS_DIR, UPLOADS_DIR, STATIC_ROOT):
+# Where preference exports started from the admin are written (the command writes where it is told).
+EXPORTS_DIR = Path(env("EXPORTS_DIR", default=str(VAR_DIR / "exports")))
+for _d in (MEDIA_ROOT, MODELS_DIR, CHECKPOINTS_DIR, UPLOADS_DIR, STATIC_ROOT, EXPORTS_DIR):
     _d.mkdir(parents=True, exist_ok=True)
 
 # Largest upload accepted by the admin import form (datasets are uploaded whole).

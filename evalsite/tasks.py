@@ -1,4 +1,4 @@
-"""Celery tasks and the core app's job kinds (dataset import)."""
+"""Celery tasks and the core app's job kinds (dataset import, preference export)."""
 from celery import shared_task
 
 from evalsite import jobs
@@ -43,4 +43,5 @@ def sweep_jobs():
 
 
 from evalsite import importjobs  # noqa: E402,F401  (registers import_dataset)
+from evalsite import preferencejobs  # noqa: E402,F401  (registers export_preferences)
 from evalsite.experiments import tasks as _experiment_tasks  # noqa: E402,F401  (canvas tasks, job kinds)

@@ -8,12 +8,12 @@ import os
 os.environ.setdefault("DEBUG", "1")
 os.environ.setdefault("JOB_HEARTBEAT_SECONDS", "1")
 
-# Models, checkpoints and uploads a test session writes go to its own folder (shared with the
+# Models, checkpoints, uploads and exports a test session writes go to its own folder (shared with the
 # worker processes it starts, which inherit the environment), not into the project's var/.
 import tempfile  # noqa: E402
 
 _run_dir = os.environ.setdefault("EVALSITE_TEST_RUN_DIR", tempfile.mkdtemp(prefix="evalsite-test-"))
-for _name in ("MODELS_DIR", "CHECKPOINTS_DIR", "MEDIA_ROOT"):
+for _name in ("MODELS_DIR", "CHECKPOINTS_DIR", "MEDIA_ROOT", "EXPORTS_DIR"):
     os.environ.setdefault(_name, os.path.join(_run_dir, _name.lower()))
 
 from .settings import *  # noqa: E402,F401,F403

@@ -225,7 +225,7 @@ def custom_admin_urls(objects):
         "evalsite_dataset_import": [], "evalsite_job_cancel": [objects["job"].pk],
         "evalsite_job_resume": [objects["job"].pk], "evalsite_evalround_open": [objects["round"].pk],
         "evalsite_evalround_close": [objects["round"].pk], "evalsite_evalround_sample": [objects["round"].pk],
-        "labeling_labelerconfig_label": [objects["labeler"].pk],
+        "labeling_labelerconfig_label": [objects["labeler"].pk], "evalsite_export_preferences": [],
     }
     names = set()
     for model, model_admin in research_admins():
@@ -255,6 +255,7 @@ def test_researchers_use_the_custom_admin_views(client, objects, member):
     urls = custom_admin_urls(objects)
     assert client.get(urls["evalsite_dataset_import"]).status_code == 200
     assert client.get(urls["labeling_labelerconfig_label"]).status_code == 200
+    assert client.get(urls["evalsite_export_preferences"] + f"?rounds={objects['round'].pk}").status_code == 200
     assert client.get(reverse("admin:evalsite_dataset_changelist")).content.decode().count(
         urls["evalsite_dataset_import"]) == 1
     client.post(urls["evalsite_job_cancel"])

@@ -11,6 +11,7 @@ from django.utils.html import format_html, format_html_join
 
 from evalsite.humaneval import rounds as R
 from evalsite.models import Dataset, EvalRound, Prompt, Ranking
+from evalsite.preferencejobs import export_action
 
 
 class EvalRoundForm(forms.ModelForm):
@@ -101,7 +102,7 @@ class EvalRoundAdmin(admin.ModelAdmin):
     list_filter = ["status", "question", "task"]
     search_fields = ["name", "title"]
     filter_horizontal = ["policies", "annotators"]
-    actions = ["open_rounds", "close_rounds"]
+    actions = ["open_rounds", "close_rounds", export_action("rounds")]
     change_form_template = "humaneval/admin/evalround_change_form.html"
     readonly_fields = ["status", "readiness", "progress_panel", "annotator_panel", "created_by", "opened_at", "closed_at"]
 
