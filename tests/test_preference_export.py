@@ -2,6 +2,8 @@
 (checked by loading them with `datasets`), the card, the push, the admin actions, and a round trip
 back through the hf importer."""
 import io
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -14,7 +16,9 @@ from evalsite import jobs, preferences
 from evalsite.importjobs import run_import
 from evalsite.models import Comparison, Dataset, EvalRound, Job, Prompt, Task
 from labeling.models import AILabel, LabelerConfig
+from tests.helpers import wait_for
 
+ROOT = Path(__file__).resolve().parent.parent
 HH_FILE = "hh-rlhf-harmless-base-test.jsonl.gz"
 
 
@@ -476,6 +480,31 @@ def test_background_queues_a_job_whose_result_names_the_file(labeled, tmp_path):
     assert job.result["path"] == str(tmp_path / "bg.parquet") and job.result["rows"] == 3
     assert job.result["card"] == str(tmp_path / "bg.README.md")
     assert len(load(tmp_path / "bg.parquet", tmp_path)) == 3
+
+
+@pytest.mark.worker
+def test_background_export_runs_on_a_real_worker(labeled, start_worker, tmp_path):
+    start_worker()
+    export("--dataset", "syn", "--source", "ai", "--labeler", "judge-A", "--background",
+           "--to", str(tmp_path / "worker.jsonl"))
+    job = Job.objects.get(kind="export_preferences")
+    wait_for(lambda: Job.objects.get(pk=job.pk).is_finished, timeout=60, message="the export job to finish")
+    job.refresh_from_db()
+    assert job.status == "succeeded", job.error
+    assert job.result["path"] == str(tmp_path / "worker.jsonl") and len(load(tmp_path / "worker.jsonl", tmp_path)) == 4
+
+
+def test_the_command_in_its_own_process_exits_with_a_message(labeled, worker_env, tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "manage.py", "export_preferences", *args], cwd=ROOT, env=worker_env,
+                              capture_output=True, text=True, timeout=120)
+
+    bad = run("--dataset", "nope", "--source", "ai", "--to", str(tmp_path / "x.parquet"))
+    assert bad.returncode == 1 and "No dataset 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+    good = run("--dataset", "syn", "--source", "human", "--to", str(tmp_path / "x.parquet"))
+    assert good.returncode == 0, good.stderr
+    assert f"Wrote 3 rows to {tmp_path / 'x.parquet'}" in good.stdout
+    assert len(load(tmp_path / "x.parquet", tmp_path)) == 3
 
 
 @pytest.fixture
