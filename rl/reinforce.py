@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from rl.distributed import gather_lists, is_main, share_bounds, sum_gradients, sum_numbers
 from rl.modeling import (
     autocast,
     encode_left_truncated,
@@ -61,6 +62,9 @@ class RLConfig:
     save_every: int = 25               # checkpoint every N steps (and at the end)
     shuffle: bool = True               # a new prompt order each epoch (False: the order given)
     seed: int = 0
+    # launch: read by the job that starts the run (rl/launch.py), not by the loop
+    processes: int = 1                 # data-parallel processes (accelerate launch --num_processes)
+    accelerate_config: str = ""        # an Accelerate config file (configs/accelerate/*.yaml)
 
     @classmethod
     def from_dict(cls, d):
@@ -117,10 +121,15 @@ def _batch_tensors(prompt_ids, response_ids, pad_id, device):
 
 
 class ReinforceTrainer:
-    """Holds policy, value model, frozen reference and their optimizers; ``train`` runs the loop."""
+    """Holds policy, value model, frozen reference and their optimizers; ``train`` runs the loop.
 
-    def __init__(self, config: RLConfig, policy, value_model, reference, tokenizer, reward_fn):
-        self.config = config
+    With an ``accelerator`` of several processes, each samples, scores and trains on its share
+    of every step's prompts (rl/distributed.py); the reference and the reward source sit on each
+    process's own device.
+    """
+
+    def __init__(self, config: RLConfig, policy, value_model, reference, tokenizer, reward_fn, *, accelerator=None):
+        self.config, self.accelerator = config, accelerator
         self.policy, self.value_model, self.reference = policy, value_model, reference
         self.tokenizer, self.reward_fn = tokenizer, reward_fn
         self.device = next(policy.parameters()).device
@@ -131,16 +140,16 @@ class ReinforceTrainer:
         self.completed_steps = 0
 
     @classmethod
-    def from_sft(cls, sft_dir, reward_fn, config: RLConfig, *, device=None, resume_from=None):
+    def from_sft(cls, sft_dir, reward_fn, config: RLConfig, *, device=None, resume_from=None, accelerator=None):
         """Policy and value from the SFT folder (or a checkpoint to resume), reference = SFT, frozen."""
-        device = pick_device(device)
+        device = accelerator.device if accelerator is not None and device is None else pick_device(device)
         seed_everything(config.seed)
         tokenizer = load_tokenizer(sft_dir)
         start = Path(resume_from) if resume_from else None
         policy = load_causal_lm(start / "policy" if start else sft_dir, device)
         value_model = load_value_model(start / "value" if start else sft_dir, device)
         reference = load_causal_lm(sft_dir, device, trainable=False)
-        trainer = cls(config, policy, value_model, reference, tokenizer, reward_fn)
+        trainer = cls(config, policy, value_model, reference, tokenizer, reward_fn, accelerator=accelerator)
         if start:
             state = torch.load(start / "state.pt", map_location=device, weights_only=False)
             trainer.policy_optimizer.load_state_dict(state["policy_optimizer"])
@@ -149,9 +158,11 @@ class ReinforceTrainer:
         return trainer
 
     # --- one step ----------------------------------------------------------------------
-    def sample(self, prompt_ids, step):
+    def sample(self, prompt_ids, step, first_row=0):
         """(response ids, log pi of each sampled token) per prompt; the policy's own log-probs come
-        from the generation pass, so the KL term needs no extra forward."""
+        from the generation pass, so the KL term needs no extra forward. Row i's seed comes from its
+        place ``first_row + i`` in the step's global batch, so a process's share draws what one
+        process would draw for those rows."""
         cfg = self.config
         rows = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))  # less padding
         size = cfg.generation_batch_size or len(rows)
@@ -161,7 +172,7 @@ class ReinforceTrainer:
             responses, logprobs = sample_token_ids(
                 self.policy, [prompt_ids[i] for i in chunk], max_new_tokens=cfg.max_response_tokens,
                 temperature=cfg.temperature, top_p=cfg.top_p, stop_ids=self.stop_ids,
-                pad_id=self.tokenizer.pad_token_id, seeds=[row_seed(cfg.seed, step, i) for i in chunk],
+                pad_id=self.tokenizer.pad_token_id, seeds=[row_seed(cfg.seed, step, first_row + i) for i in chunk],
                 return_logprobs=True,
             )
             for i, r, lp in zip(chunk, responses, logprobs):
@@ -174,10 +185,16 @@ class ReinforceTrainer:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def step(self, prompt_ids, contexts, step):
-        """Sample, score and update once; returns (the step's metrics, the response texts)."""
+        """Sample, score and update once; returns (the step's metrics, this process's response texts).
+
+        ``prompt_ids`` and ``contexts`` are the step's global batch; this process takes its share.
+        """
         cfg = self.config
         t0 = time.perf_counter()
-        responses, sampled_logprobs = self.sample(prompt_ids, step)
+        n = len(prompt_ids)  # losses are means over the global batch, whichever process holds a row
+        lo, hi = share_bounds(n, self.accelerator)
+        prompt_ids, contexts = prompt_ids[lo:hi], contexts[lo:hi]
+        responses, sampled_logprobs = self.sample(prompt_ids, step, first_row=lo)
         t_gen = time.perf_counter() - t0
         texts = [self.response_text(r) for r in responses]
         scores = torch.tensor([float(x) for x in self.reward_fn(list(contexts), texts)], dtype=torch.float32)
@@ -185,12 +202,12 @@ class ReinforceTrainer:
             raise ValueError("the reward function must return one finite number per response")
         t_reward = time.perf_counter() - t0 - t_gen
 
-        n = len(prompt_ids)
-        order = sorted(range(n), key=lambda i: len(prompt_ids[i]) + len(responses[i]))
-        micro = max(1, math.ceil(n / cfg.gradient_accumulation_steps))
+        mine = len(prompt_ids)
+        order = sorted(range(mine), key=lambda i: len(prompt_ids[i]) + len(responses[i]))
+        micro = max(1, math.ceil(mine / cfg.gradient_accumulation_steps))
         batches = []
-        kl_all, returns_all = torch.zeros(n), torch.zeros(n)
-        for m in range(0, n, micro):
+        kl_all, returns_all = torch.zeros(mine), torch.zeros(mine)
+        for m in range(0, mine, micro):
             idx = order[m:m + micro]
             ids, mask, pos, p_w, t_w = _batch_tensors([prompt_ids[i] for i in idx], [responses[i] for i in idx],
                                                       self.tokenizer.pad_token_id, self.device)
@@ -230,6 +247,7 @@ class ReinforceTrainer:
             sums["value_loss"] += float(value_loss.detach())
             sums["value"] += float((b["values"] * b["resp_mask"]).sum())
             del values, value_loss
+        sum_gradients(self.value_model, self.accelerator)
         value_grad = torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), cfg.max_grad_norm)
         self.value_optimizer.step()
         self.value_optimizer.zero_grad(set_to_none=True)  # free the value gradients before the policy's exist
@@ -248,11 +266,22 @@ class ReinforceTrainer:
             sums["policy_loss"] += float(policy_loss.detach())
             sums["tokens"] += int(b["resp_mask"].sum())
             del logprobs, policy_loss
+        sum_gradients(self.policy, self.accelerator)
         policy_grad = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
         self.policy_optimizer.step()
         self.policy_optimizer.zero_grad(set_to_none=True)  # free gradient memory between steps
         self.completed_steps = step + 1
-        lengths = torch.tensor([len(r) for r in responses], dtype=torch.float32)
+        # the metrics are the global batch's: every process's rows, in global order
+        acc = self.accelerator
+        scores = torch.tensor(gather_lists(scores.tolist(), acc), dtype=torch.float32)
+        kl_all = torch.tensor(gather_lists(kl_all.tolist(), acc), dtype=torch.float32)
+        returns_all = torch.tensor(gather_lists(returns_all.tolist(), acc), dtype=torch.float32)
+        lengths = torch.tensor(gather_lists([len(r) for r in responses], acc), dtype=torch.float32)
+        stopped = sum_numbers([sum(bool(r) and r[-1] in self.stop_ids for r in responses)], acc)[0]
+        for key, total in zip(("policy_loss", "value_loss", "entropy", "tokens", "value"),
+                              sum_numbers([sums[k] for k in ("policy_loss", "value_loss", "entropy", "tokens",
+                                                             "value")], acc)):
+            sums[key] = total
         return {
             "reward_mean": float(scores.mean()),
             "reward_std": float(scores.std()) if n > 1 else 0.0,
@@ -263,7 +292,7 @@ class ReinforceTrainer:
             "value_mean": sums["value"] / max(sums["tokens"], 1),
             "entropy": sums["entropy"] / max(sums["tokens"], 1),
             "response_length": float(lengths.mean()),
-            "stopped_share": sum(bool(r) and r[-1] in self.stop_ids for r in responses) / n,
+            "stopped_share": stopped / n,
             "policy_grad_norm": float(policy_grad),
             "value_grad_norm": float(value_grad),
             "generation_seconds": t_gen,
@@ -306,7 +335,8 @@ class ReinforceTrainer:
             # metrics first: a crash before the next checkpoint repeats (and rewrites) these steps
             if on_step is not None:
                 on_step(step, total, metrics, texts)
-            if checkpoint_dir and ((step + 1) % cfg.save_every == 0 or step + 1 == total):
+            # every process holds the same weights: the main one writes them
+            if checkpoint_dir and ((step + 1) % cfg.save_every == 0 or step + 1 == total) and is_main(self.accelerator):
                 self.save_checkpoint(checkpoint_dir)
         return self.completed_steps
 

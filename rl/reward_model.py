@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rl.distributed import share, sum_gradients, sum_numbers
 from rl.modeling import autocast, make_optimizer, pad_left, pick_device, scalar_head, seed_everything, trunk
 
 
@@ -35,6 +36,9 @@ class RewardModelConfig:
     max_grad_norm: float = 1.0
     eval_every: int = 0                    # evaluate held-out pairs every N steps (0: only at the end)
     seed: int = 0
+    # launch: read by the job that starts the run (rl/launch.py), not by the loop
+    processes: int = 1                     # data-parallel processes (accelerate launch --num_processes)
+    accelerate_config: str = ""            # an Accelerate config file (configs/accelerate/*.yaml)
 
 
 @dataclass
@@ -249,10 +253,13 @@ def evaluate_pairs(scorer, pairs):
     return pairwise_metrics(cat(r_a), cat(r_b), [p.p_first for p in pairs])
 
 
-def train_reward_model(scorer, pairs, config: RewardModelConfig, *, eval_pairs=None, on_step=None):
+def train_reward_model(scorer, pairs, config: RewardModelConfig, *, eval_pairs=None, on_step=None,
+                       accelerator=None):
     """Train ``scorer.model`` in place on ``pairs``; returns the final held-out metrics (or {}).
 
-    ``on_step(step, total_steps, metrics)`` after each optimizer step.
+    ``on_step(step, total_steps, metrics)`` after each optimizer step. With an ``accelerator`` of
+    several processes each trains on its share of every global batch (rl/distributed.py);
+    ``on_step`` runs on every process with the global metrics.
     """
     if config.batch_size > len(pairs):
         raise ValueError(f"batch size {config.batch_size} is larger than the {len(pairs)} training pairs")
@@ -262,7 +269,6 @@ def train_reward_model(scorer, pairs, config: RewardModelConfig, *, eval_pairs=N
     optimizer = make_optimizer(model.parameters(), config.optimizer, config.learning_rate, config.weight_decay)
     steps_per_epoch = len(pairs) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
-    micro = max(1, math.ceil(config.batch_size / config.gradient_accumulation_steps))
     rng = random.Random(config.seed)
     step = 0
     for epoch in range(config.epochs):
@@ -271,10 +277,12 @@ def train_reward_model(scorer, pairs, config: RewardModelConfig, *, eval_pairs=N
         for b in range(steps_per_epoch):
             t0 = time.perf_counter()
             batch = [pairs[i] for i in order[b * config.batch_size:(b + 1) * config.batch_size]]
+            mine = share(batch, accelerator)  # the whole batch with one process
+            micro = max(1, math.ceil(len(mine) / config.gradient_accumulation_steps))
             optimizer.zero_grad(set_to_none=True)
             loss_total, correct = 0.0, 0.0
-            for m in range(0, len(batch), micro):
-                part = batch[m:m + micro]
+            for m in range(0, len(mine), micro):
+                part = mine[m:m + micro]
                 r_a, r_b = scorer.forward_pairs([p.prompt for p in part], [p.response_a for p in part],
                                                 [p.response_b for p in part])
                 target = torch.tensor([p.p_first for p in part], dtype=torch.float32, device=r_a.device)
@@ -282,6 +290,8 @@ def train_reward_model(scorer, pairs, config: RewardModelConfig, *, eval_pairs=N
                 (loss * len(part) / len(batch)).backward()
                 loss_total += loss.item() * len(part)
                 correct += float(((r_a > r_b) == (target > 0.5)).float()[target != 0.5].sum())
+            sum_gradients(model, accelerator)
+            loss_total, correct = sum_numbers([loss_total, correct], accelerator)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             metrics = {"loss": loss_total / len(batch), "train_accuracy": correct / max(1, sum(p.p_first != 0.5 for p in batch)),

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rl.distributed import share, sum_gradients, sum_numbers
 from rl.modeling import autocast, make_optimizer, seed_everything
 
 IGNORE = -100
@@ -28,6 +29,9 @@ class SFTConfig:
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
     seed: int = 0
+    # launch: read by the job that starts the run (rl/launch.py), not by the loop
+    processes: int = 1                     # data-parallel processes (accelerate launch --num_processes)
+    accelerate_config: str = ""            # an Accelerate config file (configs/accelerate/*.yaml)
 
 
 def encode_example(tokenizer, prompt, response, config: SFTConfig):
@@ -77,9 +81,11 @@ def evaluate_sft(model, examples, pad_id, batch_size=8):
     return total / max(count, 1)
 
 
-def train_sft(model, tokenizer, prompts, responses, config: SFTConfig, *, on_step=None):
+def train_sft(model, tokenizer, prompts, responses, config: SFTConfig, *, on_step=None, accelerator=None):
     """Fine-tune ``model`` in place. ``on_step(step, total_steps, metrics)`` after each step.
 
+    With an ``accelerator`` of several processes each trains on its share of every global batch
+    (rl/distributed.py); ``on_step`` runs on every process with the global metrics.
     Returns the per-step mean training losses.
     """
     if len(prompts) != len(responses):
@@ -94,7 +100,6 @@ def train_sft(model, tokenizer, prompts, responses, config: SFTConfig, *, on_ste
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) if config.warmup_steps else 1.0
     )
-    micro = max(1, math.ceil(config.batch_size / config.gradient_accumulation_steps))
     rng = random.Random(config.seed)
     losses, step = [], 0
     for epoch in range(config.epochs):
@@ -104,13 +109,17 @@ def train_sft(model, tokenizer, prompts, responses, config: SFTConfig, *, on_ste
             t0 = time.perf_counter()
             batch = [examples[i] for i in order[b * config.batch_size:(b + 1) * config.batch_size]]
             n_tokens = sum(len(r) for _, r in batch)
+            mine = share(batch, accelerator)  # the whole batch with one process
+            micro = max(1, math.ceil(len(mine) / config.gradient_accumulation_steps))
             total = 0.0
             optimizer.zero_grad(set_to_none=True)
-            for m in range(0, len(batch), micro):
-                loss_sum, _ = sft_loss_sum(model, collate(batch[m:m + micro], tokenizer.pad_token_id))
+            for m in range(0, len(mine), micro):
+                loss_sum, _ = sft_loss_sum(model, collate(mine[m:m + micro], tokenizer.pad_token_id))
                 # Every response token of the whole batch weighs the same, however it is split.
                 (loss_sum / n_tokens).backward()
                 total += loss_sum.item()
+            sum_gradients(model, accelerator)
+            total = sum_numbers([total], accelerator)[0]
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             schedule.step()
