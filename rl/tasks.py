@@ -62,10 +62,15 @@ def sft_job(ctx):
 
     losses = train_sft(model, tokenizer, [policy_input(x) for x in prompts], [x.reference for x in prompts], config,
                        on_step=on_step)
-    out = save_hf_folder(model, tokenizer, _output_dir("policy", p["name"], ctx.job_id))
+    from rl.cards import sft_card_text
+
+    base_model = (parent.base_model or parent.checkpoint_dir) if parent else start
+    card = sft_card_text(p, job_id=ctx.job_id, base_model=base_model, parent=parent, prompts=prompts, losses=losses)
+    out = save_hf_folder(model, tokenizer, _output_dir("policy", p["name"], ctx.job_id),
+                         extra_files={"README.md": card})
     with transaction.atomic():
         policy, _ = Policy.objects.update_or_create(job_id=ctx.job_id, kind=Policy.Kind.SFT, defaults=dict(
-            name=p["name"], base_model=(parent.base_model or parent.checkpoint_dir) if parent else start,
+            name=p["name"], base_model=base_model,
             checkpoint_dir=str(out), parent=parent,
             metadata={"sft": {k: p[k] for k in P.SFT_DEFAULTS}, "n_examples": len(prompts),
                       "final_loss": losses[-1] if losses else None},
@@ -144,7 +149,8 @@ def _make_pairs(policy, prompts, job_id):
 @job_kind("reward_model", label="Train a reward model", validator=P.validate_reward_model)
 def reward_model_job(ctx):
     """Train a reward model on human (hard) or AI (soft) preference labels; register it."""
-    from rl.modeling import save_hf_folder
+    from rl.cards import reward_model_card_text
+    from rl.export import save_reward_model
     from rl.models import RewardModel
     from rl.reward_model import RewardModelConfig, RewardScorer, evaluate_pairs, pairwise_metrics, train_reward_model
 
@@ -172,16 +178,21 @@ def reward_model_job(ctx):
         if humans:
             metrics["held_out_vs_human"] = pairwise_metrics(r_a[humans], r_b[humans], [held_out[i].human for i in humans])
     metrics["train"] = evaluate_pairs(scorer, train[:512])
-    out = save_hf_folder(scorer.model, scorer.tokenizer, _output_dir("rm", p["name"], ctx.job_id))
-    task_ids = set(Prompt.objects.filter(pk__in={x.prompt_id for x in train + held_out})
-                   .values_list("dataset__task_id", flat=True))
+    dest = _output_dir("rm", p["name"], ctx.job_id)
+    prompt_ids = {x.prompt_id for x in train + held_out}
+    task_ids = set(Prompt.objects.filter(pk__in=prompt_ids).values_list("dataset__task_id", flat=True))
+    fields = dict(
+        name=p["name"], labels=p["labels"], checkpoint_dir=str(dest), base_model=start, base_policy=parent,
+        task_id=task_ids.pop() if len(task_ids) == 1 else None, label_config_ids=p.get("label_config_ids") or [], n_train_pairs=len(train),
+        n_eval_pairs=len(held_out), metrics=metrics,
+        metadata={"config": {k: p[k] for k in P.RM_DEFAULTS if k in p}},
+    )
+    # saved so that AutoModelForSequenceClassification (TRL, OpenRLHF, RewardBench) scores as we do
+    card = reward_model_card_text(RewardModel(job_id=ctx.job_id, **fields), tokenizer=scorer.tokenizer,
+                                  causal=scorer.causal, prompt_ids=prompt_ids)
+    out = save_reward_model(scorer.model, scorer.tokenizer, dest, card)
     with transaction.atomic():
-        rm, _ = RewardModel.objects.update_or_create(job_id=ctx.job_id, defaults=dict(
-            name=p["name"], labels=p["labels"], checkpoint_dir=str(out), base_model=start, base_policy=parent,
-            task_id=task_ids.pop() if len(task_ids) == 1 else None, label_config_ids=p.get("label_config_ids") or [], n_train_pairs=len(train),
-            n_eval_pairs=len(held_out), metrics=metrics,
-            metadata={"config": {k: p[k] for k in P.RM_DEFAULTS if k in p}},
-        ))
+        rm, _ = RewardModel.objects.update_or_create(job_id=ctx.job_id, defaults=fields)
     ctx.set_result(reward_model_id=rm.pk)
     held = metrics.get("held_out") or {}
     if held:
@@ -250,7 +261,12 @@ def rl_job(ctx):
             trainer.save_checkpoint(work)
         ctx.log(f"checkpoint at step {trainer.completed_steps} kept for resuming")
         raise
-    out = save_hf_folder(trainer.policy, trainer.tokenizer, _output_dir("policy", p["name"], ctx.job_id))
+    from rl.cards import rl_card_text
+
+    card = rl_card_text(p, job_id=ctx.job_id, arm=kind, base_model=sft.base_model or sft.checkpoint_dir, sft=sft,
+                        prompts=prompts, reward_source=source, steps=trainer.completed_steps)
+    out = save_hf_folder(trainer.policy, trainer.tokenizer, _output_dir("policy", p["name"], ctx.job_id),
+                         extra_files={"README.md": card})
     with transaction.atomic():
         policy, _ = Policy.objects.update_or_create(job_id=ctx.job_id, defaults=dict(
             name=p["name"], kind=kind, base_model=sft.base_model or sft.checkpoint_dir, checkpoint_dir=str(out),
