@@ -196,9 +196,9 @@ def _prompt_texts(prompts):
             prompts.values_list("pk", "context", "dataset__name", "dataset__split").iterator(chunk_size=2000)}
 
 
-def ai_pairs(p, comparisons, texts):
+def ai_pairs(p, comparisons, contexts):
     """The newest AI label of each comparison in scope (by the chosen config or run), as Pairs;
-    and the configs that wrote them. ``texts``: prompt id -> (context, dataset name)."""
+    and the configs that wrote them. ``contexts``: prompt id -> (context, dataset name)."""
     from labeling.models import AILabel, LabelerConfig
 
     labels = _labels(p, AILabel.objects.filter(comparison__in=comparisons)).order_by(
@@ -214,7 +214,7 @@ def ai_pairs(p, comparisons, texts):
     info = {pk: labeler_info(c) for pk, c in configs.items()}
     pairs = []
     for _, config_id, p_first, p1, p2, mass, prompt_id, a, b in rows:
-        context, dataset = texts[prompt_id]
+        context, dataset = contexts[prompt_id]
         pairs.append(P.Pair(prompt_key=prompt_id, context=context, response_a=a, response_b=b, p_a=p_first,
                             source="ai", dataset=dataset, p_slot1_order1=p1, p_slot1_order2=p2, label_mass=mass,
                             labeler=configs[config_id].name, labeler_prompt_hash=info[config_id]["prompt_hash"]))
@@ -235,17 +235,17 @@ def labeler_info(config):
 DATASET_PREFERENCE_P = {"first": 1.0, "second": 0.0, "tie": 0.5}
 
 
-def dataset_human_pairs(comparisons, texts):
+def dataset_human_pairs(comparisons, contexts):
     """The human labels comparisons carry (from their dataset, or set by annotators) as Pairs."""
     rows = comparisons.exclude(human_preference="").values_list(
         "prompt_id", "response_a", "response_b", "human_preference").iterator(chunk_size=2000)
-    return [P.Pair(prompt_key=prompt_id, context=texts[prompt_id][0], response_a=a, response_b=b,
-                   p_a=DATASET_PREFERENCE_P[pref], source="human", dataset=texts[prompt_id][1])
+    return [P.Pair(prompt_key=prompt_id, context=contexts[prompt_id][0], response_a=a, response_b=b,
+                   p_a=DATASET_PREFERENCE_P[pref], source="human", dataset=contexts[prompt_id][1])
             for prompt_id, a, b, pref in rows]
 
 
 def _rankings(p, prompts):
-    """The rounds' ranking frame (on the prompts in scope), sample texts, prompt texts, round names."""
+    """The rounds' ranking frame (on the prompts in scope), sample texts, prompt contexts, round names."""
     from evalsite.humaneval.data import ranking_frame
     from evalsite.models import EvalRound, Prompt, RankedResponse, Sample
 
@@ -255,9 +255,9 @@ def _rankings(p, prompts):
         frame = frame[frame["prompt_id"].isin(in_scope)]
     shown = RankedResponse.objects.filter(ranking__round_id__in=p["round_ids"]).values("sample_id")
     texts = dict(Sample.objects.filter(pk__in=shown).values_list("pk", "text"))
-    prompt_texts = _prompt_texts(Prompt.objects.filter(eval_items__round_id__in=p["round_ids"]).distinct())
+    contexts = _prompt_texts(Prompt.objects.filter(eval_items__round_id__in=p["round_ids"]).distinct())
     rounds = dict(EvalRound.objects.filter(pk__in=p["round_ids"]).values_list("pk", "name"))
-    return frame, texts, prompt_texts, rounds
+    return frame, texts, contexts, rounds
 
 
 # --- the export -------------------------------------------------------------------------------
@@ -307,20 +307,20 @@ def run_export(params, progress=None, made_by=""):
     human, ai, labelers, judgments = [], [], [], []
     counts = {}
     if p["round_ids"]:
-        frame, texts, prompt_texts, rounds = _rankings(p, prompts)
+        frame, texts, contexts, rounds = _rankings(p, prompts)
         report(0.25, f"expanding {frame['ranking_id'].nunique() if len(frame) else 0:,} rankings")
         if p["type"] == "unpaired":
-            judgments = P.judgments_from_rankings(frame, texts, prompt_texts, rounds)
+            judgments = P.judgments_from_rankings(frame, texts, contexts, rounds)
         else:
-            human = P.pairs_from_rankings(frame, texts, prompt_texts, rounds)
-        counts["pairs_from_rankings"] = len(human)
+            human = P.pairs_from_rankings(frame, texts, contexts, rounds)
+            counts["pairs_from_rankings"] = len(human)
     if p["type"] == "preference":
         # Both kinds whatever the source: the card gives the labelers' alignment with the human labels.
-        texts = _prompt_texts(Prompt.objects.filter(pk__in=comparisons.values("prompt_id")))
-        from_datasets = dataset_human_pairs(comparisons, texts)
+        contexts = _prompt_texts(Prompt.objects.filter(pk__in=comparisons.values("prompt_id")))
+        from_datasets = dataset_human_pairs(comparisons, contexts)
         counts["human_labels_from_datasets"] = len(from_datasets)
         human += from_datasets
-        ai, labelers = ai_pairs(p, comparisons, texts)
+        ai, labelers = ai_pairs(p, comparisons, contexts)
         counts["ai_labels"] = len(ai)
     report(0.45, "applying the rules")
     if p["type"] == "preference":
@@ -368,7 +368,11 @@ def run_export(params, progress=None, made_by=""):
               "type": p["type"], "task": task, **counts}
     if p["push_to_hub"]:
         report(0.9, f"pushing to the Hub: {p['push_to_hub']}")
-        P.push_to_hub(dataset, p["push_to_hub"], token=token, card=card, private=p["private"])
+        try:
+            P.push_to_hub(dataset, p["push_to_hub"], token=token, card=card, private=p["private"])
+        except Exception as e:  # the Hub client raises many kinds (network, HTTP, auth); the user needs the message
+            raise JobError(f"Wrote {data_path}, but pushing it to {p['push_to_hub']} failed: "
+                           f"{type(e).__name__}: {e}") from None
         result["pushed_to"] = p["push_to_hub"]
     report(1.0, f"wrote {len(rows):,} rows to {data_path}")
     return result

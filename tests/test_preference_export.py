@@ -225,6 +225,18 @@ def test_each_comparisons_newest_label_goes_out_and_labeler_picks_a_config(label
     assert len(load(tmp_path / "b.jsonl", tmp_path)) == 1
 
 
+def test_a_labeling_run_exports_the_labels_its_chunks_wrote(labeled, tmp_path):
+    run = Job.objects.create(kind="label", name="run", params={"config_id": labeled["a"].pk})
+    chunk = Job.objects.create(kind="label_chunk", name="chunk", parent=run)
+    AILabel.objects.filter(config=labeled["a"], comparison__in=labeled["comparisons"][:2]).update(job=chunk)
+    export("--run", str(run.pk), "--source", "ai", "--to", str(tmp_path / "run.jsonl"))
+    ds = load(tmp_path / "run.jsonl", tmp_path)
+    assert sorted(r["prompt"][-1]["content"] for r in ds) == ["All of question 0.", "All of question 1."]
+    assert {r["labeler"] for r in ds} == {"judge-A"}
+    with pytest.raises(CommandError, match=f"Job #{chunk.pk} is not a labeling run"):
+        export("--run", str(chunk.pk), "--source", "ai", "--to", str(tmp_path / "chunk.jsonl"))
+
+
 @pytest.mark.parametrize("flags,kept", [
     ([], {0, 1, 2, 3}),
     (["--drop-ties"], {0, 1, 2}),
@@ -417,6 +429,14 @@ def test_push_to_hub_uploads_the_card_and_the_data_with_the_token(labeled, tmp_p
     assert calls[0] == ("create", "me/prefs", {"repo_type": "dataset", "private": True, "exist_ok": True})
     assert calls[1][2] == (tmp_path / "p.README.md").read_text() and "tags: [\"trl\"" in calls[1][2]
     assert calls[2] == ("data", "me/prefs", 3, "hf_secret")
+    def refused(self, repo_id, **kw):
+        raise PermissionError("403 Forbidden: you cannot write to me/prefs")
+
+    monkeypatch.setattr(datasets.Dataset, "push_to_hub", refused)
+    with pytest.raises(CommandError, match=r"Wrote .*p2.parquet, but pushing it to me/prefs failed: PermissionError"):
+        export("--dataset", "syn", "--source", "human", "--push-to-hub", "me/prefs",
+               "--to", str(tmp_path / "p2.parquet"))
+    assert len(load(tmp_path / "p2.parquet", tmp_path)) == 3
     with pytest.raises(CommandError, match="must end in _TOKEN"):
         export("--dataset", "syn", "--source", "human", "--push-to-hub", "me/prefs", "--token-env", "SECRET_KEY",
                "--to", str(tmp_path / "q.parquet"))
