@@ -10,6 +10,7 @@ from django.core.management import CommandError, call_command
 
 from evalsite import jobs
 from evalsite.models import Comparison, Dataset, Job, JobMetric, Policy, Prompt, Task
+from rl.export import export_reward_model
 from rl.models import RewardModel
 from rl.reward_model import RewardScorer
 
@@ -129,9 +130,6 @@ def test_pad_token_equal_to_eos_still_matches(reward_model, tmp_path):
     tok = AutoTokenizer.from_pretrained(folder)
     tok.pad_token = tok.eos_token
     tok.save_pretrained(folder)
-    call_command("export_reward_model", reward_model.pk, to=str(tmp_path / "unused"))  # the command runs
-    from rl.export import export_reward_model
-
     export_reward_model(folder, "card")  # in place: config.json now says pad = EOS
     assert json.loads((folder / "config.json").read_text())["pad_token_id"] == tok.eos_token_id
     ours = app_rewards(folder, PAIRS)
