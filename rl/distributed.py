@@ -64,6 +64,16 @@ def sum_gradients(model, accelerator):
         offset += g.numel()
 
 
+def broadcast_parameters(model, accelerator):
+    """Every process starts from the main process's weights (as DDP does when it wraps a model): a
+    freshly initialised head would otherwise differ between processes."""
+    if world(accelerator)[1] == 1:
+        return
+    with torch.no_grad():
+        for p in model.parameters():
+            torch.distributed.broadcast(p.data, src=0)
+
+
 def sum_numbers(values, accelerator):
     """A list of Python floats summed over the processes (returned as floats)."""
     if world(accelerator)[1] == 1:

@@ -7,6 +7,10 @@ from rl import params as P
 
 OPTIMIZER_CHOICES = [(o, o) for o in P.OPTIMIZERS]
 
+PROCESSES_HELP = ("Data-parallel training processes (1: in the worker itself; more: accelerate launch, one per GPU "
+                  "or CPU core). README: More than one GPU or machine.")
+ACCELERATE_CONFIG_HELP = "An Accelerate config file, e.g. configs/accelerate/multi_gpu.yaml (empty: Accelerate's defaults)."
+
 
 def _policies():
     return Policy.objects.exclude(checkpoint_dir="").order_by("name")
@@ -83,6 +87,8 @@ class SFTForm(JobForm):
     max_response_tokens = forms.IntegerField()
     optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES)
     seed = forms.IntegerField()
+    processes = forms.IntegerField(help_text=PROCESSES_HELP)
+    accelerate_config = forms.CharField(required=False, max_length=1000, help_text=ACCELERATE_CONFIG_HELP)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -130,6 +136,8 @@ class RewardModelForm(JobForm):
     max_length = forms.IntegerField()
     optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES)
     seed = forms.IntegerField()
+    processes = forms.IntegerField(help_text=PROCESSES_HELP)
+    accelerate_config = forms.CharField(required=False, max_length=1000, help_text=ACCELERATE_CONFIG_HELP)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -174,6 +182,8 @@ class RLForm(JobForm):
     optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES)
     save_every = forms.IntegerField(label="Checkpoint every N steps")
     seed = forms.IntegerField()
+    processes = forms.IntegerField(help_text=PROCESSES_HELP)
+    accelerate_config = forms.CharField(required=False, max_length=1000, help_text=ACCELERATE_CONFIG_HELP)
 
     def __init__(self, *args, **kwargs):
         from rl.models import RewardModel

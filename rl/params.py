@@ -12,7 +12,8 @@ from django.core.exceptions import ValidationError
 from evalsite.models import Dataset, Policy, Prompt
 
 SFT_DEFAULTS = {"learning_rate": 2e-5, "epochs": 1, "batch_size": 8, "gradient_accumulation_steps": 1,
-                "max_prompt_tokens": 512, "max_response_tokens": 128, "optimizer": "adamw", "seed": 0}
+                "max_prompt_tokens": 512, "max_response_tokens": 128, "optimizer": "adamw", "seed": 0,
+                "processes": 1, "accelerate_config": ""}
 SAMPLE_DEFAULTS = {"n": 1, "temperature": 0.9, "top_p": 1.0, "max_new_tokens": 64, "seed": 0, "make_pairs": False,
                    "batch_size": 16, "max_prompt_tokens": 1024}
 # human_label_field: "judge_preference" trains the "human" reward model on a dataset's external AI
@@ -20,11 +21,12 @@ SAMPLE_DEFAULTS = {"n": 1, "temperature": 0.9, "top_p": 1.0, "max_new_tokens": 6
 RM_DEFAULTS = {"labels": "human", "label_config_ids": [], "include_annotator_rankings": True, "eval_fraction": 0.1,
                "human_label_field": "human_preference",
                "learning_rate": 1e-5, "epochs": 2, "batch_size": 32, "gradient_accumulation_steps": 1,
-               "max_length": 1152, "optimizer": "adafactor", "seed": 0}
+               "max_length": 1152, "optimizer": "adafactor", "seed": 0, "processes": 1, "accelerate_config": ""}
 RL_DEFAULTS = {"reward": "reward_model", "beta": 0.05, "temperature": 0.9, "top_p": 1.0, "batch_size": 16,
                "learning_rate": 1e-5, "value_learning_rate": 0.0, "epochs": 8, "max_prompt_tokens": 512,
                "max_response_tokens": 64, "gradient_accumulation_steps": 1, "generation_batch_size": 0,
-               "optimizer": "adafactor", "max_grad_norm": 1.0, "save_every": 25, "seed": 0}
+               "optimizer": "adafactor", "max_grad_norm": 1.0, "save_every": 25, "seed": 0,
+               "processes": 1, "accelerate_config": ""}
 OPTIMIZERS = ("adamw", "adafactor")
 
 
@@ -60,23 +62,25 @@ BATCH_SIZE = Bound(int, 1, MAX_BATCH)
 PROMPT_TOKENS = Bound(int, 1, MAX_PROMPT_TOKENS)
 RESPONSE_TOKENS = Bound(int, 1, MAX_NEW_TOKENS)
 TOP_P = Bound(float, 0, 1, above_low=True)
+# data-parallel training processes (in all, over every machine); launch_errors also checks the devices
+PROCESSES = Bound(int, 1, 1024)
 
 # Every numeric parameter of each job kind, with its range (the validators and forms read these).
 SFT_NUMBERS = {"learning_rate": LEARNING_RATE, "epochs": EPOCHS, "batch_size": BATCH_SIZE,
                "gradient_accumulation_steps": BATCH_SIZE, "max_prompt_tokens": PROMPT_TOKENS,
-               "max_response_tokens": RESPONSE_TOKENS, "seed": SEED}
+               "max_response_tokens": RESPONSE_TOKENS, "seed": SEED, "processes": PROCESSES}
 SAMPLE_NUMBERS = {"n": Bound(int, 1, 64), "temperature": Bound(float, 0, 100), "top_p": TOP_P,
                   "max_new_tokens": RESPONSE_TOKENS, "batch_size": BATCH_SIZE, "max_prompt_tokens": PROMPT_TOKENS,
                   "seed": SEED}
 RM_NUMBERS = {"eval_fraction": Bound(float, 0, 0.9), "learning_rate": LEARNING_RATE, "epochs": EPOCHS,
               "batch_size": BATCH_SIZE, "gradient_accumulation_steps": BATCH_SIZE,
-              "max_length": Bound(int, 1, MAX_PROMPT_TOKENS + MAX_NEW_TOKENS), "seed": SEED}
+              "max_length": Bound(int, 1, MAX_PROMPT_TOKENS + MAX_NEW_TOKENS), "seed": SEED, "processes": PROCESSES}
 RL_NUMBERS = {"beta": Bound(float, 0, 1), "temperature": Bound(float, 0, 100, above_low=True), "top_p": TOP_P,
               "learning_rate": LEARNING_RATE, "value_learning_rate": Bound(float, 0, 1),
               "max_grad_norm": Bound(float, 0, 1000, above_low=True), "batch_size": BATCH_SIZE, "epochs": EPOCHS,
               "max_prompt_tokens": PROMPT_TOKENS, "max_response_tokens": RESPONSE_TOKENS,
               "gradient_accumulation_steps": BATCH_SIZE, "save_every": Bound(int, 1, 100000),
-              "generation_batch_size": Bound(int, 0, MAX_BATCH), "seed": SEED}
+              "generation_batch_size": Bound(int, 0, MAX_BATCH), "seed": SEED, "processes": PROCESSES}
 NUMBERS = {"sft": SFT_NUMBERS, "sample": SAMPLE_NUMBERS, "reward_model": RM_NUMBERS, "rl": RL_NUMBERS}
 
 
@@ -197,6 +201,71 @@ def _new_policy_name(params, errors):
         errors.add("name", f"A policy named “{name}” already exists.")
 
 
+def local_devices():
+    """(how many, what) a training process can have on this machine: GPUs, else CPU cores."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.device_count(), "GPUs"
+    return os.cpu_count() or 1, "CPU cores"
+
+
+def launch_errors(values):
+    """Messages for a training job's launch section (``processes``, ``accelerate_config``): a config
+    file that is missing or not Accelerate's, an engine the loops do not run, more processes per
+    machine than this machine has devices, fewer rows per step than processes."""
+    from rl.distributed import SHARDED_ENGINES
+    from rl.launch import resolve_config
+
+    messages = {}
+    processes = values.get("processes", 1)
+    if not isinstance(processes, int) or isinstance(processes, bool):
+        return messages  # number_errors says what is wrong with it
+    machines = 1
+    name = values.get("accelerate_config") or ""
+    if not isinstance(name, str):
+        messages["accelerate_config"] = "accelerate config must be a file path."
+    elif name:
+        path = resolve_config(name)
+        if not Path(path).is_file():
+            messages["accelerate_config"] = (f"The Accelerate config file {name!r} does not exist (give a path, e.g. "
+                                             "configs/accelerate/multi_gpu.yaml).")
+        else:
+            from accelerate.commands.config.config_args import load_config_from_file
+
+            try:
+                cluster = load_config_from_file(path)
+            except Exception as e:  # yaml, json or unknown keys: all mean "not a usable config"
+                messages["accelerate_config"] = f"{name} is not an Accelerate config file: {e}"
+            else:
+                machines = max(1, int(getattr(cluster, "num_machines", 1) or 1))
+                engine = str(getattr(cluster, "distributed_type", "")).split(".")[-1].upper()
+                if engine in SHARDED_ENGINES:
+                    messages["accelerate_config"] = (
+                        f"{name} uses {engine}, which shards the models; the training loops run data-parallel "
+                        "(DDP) only so far. Use configs/accelerate/multi_gpu.yaml.")
+    if processes > 1:
+        per_machine = -(-processes // machines)
+        devices, what = local_devices()
+        if per_machine > devices:
+            messages["processes"] = (f"{processes} processes on {machines} machine(s) is {per_machine} per machine, "
+                                     f"more than the {devices} {what} of this machine.")
+        batch = values.get("batch_size")
+        if isinstance(batch, int) and batch < processes:
+            messages["batch_size"] = f"batch size {batch} is smaller than the {processes} processes (each takes rows of it)."
+        if values.get("reward") == "direct":
+            messages["processes"] = "Direct RLAIF runs in one process (its labeler LLM scores in the worker): set processes to 1."
+    return messages
+
+
+def _launch(params, errors):
+    params["accelerate_config"] = params.get("accelerate_config") or ""
+    for field, message in launch_errors(params).items():
+        errors.add(field, message)
+
+
 def _optimizer(params, errors):
     if params.get("optimizer") not in OPTIMIZERS:
         errors.add("optimizer", f"optimizer must be one of {', '.join(OPTIMIZERS)}.")
@@ -225,6 +294,7 @@ def validate_sft(params):
     _new_policy_name(params, errors)
     _numbers(params, errors, SFT_NUMBERS)
     _optimizer(params, errors)
+    _launch(params, errors)
     ids = _prompt_ids(params, errors, need_reference=True)
     _batch_vs_data(params, errors, len(ids), "prompts with a reference")
     errors.raise_if_any()
@@ -274,6 +344,7 @@ def validate_reward_model(params):
             errors.add("label_config_ids", "Choose the AI labeler configuration(s) whose soft labels to train on.")
     _numbers(params, errors, RM_NUMBERS)
     _optimizer(params, errors)
+    _launch(params, errors)
     if params.get("dataset_id") not in (None, "") or params.get("prompt_ids"):
         _prompt_ids(params, errors)
     params["include_annotator_rankings"] = bool(params.get("include_annotator_rankings"))
@@ -321,6 +392,7 @@ def validate_rl(params):
         errors.add("reward", "reward must be 'reward_model' (RLHF / distilled RLAIF) or 'direct' (direct RLAIF).")
     _numbers(params, errors, RL_NUMBERS)
     _optimizer(params, errors)
+    _launch(params, errors)
     ids = _prompt_ids(params, errors)
     _batch_vs_data(params, errors, len(ids))
     errors.raise_if_any()

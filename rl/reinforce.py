@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from rl.distributed import gather_lists, is_main, share_bounds, sum_gradients, sum_numbers
+from rl.distributed import broadcast_parameters, gather_lists, is_main, share_bounds, sum_gradients, sum_numbers
 from rl.modeling import (
     autocast,
     encode_left_truncated,
@@ -130,6 +130,8 @@ class ReinforceTrainer:
 
     def __init__(self, config: RLConfig, policy, value_model, reference, tokenizer, reward_fn, *, accelerator=None):
         self.config, self.accelerator = config, accelerator
+        for model in (policy, value_model):
+            broadcast_parameters(model, accelerator)
         self.policy, self.value_model, self.reference = policy, value_model, reference
         self.tokenizer, self.reward_fn = tokenizer, reward_fn
         self.device = next(policy.parameters()).device

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rl.distributed import share, sum_gradients, sum_numbers
+from rl.distributed import broadcast_parameters, share, sum_gradients, sum_numbers
 from rl.modeling import autocast, make_optimizer, pad_left, pick_device, scalar_head, seed_everything, trunk
 
 
@@ -266,6 +266,7 @@ def train_reward_model(scorer, pairs, config: RewardModelConfig, *, eval_pairs=N
     seed_everything(config.seed)
     model = scorer.model
     model.requires_grad_(True)
+    broadcast_parameters(model, accelerator)
     optimizer = make_optimizer(model.parameters(), config.optimizer, config.learning_rate, config.weight_decay)
     steps_per_epoch = len(pairs) // config.batch_size
     total_steps = steps_per_epoch * config.epochs

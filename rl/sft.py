@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rl.distributed import share, sum_gradients, sum_numbers
+from rl.distributed import broadcast_parameters, share, sum_gradients, sum_numbers
 from rl.modeling import autocast, make_optimizer, seed_everything
 
 IGNORE = -100
@@ -93,6 +93,7 @@ def train_sft(model, tokenizer, prompts, responses, config: SFTConfig, *, on_ste
     if config.batch_size > len(prompts):
         raise ValueError(f"batch size {config.batch_size} is larger than the {len(prompts)} examples")
     seed_everything(config.seed)
+    broadcast_parameters(model, accelerator)
     examples = [encode_example(tokenizer, p, r, config) for p, r in zip(prompts, responses)]
     steps_per_epoch = len(examples) // config.batch_size
     total_steps = steps_per_epoch * config.epochs

@@ -5,7 +5,7 @@ Each job reads its (validated) params, runs a plain-Python core, reports per-ste
 RewardModel -- in one transaction at the end. ``rl`` checkpoints into the job's work_dir
 and, resumed after a cancel or a crash, continues from the last checkpoint.
 """
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from django.conf import settings
@@ -17,6 +17,7 @@ from evalsite.models import Comparison, Policy, Prompt, Sample
 from evalsite.models.core import pair_key
 from rl import params as P
 from rl.data import policy_input, preference_pairs, prompt_queryset
+from rl.launch import run_launched
 
 
 def _config(cls, params):
@@ -53,15 +54,22 @@ def sft_job(ctx):
     parent, start = _start_dir(p)
     prompts = list(prompt_queryset(p).exclude(reference="").order_by("pk"))
     ctx.log(f"SFT of {start} on {len(prompts)} prompts with references")
-    tokenizer, model = load_tokenizer(start), load_causal_lm(start)
     config = _config(SFTConfig, p)
+    if config.processes == 1:
+        tokenizer, model = load_tokenizer(start), load_causal_lm(start)
 
     def on_step(step, total, metrics):
         ctx.metric(step, **metrics)
         ctx.progress((step + 1) / total, f"step {step + 1}/{total}, loss {metrics['loss']:.4f}")
 
-    losses = train_sft(model, tokenizer, [policy_input(x) for x in prompts], [x.reference for x in prompts], config,
-                       on_step=on_step)
+    if config.processes > 1:  # rl/launch.py: the processes train; this worker relays, saves and registers
+        done = run_launched(ctx, "sft", {"config": asdict(config), "start": str(start),
+                                         "prompts": [policy_input(x) for x in prompts],
+                                         "responses": [x.reference for x in prompts]})
+        losses, tokenizer, model = done["losses"], load_tokenizer(done["trained"]), load_causal_lm(done["trained"])
+    else:
+        losses = train_sft(model, tokenizer, [policy_input(x) for x in prompts], [x.reference for x in prompts],
+                           config, on_step=on_step)
     from rl.cards import sft_card_text
 
     base_model = (parent.base_model or parent.checkpoint_dir) if parent else start
@@ -162,13 +170,19 @@ def reward_model_job(ctx):
         raise JobError("No labelled comparisons to train on.")
     ctx.log(f"{len(train)} training pairs, {len(held_out)} held out; {p['labels']} labels; from {start}")
     config = _config(RewardModelConfig, p)
-    scorer = RewardScorer.from_folder(start, max_length=config.max_length)
+    if config.processes == 1:
+        scorer = RewardScorer.from_folder(start, max_length=config.max_length)
 
     def on_step(step, total, metrics):
         ctx.metric(step, **metrics)
         ctx.progress((step + 1) / total, f"step {step + 1}/{total}, loss {metrics['loss']:.4f}")
 
-    train_reward_model(scorer, train, config, on_step=on_step)
+    if config.processes > 1:  # rl/launch.py: the processes train; this worker evaluates, saves and registers
+        done = run_launched(ctx, "reward_model", {"config": asdict(config), "start": str(start), "pairs": [
+            [x.prompt, x.response_a, x.response_b, x.p_first] for x in train]})
+        scorer = RewardScorer.from_folder(done["trained"], max_length=config.max_length)
+    else:
+        train_reward_model(scorer, train, config, on_step=on_step)
     metrics = {}
     if held_out:
         r_a = scorer.score([x.prompt for x in held_out], [x.response_a for x in held_out])
@@ -201,14 +215,19 @@ def reward_model_job(ctx):
 
 
 # --- RL ------------------------------------------------------------------------------------
-def _reward_function(p, prompts):
-    """(reward_fn(contexts, responses), contexts for the prompts, reward source text, policy kind)."""
+def _reward_function(p, prompts, *, load=True):
+    """(reward_fn(contexts, responses), contexts for the prompts, reward source text, policy kind).
+
+    ``load=False`` (reward models only): in place of reward_fn, what launched processes need to
+    load it (rl/launch.py); direct RLAIF runs in one process (rl/params.py says so).
+    """
     from rl.models import RewardModel
     from rl.reward_model import RewardScorer
 
     if p["reward"] == "reward_model":
         rm = RewardModel.objects.get(pk=p["reward_model_id"])
-        scorer = RewardScorer.from_folder(rm.checkpoint_dir, max_length=p["max_prompt_tokens"] + p["max_response_tokens"])
+        scorer = {"kind": "reward_model", "path": rm.checkpoint_dir,
+                  "max_length": p["max_prompt_tokens"] + p["max_response_tokens"]} if not load else RewardScorer.from_folder(rm.checkpoint_dir, max_length=p["max_prompt_tokens"] + p["max_response_tokens"])
         # the reward model reads what the policy read, as in its training pairs
         return scorer, [policy_input(x) for x in prompts], f"reward model #{rm.pk} “{rm.name}” ({rm.labels} labels)", \
             rm.policy_kind
@@ -224,21 +243,10 @@ def _reward_function(p, prompts):
     return scorer.rewards, [x.context for x in prompts], f"direct RLAIF: {p['labeler_model']}", Policy.Kind.RLAIF_DIRECT
 
 
-@job_kind("rl", label="RL (REINFORCE with value baseline)", resumable=True, validator=P.validate_rl)
-def rl_job(ctx):
-    """REINFORCE with a learned value baseline from an SFT policy (docs/method.md §3)."""
-    from rl.modeling import save_hf_folder
-    from rl.reinforce import ReinforceTrainer, RLConfig
+def _train_rl_here(ctx, config, sft, prompts, contexts, reward_fn, source):
+    """The RL loop in this worker process; returns the trainer."""
+    from rl.reinforce import ReinforceTrainer
 
-    _quiet_transformers()
-    p = ctx.params
-    existing = Policy.objects.filter(job_id=ctx.job_id).first()
-    if existing is not None:  # finished before, e.g. a crash right after registering the policy
-        return {"policy_id": existing.pk}
-    sft = Policy.objects.get(pk=p["policy_id"])
-    prompts = list(prompt_queryset(p).order_by("pk"))
-    reward_fn, contexts, source, kind = _reward_function(p, prompts)
-    config = _config(RLConfig, p)
     work = ctx.work_dir
     resume = work / "checkpoint" if ReinforceTrainer.checkpoint_step(work) is not None else None
     trainer = ReinforceTrainer.from_sft(sft.checkpoint_dir, reward_fn, config, resume_from=resume)
@@ -261,6 +269,45 @@ def rl_job(ctx):
             trainer.save_checkpoint(work)
         ctx.log(f"checkpoint at step {trainer.completed_steps} kept for resuming")
         raise
+    return trainer
+
+
+def _launched_rl(ctx, config, sft, prompts, contexts, reward, source):
+    """The RL loop on ``config.processes`` processes (rl/launch.py); returns what registering needs
+    of a trainer (policy, tokenizer, completed steps), read from the final checkpoint."""
+    from types import SimpleNamespace
+
+    from rl.modeling import load_causal_lm, load_tokenizer
+    from rl.reinforce import ReinforceTrainer
+
+    ctx.log(f"RL from {sft.name} on {len(prompts)} prompts; reward: {source}")
+    run_launched(ctx, "rl", {"config": asdict(config), "start": sft.checkpoint_dir, "reward": reward,
+                             "prompts": [policy_input(x) for x in prompts], "contexts": list(contexts)})
+    final = ctx.work_dir / "checkpoint"
+    return SimpleNamespace(policy=load_causal_lm(final / "policy"), tokenizer=load_tokenizer(final / "policy"),
+                           completed_steps=ReinforceTrainer.checkpoint_step(ctx.work_dir))
+
+
+@job_kind("rl", label="RL (REINFORCE with value baseline)", resumable=True, validator=P.validate_rl)
+def rl_job(ctx):
+    """REINFORCE with a learned value baseline from an SFT policy (docs/method.md §3)."""
+    from rl.modeling import save_hf_folder
+    from rl.reinforce import RLConfig
+
+    _quiet_transformers()
+    p = ctx.params
+    existing = Policy.objects.filter(job_id=ctx.job_id).first()
+    if existing is not None:  # finished before, e.g. a crash right after registering the policy
+        return {"policy_id": existing.pk}
+    sft = Policy.objects.get(pk=p["policy_id"])
+    prompts = list(prompt_queryset(p).order_by("pk"))
+    config = _config(RLConfig, p)
+    reward_fn, contexts, source, kind = _reward_function(p, prompts, load=config.processes == 1)
+    work = ctx.work_dir
+    if config.processes > 1:  # rl/launch.py: the processes train and checkpoint; this worker relays and registers
+        trainer = _launched_rl(ctx, config, sft, prompts, contexts, reward_fn, source)
+    else:
+        trainer = _train_rl_here(ctx, config, sft, prompts, contexts, reward_fn, source)
     from rl.cards import rl_card_text
 
     card = rl_card_text(p, job_id=ctx.job_id, arm=kind, base_model=sft.base_model or sft.checkpoint_dir, sft=sft,

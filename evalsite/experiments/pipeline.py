@@ -357,6 +357,8 @@ def config_errors(config):
             messages.append(f"{section}: expected an object of settings, found {type(values).__name__}.")
             continue
         messages += [f"{section}: {m}" if section else m for m in P.number_errors(values, bounds)]
+        if STAGE_KINDS.get(section) in ("sft", "reward_model", "rl"):  # the launch section
+            messages += [f"{section}: {m}" for m in P.launch_errors(values).values()]
     return messages
 
 
