@@ -4,16 +4,103 @@ Stored contexts are the bare input: a TL;DR post without the trailing "TL;DR:", 
 dialogue up to (not including) the final "\\n\\nAssistant:".
 """
 import re
+import string
+from dataclasses import dataclass
 
 SUMMARIZATION_SUFFIX = "\n\nTL;DR:"
 ASSISTANT_TURN = "\n\nAssistant:"
+INPUT_PLACEHOLDER = "{input}"
 
 
-def policy_prompt(task_slug, context):
-    """The text a policy continues: the post + "TL;DR:" or the dialogue + "Assistant:"."""
-    if task_slug == "summarization":
-        return context.rstrip() + SUMMARIZATION_SUFFIX
-    return context.rstrip() + ASSISTANT_TURN
+@dataclass(frozen=True)
+class TaskText:
+    """Everything the plain-Python cores need to know about a task: what its input and responses
+    are called, the labeler's and the direct scorer's texts, and how a policy is prompted.
+
+    The app builds one from a ``Task`` row (``Task.text()``); the built-in tasks' values are in
+    :mod:`evalsite.builtin_tasks`. ``response_name`` is lower case as in running text ("summary");
+    the labeler capitalizes it ("Summary 1 - ..."). ``ending`` and ``cot_instruction`` may use
+    ``{noun}``. ``policy_template`` holds ``{input}``, replaced by the stored context.
+    """
+
+    slug: str
+    name: str = ""
+    input_name: str = "Text"
+    response_name: str = "response"
+    preamble_base: str = ""
+    preamble_detailed: str = ""
+    ending: str = "Preferred {noun}="
+    cot_instruction: str = ""
+    direct_rubric: str = ""
+    policy_template: str = INPUT_PLACEHOLDER
+    turn_markers: tuple = ()
+    conversational: bool = False
+    rater_instructions: str = ""
+
+    @property
+    def noun(self):
+        """The response name as the labeler writes it: "Summary 1 - ...", "Preferred Summary="."""
+        return self.response_name[:1].upper() + self.response_name[1:]
+
+    def preamble(self, variant):
+        """The Base or Detailed preamble; a task without a Detailed one uses its Base one."""
+        if variant == "detailed":
+            return self.preamble_detailed or self.preamble_base
+        return {"base": self.preamble_base}[variant]
+
+
+def _placeholders(text):
+    return {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+
+
+def validate_task_texts(*, policy_template, ending="", cot_instruction="", turn_markers=()):
+    """Problems with a task's texts as {field: message}; empty when it can be used."""
+    errors = {}
+    if INPUT_PLACEHOLDER not in (policy_template or ""):
+        errors["policy_template"] = (f"The policy template must hold {INPUT_PLACEHOLDER}, where the prompt's "
+                                     f"input goes; got {policy_template!r}.")
+    for name, text in (("ending", ending), ("cot_instruction", cot_instruction)):
+        try:
+            bad = _placeholders(text or "") - {"noun"}
+        except ValueError as e:
+            errors[name] = f"{e} (write a literal brace as {{{{ or }}}})."
+            continue
+        if bad:
+            errors[name] = (f"Unknown placeholder(s) {', '.join('{%s}' % b for b in sorted(bad))}; "
+                            "only {noun} (the response name) may be used.")
+    if not isinstance(turn_markers, (list, tuple)) or not all(isinstance(m, str) and m for m in turn_markers):
+        errors["turn_markers"] = "Turn markers must be a list of non-empty strings."
+    return errors
+
+
+def _task_text(task):
+    if isinstance(task, TaskText):
+        return task
+    from evalsite.builtin_tasks import BUILTIN_TASKS  # a slug: one of the paper's tasks
+
+    if task not in BUILTIN_TASKS:
+        raise ValueError(f"unknown task {task!r}: pass its TaskText (Task.text()), not a slug")
+    return BUILTIN_TASKS[task]
+
+
+def policy_prompt(task, context):
+    """The text a policy continues: the task's ``policy_template`` with ``{input}`` replaced by the
+    context (the built-ins: the post + "TL;DR:" or the dialogue + "Assistant:").
+
+    ``task`` is a :class:`TaskText`, or a built-in task's slug.
+    """
+    return _task_text(task).policy_template.replace(INPUT_PLACEHOLDER, context.rstrip())
+
+
+def cut_at_turn_markers(response, task):
+    """A sampled response up to the first of the task's ``turn_markers`` (text that ends a response,
+    e.g. the start of the next speaker's turn); unchanged when the task has none."""
+    cut = len(response)
+    for marker in _task_text(task).turn_markers:
+        i = response.find(marker)
+        if marker and 0 <= i < cut:
+            cut = i
+    return response[:cut]
 
 
 def split_dialogue(text):

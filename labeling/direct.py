@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .backends import (ChatBackend, ChatBackendConfig, LocalBackend, LocalBackendConfig, ServerBackend,
                        ServerBackendConfig)
-from .prompts import make_template, PromptBuilder, truncate_context
+from .prompts import context_keep, make_template, PromptBuilder, truncate_context
 
 
 @dataclass
@@ -41,7 +41,7 @@ def score_to_reward(score):
 
 @dataclass
 class DirectScorerSettings:
-    task: str = "summarization"
+    task: object = "summarization"  # a TaskText (Task.text()), or a built-in task's slug
     template_overrides: dict = field(default_factory=dict)
     max_prompt_tokens: int = 0
     batch_size: int = 16  # prompts per backend call
@@ -53,7 +53,7 @@ class DirectScorer:
         self.settings = DirectScorerSettings(task=task, **settings)
         self.template = make_template(self.settings.task, "base", self.settings.template_overrides)
         self.builder = PromptBuilder(self.template)
-        self.keep = "start" if self.settings.task == "summarization" else "end"
+        self.keep = context_keep(self.settings.task)
 
     @classmethod
     def from_pretrained(cls, model_dir, task, *, dtype="auto", threads=0, device="auto", chat_template="auto",

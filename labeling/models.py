@@ -183,10 +183,9 @@ class LabelerConfig(models.Model):
                 errors[name] = "Enter a finite number."
         if self.preamble_variant not in VARIANTS:
             errors["preamble_variant"] = f"Use one of {', '.join(VARIANTS)}."
-        task_slug = self.task.slug if self.task_id else None
-        if task_slug:
+        if self.task_id:
             try:
-                make_template(task_slug, self.preamble_variant, self.template_overrides)
+                make_template(self.task.text(), self.preamble_variant, self.template_overrides)
             except TemplateError as e:
                 errors["template_overrides"] = str(e)
         if not isinstance(self.exemplars, list):
@@ -221,7 +220,7 @@ class LabelerConfig(models.Model):
         from .scoring import LabelerSettings
 
         return LabelerSettings(
-            task=self.task.slug, variant=self.preamble_variant, template_overrides=dict(self.template_overrides or {}),
+            task=self.task.text(), variant=self.preamble_variant, template_overrides=dict(self.template_overrides or {}),
             exemplars=list(self.exemplars or []), chain_of_thought=self.chain_of_thought,
             cot_max_tokens=self.cot_max_tokens, self_consistency_k=self.self_consistency_k,
             self_consistency_temperature=self.self_consistency_temperature,

@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from .prompts import Exemplar, PromptBuilder, clean_rationale, make_template, truncate_context
+from .prompts import Exemplar, PromptBuilder, clean_rationale, context_keep, make_template, truncate_context
 
 
 ABSENT_LABEL_POLICIES = ("keep", "reask", "drop")
@@ -29,7 +29,7 @@ ABSENT_LABEL_POLICIES = ("keep", "reask", "drop")
 class LabelerSettings:
     """Everything that decides a label, apart from the model (see ``LabelerConfig`` in the app)."""
 
-    task: str = "summarization"
+    task: object = "summarization"  # a TaskText (Task.text()), or a built-in task's slug
     variant: str = "base"
     template_overrides: dict = field(default_factory=dict)
     exemplars: list = field(default_factory=list)  # Exemplar or dicts
@@ -129,7 +129,7 @@ class PreferenceLabeler:
         self.settings = settings
         self.template = make_template(settings.task, settings.variant, settings.template_overrides)
         self.builder = PromptBuilder(self.template, list(settings.exemplars), settings.chain_of_thought)
-        self.keep = "start" if settings.task == "summarization" else "end"
+        self.keep = context_keep(settings.task)
 
     @property
     def token_limit(self):

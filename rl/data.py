@@ -25,7 +25,7 @@ def prompt_queryset(params):
 
 
 def policy_input(prompt):
-    return policy_prompt(prompt.dataset.task.slug, prompt.context)
+    return policy_prompt(prompt.dataset.task.text(), prompt.context)
 
 
 def held_out(prompt_id, fraction, seed):

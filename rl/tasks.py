@@ -15,6 +15,7 @@ from django.utils.text import slugify
 from evalsite.jobs import JobCancelled, JobError, job_kind
 from evalsite.models import Comparison, Policy, Prompt, Sample
 from evalsite.models.core import pair_key
+from evalsite.tasktext import cut_at_turn_markers
 from rl import params as P
 from rl.data import policy_input, preference_pairs, prompt_queryset
 from rl.launch import run_launched
@@ -119,8 +120,10 @@ def sample_job(ctx):
             out = generate(model, tokenizer, [policy_input(x) for x in chunk_prompts], config,
                            prompt_keys=[x.pk for x in chunk_prompts], only={(position[pr.pk], k) for pr, k in chunk})
             with transaction.atomic():
-                # (PostgreSQL text cannot hold NUL, which a byte-level model can emit)
-                rows = [Sample(policy=policy, prompt=pr, index=k, text=out[position[pr.pk]][k].text.replace("\x00", ""),
+                # A response ends at the task's first turn marker; PostgreSQL text cannot hold NUL,
+                # which a byte-level model can emit.
+                rows = [Sample(policy=policy, prompt=pr, index=k,
+                               text=cut_at_turn_markers(out[position[pr.pk]][k].text, pr.dataset.task.text()).replace("\x00", ""),
                                token_count=len(out[position[pr.pk]][k].token_ids), job_id=ctx.job_id,
                                generation={**generation, "finished": out[position[pr.pk]][k].finished})
                         for pr, k in chunk]
@@ -236,10 +239,10 @@ def _reward_function(p, prompts, *, load=True):
     except ImportError as e:
         raise JobError(f"Direct RLAIF needs the AI-feedback module (labeling.direct.DirectScorer), "
                        f"which is not available here: {e}")
-    tasks = {x.dataset.task.slug for x in prompts}
+    tasks = {x.dataset.task.slug: x.dataset.task for x in prompts}
     if len(tasks) != 1:
         raise JobError(f"Direct RLAIF scores one task at a time; the prompts mix {', '.join(sorted(tasks))}.")
-    scorer = DirectScorer.from_pretrained(p["labeler_model"], tasks.pop())
+    scorer = DirectScorer.from_pretrained(p["labeler_model"], tasks.popitem()[1].text())
     return scorer.rewards, [x.context for x in prompts], f"direct RLAIF: {p['labeler_model']}", Policy.Kind.RLAIF_DIRECT
 
 

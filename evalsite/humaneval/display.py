@@ -27,10 +27,16 @@ def post_parts(text):
     return {"subreddit": m["sub"], "title": m["title"], "body": text.lstrip()[m.end():].strip()}
 
 
-def layout(task_slug, context):
-    """What the item template needs to show the input: ``{"kind": "dialogue"|"post", ...}``."""
-    if task_slug != "summarization":
+def layout(task, context):
+    """What the item template needs to show the input: ``{"kind": "dialogue"|"post", "heading", ...}``.
+
+    ``task``: a TaskText (``Task.text()``). A conversational task's dialogue is shown as turns; other
+    input as text, with a Reddit post's subreddit and title apart. The heading is the task's input
+    name ("Conversation", "Question"), or "Post" for a Reddit post.
+    """
+    if task.conversational:
         turns = dialogue_turns(context)
         if turns:
-            return {"kind": "dialogue", "turns": [{"speaker": s, "text": t} for s, t in turns]}
-    return {"kind": "post", **post_parts(context)}
+            return {"kind": "dialogue", "heading": task.input_name, "turns": [{"speaker": s, "text": t} for s, t in turns]}
+    parts = post_parts(context)
+    return {"kind": "post", "heading": "Post" if parts["subreddit"] or parts["title"] else task.input_name, **parts}

@@ -112,7 +112,7 @@ def _item_context(request, a, values, errors=(), skip=None):
     return {
         "round": round,
         "token": a.token,
-        "input": layout(round.task.slug, context),
+        "input": layout(round.task.text(), context),
         "responses": responses,
         "n": k,
         "places": [{"n": i, "name": ordinal(i)} for i in range(1, k + 1)],

@@ -1,33 +1,110 @@
 """The core domain: tasks, datasets, prompts, policies, samples and comparisons."""
 import hashlib
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
 
+# What the chain-of-thought step asks for when a task does not say ({noun}: its response name).
+DEFAULT_COT_INSTRUCTION = "Consider the overall quality of each {noun} and explain which one is better."
+
+
 class Task(models.Model):
-    """One of the paper's three tasks. Rows are created by a data migration."""
+    """What is labeled and rated: one of the paper's three tasks (built in) or a researcher's own.
+
+    Every part reads its texts from here through :meth:`text`: the AI labeler (preambles, names,
+    ending), the direct scorer (rubric), policies (``policy_template``), rounds (name, response
+    name, instructions) and reports (name). Built-in rows are written by migrations and again
+    after every migrate (``evalsite.seed``); custom ones in the admin or with ``manage.py load_task``.
+    """
 
     SUMMARIZATION = "summarization"
     HELPFUL = "helpful"
     HARMLESS = "harmless"
-    SLUG_CHOICES = [
-        (SUMMARIZATION, "Summarization"),
-        (HELPFUL, "Helpful dialogue"),
-        (HARMLESS, "Harmless dialogue"),
-    ]
 
-    slug = models.SlugField(unique=True, choices=SLUG_CHOICES)
-    name = models.CharField(max_length=100)
+    slug = models.SlugField(unique=True, help_text="Short name used by importers (--task) and jobs.")
+    name = models.CharField(max_length=100, unique=True)
+    builtin = models.BooleanField(
+        default=False, editable=False,
+        help_text="One of the paper's three tasks: it cannot be deleted and its slug cannot change.",
+    )
+    input_name = models.CharField(
+        max_length=40, default="Text",
+        help_text='What the input is called in labeler prompts: "Text", "Question", "Conversation".',
+    )
     # What a response is called in prompts and on the rating page ("summary", "response").
-    response_noun = models.CharField(max_length=30, default="response")
-    instructions = models.TextField(blank=True, help_text="Shown to human raters.")
+    response_noun = models.CharField(
+        "response name", max_length=30, default="response",
+        help_text='What a response is called, in lower case ("summary", "answer"); labeler prompts '
+                  'capitalize it ("Summary 1 - ...").',
+    )
+    preamble_base = models.TextField(
+        "Base preamble", blank=True,
+        help_text="The labeler's short task description (the paper's Base preamble); ends by asking for 1 or 2.",
+    )
+    preamble_detailed = models.TextField(
+        "Detailed preamble", blank=True,
+        help_text="The labeler's preamble with the rating criteria spelled out (the paper's Detailed preamble).",
+    )
+    ending = models.CharField(
+        max_length=200, default="Preferred {noun}=",
+        help_text="What the labeler's answer starts with; the label token follows it. May use {noun}.",
+    )
+    cot_instruction = models.TextField(
+        "chain-of-thought instruction", blank=True,
+        help_text="What the labeler's chain-of-thought step asks for. May use {noun}.",
+    )
+    direct_rubric = models.TextField(
+        blank=True, help_text="The direct scorer's rubric (direct RLAIF): one response, a score from 1 to 10.",
+    )
+    policy_template = models.TextField(
+        default="{input}",
+        help_text='The text a policy continues; {input} is replaced by the prompt (e.g. "{input}\n\nAnswer:").',
+    )
+    turn_markers = models.JSONField(
+        default=list, blank=True,
+        help_text='Strings that end a sampled response, e.g. ["\n\nHuman:"]: the text from the first one on is cut.',
+    )
+    conversational = models.BooleanField(
+        default=False,
+        help_text="The input is a dialogue of Human:/Assistant: turns: raters see turns, labelers keep the "
+                  "latest turns of a long one.",
+    )
+    instructions = models.TextField("rater instructions", blank=True, help_text="Shown to human raters.")
 
     class Meta:
         ordering = ["slug"]
 
     def __str__(self):
         return self.name
+
+    def clean(self):
+        from evalsite.tasktext import validate_task_texts
+
+        errors = validate_task_texts(
+            policy_template=self.policy_template, ending=self.ending, cot_instruction=self.cot_instruction,
+            turn_markers=self.turn_markers,
+        )
+        if self.builtin and self.pk:
+            stored = Task.objects.filter(pk=self.pk).values_list("slug", flat=True).first()
+            if stored and stored != self.slug:
+                errors["slug"] = f"{self.name} is a built-in task: its slug stays {stored!r}."
+        if errors:
+            raise ValidationError(errors)
+
+    def text(self):
+        """The task as the plain-Python cores take it (labeler, direct scorer, policy prompts)."""
+        from evalsite.tasktext import TaskText
+
+        return TaskText(
+            slug=self.slug, name=self.name, input_name=self.input_name, response_name=self.response_noun,
+            preamble_base=self.preamble_base, preamble_detailed=self.preamble_detailed, ending=self.ending,
+            cot_instruction=self.cot_instruction or DEFAULT_COT_INSTRUCTION.format(noun=self.response_noun),
+            direct_rubric=self.direct_rubric,
+            policy_template=self.policy_template, turn_markers=tuple(self.turn_markers or ()),
+            conversational=self.conversational, rater_instructions=self.instructions,
+        )
 
 
 class Dataset(models.Model):
