@@ -16,7 +16,32 @@ admin.site.index_title = "Research console"
 
 @admin.register(Task)
 class TaskAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "response_noun"]
+    """The paper's tasks (built in: kept, slug fixed) and researchers' own (also ``manage.py load_task``)."""
+
+    list_display = ["name", "slug", "input_name", "response_noun", "builtin"]
+    list_filter = ["builtin"]
+    search_fields = ["name", "slug"]
+    fieldsets = [
+        (None, {"fields": ["slug", "name", "input_name", "response_noun", "conversational"]}),
+        ("AI labeler", {"fields": ["preamble_base", "preamble_detailed", "ending", "cot_instruction"]}),
+        ("Direct scorer", {"fields": ["direct_rubric"]}),
+        ("Policies", {"fields": ["policy_template", "turn_markers"]}),
+        ("Human raters", {"fields": ["instructions"]}),
+    ]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["slug"] if obj is not None and obj.builtin else []
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and obj.builtin:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def get_actions(self, request):
+        # The bulk delete would get past has_delete_permission(obj) for built-in tasks.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
 
 
 @admin.register(Dataset)

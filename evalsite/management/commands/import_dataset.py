@@ -19,9 +19,9 @@ class Command(BaseCommand):
         parser.add_argument("--format", required=True, help=f"one of: {', '.join(FORMATS)}")
         parser.add_argument("--name", default="", help="dataset name (default: the file's name)")
         parser.add_argument("--split", default="", help="dataset split (default: train)")
-        parser.add_argument("--task", default="", help="summarization, helpful or harmless (default: the "
-                            "format's: hh harmless, tldr/openai-comparisons summarization; generic formats and hf "
-                            "need it)")
+        parser.add_argument("--task", default="", help="the task's slug: summarization, helpful, harmless or a "
+                            "custom task's (manage.py load_task) (default: the format's: hh harmless, "
+                            "tldr/openai-comparisons summarization; generic formats and hf need it)")
         parser.add_argument("--column-map", default="", metavar="FIELD=COLUMN,...",
                             help="hf format: read a field from another column, e.g. chosen=better,rejected=worse "
                             "(fields: prompt, chosen, rejected, completion, prompt_id, source, p_chosen, labeler)")
