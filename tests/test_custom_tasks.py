@@ -124,6 +124,17 @@ def test_admin_lists_adds_and_protects_builtin_tasks(client, researcher, longfor
     assert r.status_code == 302 and Task.objects.get(slug="recipes").text().noun == "Recipe"
 
 
+def test_a_builtin_task_keeps_its_slug_and_a_custom_one_may_change_it(longform_qa):
+    from django.core.exceptions import ValidationError
+
+    helpful = Task.objects.get(slug="helpful")
+    helpful.slug = "assistant"
+    with pytest.raises(ValidationError, match="built-in task: its slug stays 'helpful'"):
+        helpful.full_clean()
+    longform_qa.slug = "qa"
+    longform_qa.full_clean()
+
+
 PAIRS = [
     {"prompt_id": f"q{i}", "context": f"Why does thing {i} happen?",
      "response_a": f"Because of reason {i}, explained in detail.", "response_b": f"Dunno {i}.",
