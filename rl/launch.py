@@ -299,7 +299,10 @@ def _rl(spec, accelerator, reporter, work):
     config = RLConfig.from_dict(spec["config"])
     reward = spec["reward"]
     if reward["kind"] == "reward_model":
+        from rl.modeling import seed_everything
         from rl.reward_model import RewardScorer
+
+        seed_everything(config.seed)  # a folder without a trained head gets the same fresh one everywhere
 
         reward_fn = RewardScorer.from_folder(reward["path"], device=accelerator.device, max_length=reward["max_length"])
     else:

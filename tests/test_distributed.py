@@ -148,8 +148,11 @@ def test_distributed_rl_equals_one_process_and_survives_cancel_and_kill(toy, tin
     two = load_causal_lm(Policy.objects.get(pk=job.result["policy_id"]).checkpoint_dir, "cpu")
     prompts = sorted(toy["prompts"], key=lambda x: x.pk)
     config = RLConfig(batch_size=4, epochs=2, max_response_tokens=4, learning_rate=1e-3, optimizer="adamw")
-    trainer = ReinforceTrainer.from_sft(str(tiny_model_dir), RewardScorer.from_folder(str(tiny_model_dir), "cpu"),
-                                        config, device="cpu")
+    from rl.modeling import seed_everything
+
+    seed_everything(0)  # the untrained reward head, drawn as the launched processes draw it
+    reward = RewardScorer.from_folder(str(tiny_model_dir), "cpu", max_length=512 + 4)
+    trainer = ReinforceTrainer.from_sft(str(tiny_model_dir), reward, config, device="cpu")
     steps = []
     trainer.train([policy_input(x) for x in prompts], on_step=lambda s, t, m, texts: steps.append(m))
     assert _max_diff(trainer.policy, load_causal_lm(tiny_model_dir, "cpu")) > 10 * TOLERANCE
@@ -158,11 +161,11 @@ def test_distributed_rl_equals_one_process_and_survives_cancel_and_kill(toy, tin
     assert [m.values["reward_mean"] for m in logged] == pytest.approx([m["reward_mean"] for m in steps], abs=1e-4)
 
     # 2. cancel: the processes stop after one step, write the checkpoint and are all gone
-    long = {**common, "name": "rl x2 long", "epochs": 40, "save_every": 1000}
+    long = {**common, "name": "rl x2 long", "epochs": 1000, "save_every": 5}  # far longer than the test
     job = _submit("rl", long, django_capture_on_commit_callbacks)
     wait_for(lambda: JobMetric.objects.filter(job=job, step__gte=2).exists(), timeout=120, message="RL step 2")
     spec = _spec_of(job)
-    assert len(_training_pids(spec)) >= 3  # the launcher and two training processes
+    assert len(_training_pids(spec)) >= 2  # the training processes (and the launcher)
     job.request_cancel()
     job = _wait_status(job, "cancelled", worker, timeout=120)
     assert "checkpoint at step" in job.log
@@ -179,7 +182,7 @@ def test_distributed_rl_equals_one_process_and_survives_cancel_and_kill(toy, tin
              message="the resumed RL to pass its checkpoint")
     job.refresh_from_db()
     assert f"resuming at step {saved}/" in job.log
-    assert len(_training_pids(spec)) >= 3
+    assert len(_training_pids(spec)) >= 2
     worker.kill()
     wait_for(lambda: not _training_pids(spec), timeout=15, message="no training process left after SIGKILL")
     assert Job.objects.get(pk=job.pk).status == "running"
