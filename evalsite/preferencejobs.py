@@ -273,7 +273,7 @@ def _token(p):
 
 def _task(p):
     """The one task of everything selected; mixing tasks would mix prompt formats in one file."""
-    from evalsite.models import Dataset, EvalRound, Job
+    from evalsite.models import Dataset, EvalRound, Job, Task
     from labeling.models import LabelerConfig
 
     tasks = set(Dataset.objects.filter(pk__in=p["dataset_ids"]).values_list("task__slug", flat=True))
@@ -285,7 +285,7 @@ def _task(p):
     if len(tasks) != 1:
         raise JobError(f"The selection spans the tasks {', '.join(sorted(tasks))}; export one task at a time "
                        "(their prompts have different forms).")
-    return tasks.pop()
+    return Task.objects.get(slug=tasks.pop()).text()
 
 
 def run_export(params, progress=None, made_by=""):
@@ -365,7 +365,7 @@ def run_export(params, progress=None, made_by=""):
     except OSError as e:
         raise JobError(f"Could not write {p['path']}: {e}") from None
     result = {"path": str(data_path), "card": str(card_path), "format": P.output_format(data_path),
-              "type": p["type"], "task": task, **counts}
+              "type": p["type"], "task": task.slug, **counts}
     if p["push_to_hub"]:
         report(0.9, f"pushing to the Hub: {p['push_to_hub']}")
         try:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from evalsite import stats
 from evalsite.importers import context_id, quiet_datasets
-from evalsite.tasktext import dialogue_messages, policy_prompt
+from evalsite.tasktext import as_task_text, dialogue_messages, policy_prompt
 
 SOURCES = {
     "human": "human labels only (dataset labels and annotators' rankings)",
@@ -43,7 +43,6 @@ TYPES = {
 # How a destination is written, by its name: a .parquet or .jsonl file, or else a folder.
 FILE_FORMATS = {"parquet": ".parquet", "jsonl": ".jsonl"}
 DISK = "disk"
-DIALOGUE_TASKS = ("helpful", "harmless")
 
 
 class ExportError(ValueError):
@@ -311,7 +310,8 @@ def alignment_with_humans(ai, human):
 
 
 def is_conversational(task):
-    return task in DIALOGUE_TASKS
+    """Whether ``task`` (a TaskText, or a built-in task's slug) is a dialogue: TRL's messages then."""
+    return as_task_text(task).conversational
 
 
 def prompt_value(task, context):
@@ -582,7 +582,7 @@ def dataset_card(info: CardInfo, columns):
         else "standard (plain text)"
     tags = ["trl", "rlaif", "preference" if info.kind == "preference" else "unpaired-preference"]
     lines = ["---", f"tags: {_yaml_list(tags)}", "---", "", f"# {info.title}", "",
-             f"{fmt} data for the *{info.task}* task, {style}: {info.rows:,} rows in `{info.data_file}`. "
+             f"{fmt} data for the *{as_task_text(info.task).slug}* task, {style}: {info.rows:,} rows in `{info.data_file}`. "
              f"Written by the RLAIF workbench on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
              + (f" ({info.made_by})." if info.made_by else "."), "",
              "```python", "from datasets import load_dataset", "",

@@ -73,7 +73,8 @@ def validate_task_texts(*, policy_template, ending="", cot_instruction="", turn_
     return errors
 
 
-def _task_text(task):
+def as_task_text(task):
+    """``task`` itself when it is a :class:`TaskText`, else the built-in task with that slug."""
     if isinstance(task, TaskText):
         return task
     from evalsite.builtin_tasks import BUILTIN_TASKS  # a slug: one of the paper's tasks
@@ -89,14 +90,14 @@ def policy_prompt(task, context):
 
     ``task`` is a :class:`TaskText`, or a built-in task's slug.
     """
-    return _task_text(task).policy_template.replace(INPUT_PLACEHOLDER, context.rstrip())
+    return as_task_text(task).policy_template.replace(INPUT_PLACEHOLDER, context.rstrip())
 
 
 def cut_at_turn_markers(response, task):
     """A sampled response up to the first of the task's ``turn_markers`` (text that ends a response,
     e.g. the start of the next speaker's turn); unchanged when the task has none."""
     cut = len(response)
-    for marker in _task_text(task).turn_markers:
+    for marker in as_task_text(task).turn_markers:
         i = response.find(marker)
         if marker and 0 <= i < cut:
             cut = i

@@ -330,6 +330,22 @@ def test_summarization_exports_plain_text_prompts(db, tmp_path):
     assert all(r["prompt"].startswith("SUBREDDIT: r/relationships") and r["prompt"].endswith("\n\nTL;DR:") for r in ds)
 
 
+def test_a_custom_task_exports_its_own_policy_prompt(db, tmp_path):
+    task = Task.objects.create(slug="longform-qa", name="Long-form QA", input_name="Question",
+                               response_noun="answer", preamble_base="Which answer is better? Answer with 1 or 2.",
+                               policy_template="Question: {input}\nAnswer:", conversational=False)
+    ds = Dataset.objects.create(name="qa", split="test", task=task)
+    for i in range(3):
+        prompt = Prompt.objects.create(dataset=ds, external_id=f"q{i}", context=f"Why is the sky blue ({i})?")
+        Comparison.objects.create(prompt=prompt, response_a=f"Rayleigh scattering {i}.", response_b=f"Paint {i}.",
+                                  human_preference="first", human_source="dataset")
+    export("--dataset", "qa", "--source", "human", "--to", str(tmp_path / "qa.jsonl"))
+    rows = list(load(tmp_path / "qa.jsonl", tmp_path))
+    assert [r["prompt"] for r in rows] == [f"Question: Why is the sky blue ({i})?\nAnswer:" for i in range(3)]
+    assert all(r["chosen"].startswith("Rayleigh") for r in rows)
+    assert "*longform-qa* task, standard (plain text)" in (tmp_path / "qa.README.md").read_text()
+
+
 # --- the real data and the round trip --------------------------------------------------------------
 
 
