@@ -5,7 +5,10 @@ rl/params.py checks them) does not train in the worker. ``run_launched`` (in the
 what the processes need -- the trainer's settings and the data, already read from the
 database -- to ``spec.json`` in the job's work_dir, and starts, in a new process group,
 
-    python -m accelerate.commands.launch --num_processes N [--config_file F] [--cpu] -m rl.launch spec.json
+    python -m accelerate.commands.launch --num_processes N [--config_file F] -m rl.launch spec.json
+
+(on a machine without CUDA: ``python -m torch.distributed.run --standalone --nproc_per_node N``, the
+launcher ``accelerate launch`` itself runs for ``--multi_gpu``; its ``--cpu`` starts one process only).
 
 Each process runs ``main`` below: it builds an ``Accelerator`` and calls the same training loop
 as a single-process job, with that accelerator (rl/distributed.py: each trains on its share of
@@ -47,18 +50,20 @@ POLL_SECONDS = 0.5
 
 # --- the command ------------------------------------------------------------------------
 def launch_command(processes, spec_path, *, config_file="", cpu=None, python=None):
-    """The ``accelerate launch`` command line for ``processes`` processes running ``rl.launch``."""
+    """The command line that starts ``processes`` processes running ``rl.launch``: ``accelerate launch``
+    on GPUs; on CPUs torch's own launcher (which ``accelerate launch`` uses for GPUs), since
+    ``accelerate launch --cpu`` starts a single process whatever ``--num_processes`` says. Each
+    process then finds its rank in the environment; ``--standalone`` picks a free port."""
     if cpu is None:
         import torch
 
         cpu = not torch.cuda.is_available()
-    cmd = [python or sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(int(processes))]
-    if config_file:
-        cmd += ["--config_file", str(config_file)]
-    elif not cpu:
-        cmd += ["--multi_gpu"]
+    python = python or sys.executable
     if cpu:
-        cmd += ["--cpu"]
+        cmd = [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(int(processes))]
+    else:
+        cmd = [python, "-m", "accelerate.commands.launch", "--num_processes", str(int(processes))]
+        cmd += ["--config_file", str(config_file)] if config_file else ["--multi_gpu"]
     return cmd + ["-m", "rl.launch", str(spec_path)]
 
 
@@ -241,11 +246,17 @@ def main(spec_path):
     from rl.distributed import check_engine, is_main
 
     transformers.logging.set_verbosity_error()
-    accelerator = Accelerator()
+    # on CPUs Accelerate finds the ranks torch's launcher set only when told it runs on the CPU
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if accelerator.num_processes != int(os.environ.get("WORLD_SIZE", 1)):
+        raise RuntimeError(f"Accelerate sees {accelerator.num_processes} processes, the launcher started "
+                           f"{os.environ.get('WORLD_SIZE')}")
     check_engine(accelerator)
     if accelerator.device.type == "cpu" and "OMP_NUM_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     reporter = _Reporter(spec, accelerator)
+    reporter.log(f"world of {accelerator.num_processes} processes ({accelerator.distributed_type}, "
+                 f"{accelerator.device.type})")
     kind, work = spec["kind"], Path(spec["work_dir"])
     try:
         done = {"sft": _sft, "reward_model": _reward_model, "rl": _rl}[kind](spec, accelerator, reporter, work)
@@ -256,6 +267,12 @@ def main(spec_path):
         reporter.emit(done=done)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    # Leave without the interpreter's teardown: gloo's threads, destroyed at exit while the other
+    # process tears down too, can abort ("terminate called without an active exception") and turn
+    # a finished run into a failed one. Everything this process wrote is flushed already.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _sft(spec, accelerator, reporter, work):

@@ -145,6 +145,8 @@ class ReinforceTrainer:
     def from_sft(cls, sft_dir, reward_fn, config: RLConfig, *, device=None, resume_from=None, accelerator=None):
         """Policy and value from the SFT folder (or a checkpoint to resume), reference = SFT, frozen."""
         device = accelerator.device if accelerator is not None and device is None else pick_device(device)
+        if device.type == "cpu":
+            device = torch.device("cpu")  # Accelerate's "cpu:0" is no place torch.load can map to
         seed_everything(config.seed)
         tokenizer = load_tokenizer(sft_dir)
         start = Path(resume_from) if resume_from else None
