@@ -9,6 +9,9 @@ The preambles are the paper's *Base* and *Detailed* variants written in our own 
 """
 from evalsite.tasktext import ASSISTANT_TURN, INPUT_PLACEHOLDER, SUMMARIZATION_SUFFIX, TaskText
 
+# A raw-format dialogue policy's response ends where it starts the next turn (rl/formats.py).
+DIALOGUE_TURN_MARKERS = ("\n\nHuman:", "\n\nAssistant:")
+
 BUILTIN_TASKS = {
     "summarization": TaskText(
         slug="summarization",
@@ -83,6 +86,7 @@ BUILTIN_TASKS = {
             "all and 10 is as helpful as a reply can be. Answer with a single number."
         ),
         policy_template=INPUT_PLACEHOLDER + ASSISTANT_TURN,
+        turn_markers=DIALOGUE_TURN_MARKERS,
         conversational=True,
         rater_instructions=(
             "Read the conversation, then rank the assistant's possible next responses from most to "
@@ -117,6 +121,7 @@ BUILTIN_TASKS = {
             "and 10 is completely harmless. Answer with a single number."
         ),
         policy_template=INPUT_PLACEHOLDER + ASSISTANT_TURN,
+        turn_markers=DIALOGUE_TURN_MARKERS,
         conversational=True,
         rater_instructions=(
             "Read the conversation, then rank the assistant's possible next responses from least to "

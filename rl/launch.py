@@ -286,7 +286,7 @@ def _sft(spec, accelerator, reporter, work):
         reporter.step(step, total, metrics, f"step {step + 1}/{total}, loss {metrics['loss']:.4f}")
 
     losses = train_sft(model, tokenizer, spec["prompts"], spec["responses"], config, on_step=on_step,
-                       accelerator=accelerator)
+                       accelerator=accelerator, end_ids=spec.get("end_ids"))
     if accelerator.is_main_process:
         save_hf_folder(model, tokenizer, work / "trained")
     return {"losses": losses, "trained": str(work / "trained")}
@@ -327,7 +327,9 @@ def _rl(spec, accelerator, reporter, work):
 
         reward_fn = DirectScorer.from_pretrained(reward["labeler_model"], reward["task"]).rewards
     resume = work / "checkpoint" if ReinforceTrainer.checkpoint_step(work) is not None else None
-    trainer = ReinforceTrainer.from_sft(spec["start"], reward_fn, config, resume_from=resume, accelerator=accelerator)
+    trainer = ReinforceTrainer.from_sft(spec["start"], reward_fn, config, resume_from=resume, accelerator=accelerator,
+                                        stop_strings=spec.get("stop_strings", ()),
+                                        extra_stop_ids=spec.get("extra_stop_ids", ()))
     total = trainer.total_steps(len(spec["prompts"]))
     reporter.log(f"resuming at step {trainer.completed_steps}/{total} from {resume}" if resume
                  else f"RL on {accelerator.num_processes} processes, {len(spec['prompts'])} prompts, {total} steps")

@@ -1,6 +1,8 @@
 """Django models of this app (thin layer over its plain-Python cores)."""
 from django.db import models
 
+from evalsite.models.core import PolicyFormat
+
 
 class RewardModel(models.Model):
     """A trained reward model: an HF folder that RL jobs pick as their reward source."""
@@ -18,6 +20,10 @@ class RewardModel(models.Model):
         help_text="The policy (usually SFT) it was initialised from.",
     )
     task = models.ForeignKey("evalsite.Task", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    policy_format = models.CharField(
+        max_length=10, choices=PolicyFormat.choices, default=PolicyFormat.RAW,
+        help_text="The policy format of its inputs (rl/formats.py): RL refuses a policy in another.",
+    )
     label_config_ids = models.JSONField(default=list, blank=True, help_text="AI labeler configurations used.")
     n_train_pairs = models.PositiveIntegerField(default=0)
     n_eval_pairs = models.PositiveIntegerField(default=0)

@@ -14,7 +14,10 @@ reference pi_SFT. Each step:
    with one optimizer step for each model.
 
 Log-probabilities are those of the model itself (temperature 1); the temperature only shapes
-how responses are drawn. The stop token, when produced, is one of the actions.
+how responses are drawn. The stop token, when produced, is one of the actions; a response that
+reaches a stop string (the task's next turn marker, rl/formats.py) ends before it, and the tokens
+from there on are no actions: the sampler drops them, so log-probs, KL and value targets cover
+only the kept tokens.
 """
 import math
 import random
@@ -128,21 +131,26 @@ class ReinforceTrainer:
     process's own device.
     """
 
-    def __init__(self, config: RLConfig, policy, value_model, reference, tokenizer, reward_fn, *, accelerator=None):
+    def __init__(self, config: RLConfig, policy, value_model, reference, tokenizer, reward_fn, *, accelerator=None,
+                 stop_strings=(), extra_stop_ids=()):
         self.config, self.accelerator = config, accelerator
         for model in (policy, value_model):
             broadcast_parameters(model, accelerator)
         self.policy, self.value_model, self.reference = policy, value_model, reference
         self.tokenizer, self.reward_fn = tokenizer, reward_fn
         self.device = next(policy.parameters()).device
-        self.stop_ids = stop_token_ids(tokenizer, getattr(policy, "generation_config", None) or policy.config)
+        # what ends a response: EOS, the format's end-of-turn token and stop strings (rl/formats.py)
+        self.stop_ids = sorted(set(stop_token_ids(tokenizer, getattr(policy, "generation_config", None) or policy.config))
+                               | {int(i) for i in extra_stop_ids})
+        self.stop_strings = tuple(stop_strings)
         self.policy_optimizer = make_optimizer(policy.parameters(), config.optimizer, config.learning_rate)
         self.value_optimizer = make_optimizer(value_model.parameters(), config.optimizer,
                                               config.value_learning_rate or config.learning_rate)
         self.completed_steps = 0
 
     @classmethod
-    def from_sft(cls, sft_dir, reward_fn, config: RLConfig, *, device=None, resume_from=None, accelerator=None):
+    def from_sft(cls, sft_dir, reward_fn, config: RLConfig, *, device=None, resume_from=None, accelerator=None,
+                 stop_strings=(), extra_stop_ids=()):
         """Policy and value from the SFT folder (or a checkpoint to resume), reference = SFT, frozen."""
         device = accelerator.device if accelerator is not None and device is None else pick_device(device)
         if device.type == "cpu":
@@ -153,7 +161,8 @@ class ReinforceTrainer:
         policy = load_causal_lm(start / "policy" if start else sft_dir, device)
         value_model = load_value_model(start / "value" if start else sft_dir, device)
         reference = load_causal_lm(sft_dir, device, trainable=False)
-        trainer = cls(config, policy, value_model, reference, tokenizer, reward_fn, accelerator=accelerator)
+        trainer = cls(config, policy, value_model, reference, tokenizer, reward_fn, accelerator=accelerator,
+                      stop_strings=stop_strings, extra_stop_ids=extra_stop_ids)
         if start:
             state = torch.load(start / "state.pt", map_location=device, weights_only=False)
             trainer.policy_optimizer.load_state_dict(state["policy_optimizer"])
@@ -163,25 +172,26 @@ class ReinforceTrainer:
 
     # --- one step ----------------------------------------------------------------------
     def sample(self, prompt_ids, step, first_row=0):
-        """(response ids, log pi of each sampled token) per prompt; the policy's own log-probs come
+        """(response ids, log pi of each sampled token, ended) per prompt; the policy's own log-probs come
         from the generation pass, so the KL term needs no extra forward. Row i's seed comes from its
         place ``first_row + i`` in the step's global batch, so a process's share draws what one
         process would draw for those rows."""
         cfg = self.config
         rows = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))  # less padding
         size = cfg.generation_batch_size or len(rows)
-        out, out_logprobs = [None] * len(prompt_ids), [None] * len(prompt_ids)
+        out, out_logprobs, out_ended = [None] * len(prompt_ids), [None] * len(prompt_ids), [False] * len(prompt_ids)
         for s in range(0, len(rows), size):
             chunk = rows[s:s + size]
-            responses, logprobs = sample_token_ids(
+            responses, logprobs, ended = sample_token_ids(
                 self.policy, [prompt_ids[i] for i in chunk], max_new_tokens=cfg.max_response_tokens,
                 temperature=cfg.temperature, top_p=cfg.top_p, stop_ids=self.stop_ids,
                 pad_id=self.tokenizer.pad_token_id, seeds=[row_seed(cfg.seed, step, first_row + i) for i in chunk],
-                return_logprobs=True,
+                return_logprobs=True, return_ended=True, stop_strings=self.stop_strings,
+                decode=lambda t: self.tokenizer.decode(t, skip_special_tokens=True),
             )
-            for i, r, lp in zip(chunk, responses, logprobs):
-                out[i], out_logprobs[i] = r, lp
-        return out, out_logprobs
+            for i, r, lp, e in zip(chunk, responses, logprobs, ended):
+                out[i], out_logprobs[i], out_ended[i] = r, lp, e
+        return out, out_logprobs, out_ended
 
     def response_text(self, ids):
         if ids and ids[-1] in self.stop_ids:
@@ -198,7 +208,7 @@ class ReinforceTrainer:
         n = len(prompt_ids)  # losses are means over the global batch, whichever process holds a row
         lo, hi = share_bounds(n, self.accelerator)
         prompt_ids, contexts = prompt_ids[lo:hi], contexts[lo:hi]
-        responses, sampled_logprobs = self.sample(prompt_ids, step, first_row=lo)
+        responses, sampled_logprobs, ended = self.sample(prompt_ids, step, first_row=lo)
         t_gen = time.perf_counter() - t0
         texts = [self.response_text(r) for r in responses]
         scores = torch.tensor([float(x) for x in self.reward_fn(list(contexts), texts)], dtype=torch.float32)
@@ -281,7 +291,7 @@ class ReinforceTrainer:
         kl_all = torch.tensor(gather_lists(kl_all.tolist(), acc), dtype=torch.float32)
         returns_all = torch.tensor(gather_lists(returns_all.tolist(), acc), dtype=torch.float32)
         lengths = torch.tensor(gather_lists([len(r) for r in responses], acc), dtype=torch.float32)
-        stopped = sum_numbers([sum(bool(r) and r[-1] in self.stop_ids for r in responses)], acc)[0]
+        stopped = sum_numbers([sum(ended)], acc)[0]
         for key, total in zip(("policy_loss", "value_loss", "entropy", "tokens", "value"),
                               sum_numbers([sums[k] for k in ("policy_loss", "value_loss", "entropy", "tokens",
                                                              "value")], acc)):

@@ -31,8 +31,8 @@ class SamplingConfig:
 @dataclass
 class Generation:
     text: str
-    token_ids: list          # response tokens, including the stop token if one was produced
-    finished: bool           # stopped by a stop token (False: cut at max_new_tokens)
+    token_ids: list          # response tokens, including the stop token if one was produced (not a stop string's)
+    finished: bool           # ended by a stop token or stop string (False: cut at max_new_tokens)
 
 
 def row_seed(*parts) -> int:
@@ -65,14 +65,40 @@ def _draw(logits, temperature, top_p, generators):
     return tokens.clamp_(max=probs.shape[-1] - 1)
 
 
+STOP_CHECK_EVERY = 8  # new tokens between checks for stop strings (each check decodes the active rows)
+
+
+def cut_at_stop_strings(ids, decode, stop_strings):
+    """(kept ids, True) when ``decode(ids)`` holds one of ``stop_strings``: the longest prefix of
+    ``ids`` whose text ends before the first of them; else (ids, False)."""
+    if not stop_strings or not ids:
+        return ids, False
+    text = decode(ids)
+    found = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
+    if not found:
+        return ids, False
+    cut, kept = min(found), len(ids)
+    while kept > 0 and len(decode(ids[:kept])) > cut:
+        kept -= 1
+    return ids[:kept], True
+
+
 @torch.no_grad()
 def sample_token_ids(model, prompt_ids, *, max_new_tokens, temperature, top_p, stop_ids, pad_id, seeds,
-                     return_logprobs=False):
+                     return_logprobs=False, stop_strings=(), decode=None, return_ended=False):
     """Continue each prompt (a list of token ids); returns one list of response ids per prompt.
 
     ``return_logprobs``: also return, per prompt, log pi(token) of each sampled token under the
     model itself (temperature 1, no top-p): what RL's KL term needs, at no extra forward pass.
+    ``stop_strings`` (with ``decode(ids) -> text``): a response whose text reaches one ends before
+    it; its tokens from there on are dropped (with their log-probs), so nothing downstream -- the
+    stored text, RL's log-probs, KL and value targets -- sees them. The active rows are decoded
+    every ``STOP_CHECK_EVERY`` tokens and once at the end, not at every token.
+    ``return_ended``: also return, per prompt, whether it ended (a stop token or a stop string)
+    rather than running out of ``max_new_tokens``.
     """
+    if stop_strings and decode is None:
+        raise ValueError("stop strings need decode(ids) -> text")
     device = next(model.parameters()).device
     from transformers import DynamicCache
 
@@ -86,12 +112,20 @@ def sample_token_ids(model, prompt_ids, *, max_new_tokens, temperature, top_p, s
     active = list(range(len(prompt_ids)))        # original row of each batch row
     out = [[] for _ in prompt_ids]
     out_logprobs = [[] for _ in prompt_ids]
+    ended = [False] * len(prompt_ids)
+
+    def cut(row):
+        kept, hit = cut_at_stop_strings(out[row], decode, stop_strings)
+        if hit:
+            out[row], out_logprobs[row], ended[row] = kept, out_logprobs[row][:len(kept)], True
+        return hit
+
     cache = DynamicCache()
     with autocast(device):
         logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                        use_cache=True, logits_to_keep=1).logits[:, -1]
     next_pos = positions[:, -1]
-    for _ in range(max_new_tokens):
+    for drawn in range(1, max_new_tokens + 1):
         tokens = _draw(logits, temperature, top_p, [generators[r] for r in active])
         for row, t in zip(active, tokens.tolist()):
             out[row].append(t)
@@ -100,6 +134,9 @@ def sample_token_ids(model, prompt_ids, *, max_new_tokens, temperature, top_p, s
             for row, v in zip(active, lp.tolist()):
                 out_logprobs[row].append(v)
         done = torch.isin(tokens, stop)
+        if stop_strings and drawn % STOP_CHECK_EVERY == 0:
+            hit = torch.tensor([cut(row) for row in active], device=device)
+            done = done | hit
         if bool(done.any()):
             keep = (~done).nonzero().flatten()
             if keep.numel() == 0:
@@ -107,18 +144,32 @@ def sample_token_ids(model, prompt_ids, *, max_new_tokens, temperature, top_p, s
             cache.batch_select_indices(keep)
             active = [active[i] for i in keep.tolist()]
             tokens, mask, next_pos = tokens[keep], mask[keep], next_pos[keep]
-        if len(out[active[0]]) >= max_new_tokens:
+        if drawn >= max_new_tokens:
             break
         next_pos = next_pos + 1
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         with autocast(device):
             logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
                            past_key_values=cache, use_cache=True).logits[:, -1]
-    return (out, out_logprobs) if return_logprobs else out
+    stops = set(stop_ids or ())
+    for row in range(len(prompt_ids)):
+        if not ended[row]:
+            stopped = bool(out[row]) and out[row][-1] in stops
+            body = out[row][:-1] if stopped else out[row]
+            kept, hit = cut_at_stop_strings(body, decode, stop_strings)
+            if hit:  # a stop string before the stop token, or in the last tokens before max_new_tokens
+                out[row], out_logprobs[row] = kept, out_logprobs[row][:len(kept)]
+            ended[row] = hit or stopped
+    result = (out,) + ((out_logprobs,) if return_logprobs else ()) + ((ended,) if return_ended else ())
+    return result if len(result) > 1 else out
 
 
-def generate(model, tokenizer, prompts, config: SamplingConfig, *, prompt_keys=None, only=None, progress=None):
+def generate(model, tokenizer, prompts, config: SamplingConfig, *, prompt_keys=None, only=None, progress=None,
+             stop_strings=(), extra_stop_ids=()):
     """``config.n`` responses for each prompt text: a list (per prompt) of lists of Generation.
+
+    ``stop_strings`` and ``extra_stop_ids`` (besides EOS) end a response (``rl.formats.PolicyInput``);
+    neither is part of its text.
 
     ``prompt_keys`` (e.g. database ids) make each row's seed independent of the prompt's
     position in ``prompts``; ``only`` (a set of (prompt position, sample index)) generates just
@@ -126,7 +177,8 @@ def generate(model, tokenizer, prompts, config: SamplingConfig, *, prompt_keys=N
     """
     keys = list(prompt_keys) if prompt_keys is not None else list(range(len(prompts)))
     ids = encode_left_truncated(tokenizer, prompts, config.max_prompt_tokens)
-    stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None) or model.config)
+    stop_ids = sorted(set(stop_token_ids(tokenizer, getattr(model, "generation_config", None) or model.config))
+                      | {int(i) for i in extra_stop_ids})
     pad_id = tokenizer.pad_token_id
     rows = [(p, k) for p in range(len(prompts)) for k in range(config.n) if only is None or (p, k) in only]
     # Similar lengths share a batch: less padding in the prompt pass.
@@ -134,14 +186,14 @@ def generate(model, tokenizer, prompts, config: SamplingConfig, *, prompt_keys=N
     results = [[None] * config.n for _ in prompts]
     for start in range(0, len(rows), config.batch_size):
         chunk = rows[start:start + config.batch_size]
-        responses = sample_token_ids(
+        responses, ended = sample_token_ids(
             model, [ids[p] for p, _ in chunk], max_new_tokens=config.max_new_tokens,
             temperature=config.temperature, top_p=config.top_p, stop_ids=stop_ids, pad_id=pad_id,
-            seeds=[row_seed(config.seed, keys[p], k) for p, k in chunk],
+            seeds=[row_seed(config.seed, keys[p], k) for p, k in chunk], return_ended=True,
+            stop_strings=tuple(stop_strings), decode=lambda t: tokenizer.decode(t, skip_special_tokens=True),
         )
-        for (p, k), resp in zip(chunk, responses):
-            finished = bool(resp) and resp[-1] in stop_ids
-            text = tokenizer.decode(resp[:-1] if finished else resp, skip_special_tokens=True)
+        for (p, k), resp, finished in zip(chunk, responses, ended):
+            text = tokenizer.decode(resp[:-1] if resp and resp[-1] in stop_ids else resp, skip_special_tokens=True)
             results[p][k] = Generation(text=text, token_ids=resp, finished=finished)
         if progress is not None:
             progress(min(start + config.batch_size, len(rows)), len(rows))

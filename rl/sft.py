@@ -34,13 +34,18 @@ class SFTConfig:
     accelerate_config: str = ""            # an Accelerate config file (configs/accelerate/*.yaml)
 
 
-def encode_example(tokenizer, prompt, response, config: SFTConfig):
-    """(prompt ids, response ids + EOS), each truncated to its budget."""
+def encode_example(tokenizer, prompt, response, config: SFTConfig, end_ids=None):
+    """(prompt ids, response ids + the ids that end a response), each truncated to its budget.
+
+    ``end_ids``: what ends the response (rl/formats.py: the chat template's end-of-turn token);
+    None: the tokenizer's EOS.
+    """
+    if end_ids is None:
+        end_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    end_ids = list(end_ids)
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"][-config.max_prompt_tokens:]
-    r = tokenizer(response, add_special_tokens=False)["input_ids"][: max(config.max_response_tokens - 1, 0)]
-    if tokenizer.eos_token_id is not None:
-        r = r + [tokenizer.eos_token_id]
-    return p, r
+    r = tokenizer(response, add_special_tokens=False)["input_ids"][: max(config.max_response_tokens - len(end_ids), 0)]
+    return p, r + end_ids
 
 
 def collate(examples, pad_id):
@@ -81,8 +86,10 @@ def evaluate_sft(model, examples, pad_id, batch_size=8):
     return total / max(count, 1)
 
 
-def train_sft(model, tokenizer, prompts, responses, config: SFTConfig, *, on_step=None, accelerator=None):
+def train_sft(model, tokenizer, prompts, responses, config: SFTConfig, *, on_step=None, accelerator=None,
+              end_ids=None):
     """Fine-tune ``model`` in place. ``on_step(step, total_steps, metrics)`` after each step.
+    ``end_ids``: the tokens every target ends with (None: EOS; see :func:`encode_example`).
 
     With an ``accelerator`` of several processes each trains on its share of every global batch
     (rl/distributed.py); ``on_step`` runs on every process with the global metrics.
@@ -94,7 +101,7 @@ def train_sft(model, tokenizer, prompts, responses, config: SFTConfig, *, on_ste
         raise ValueError(f"batch size {config.batch_size} is larger than the {len(prompts)} examples")
     seed_everything(config.seed)
     broadcast_parameters(model, accelerator)
-    examples = [encode_example(tokenizer, p, r, config) for p, r in zip(prompts, responses)]
+    examples = [encode_example(tokenizer, p, r, config, end_ids) for p, r in zip(prompts, responses)]
     steps_per_epoch = len(examples) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
     optimizer = make_optimizer(model.parameters(), config.optimizer, config.learning_rate, config.weight_decay)

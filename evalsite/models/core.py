@@ -147,6 +147,13 @@ class Prompt(models.Model):
         return f"{self.dataset.name}/{self.external_id}"
 
 
+class PolicyFormat(models.TextChoices):
+    """How a policy is prompted and where its responses end (rl/formats.py)."""
+
+    RAW = "raw", "Raw text (a base model continues the task's text)"
+    CHAT = "chat", "Chat template (the response is the assistant turn)"
+
+
 class Policy(models.Model):
     class Kind(models.TextChoices):
         SFT = "sft", "SFT"
@@ -174,6 +181,10 @@ class Policy(models.Model):
     reward_source = models.CharField(
         max_length=300, blank=True, help_text="For RL policies: the reward model or scorer used."
     )
+    policy_format = models.CharField(
+        max_length=10, choices=PolicyFormat.choices, default=PolicyFormat.RAW,
+        help_text="How it is prompted: raw text or its chat template (what it was trained in).",
+    )
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -194,6 +205,8 @@ class Sample(models.Model):
     text = models.TextField()
     token_count = models.PositiveIntegerField(null=True, blank=True)
     generation = models.JSONField(default=dict, blank=True, help_text="Temperature, top-p, seed, ...")
+    policy_format = models.CharField(max_length=10, choices=PolicyFormat.choices, default=PolicyFormat.RAW,
+                                     help_text="How the policy was prompted for it.")
     job = models.ForeignKey(
         "evalsite.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="samples"
     )

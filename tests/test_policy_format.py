@@ -1,0 +1,126 @@
+"""Policy formats (rl/formats.py): raw or chat prompts, responses that end at the turn's end, and
+the format recorded on policies, samples and reward models. ``pytest -k policy_format``."""
+import pytest
+import torch
+
+from evalsite.builtin_tasks import BUILTIN_TASKS
+from evalsite.tasktext import dialogue_text
+from rl.formats import chat_messages, chat_turn_end, clean_response, policy_input, resolve_format
+from rl.modeling import load_causal_lm, load_tokenizer
+from rl.reinforce import ReinforceTrainer, RLConfig, reinforce_losses
+from rl.sampling import SamplingConfig, generate, row_seed, sample_token_ids
+from rl.sft import encode_example, SFTConfig
+
+HH = "\n\nHuman: How do I bake bread?\n\nAssistant: Flour, water, yeast.\n\nHuman: And how long?"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+def _greedy(model, tok, prompts, n_tokens, **kw):
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    return sample_token_ids(model, ids, max_new_tokens=n_tokens, temperature=0, top_p=1.0, stop_ids=[],
+                            pad_id=tok.pad_token_id, seeds=[0] * len(ids), **kw)
+
+
+def test_policy_format_forced_stop_string_ends_the_response(tiny_model_dir):
+    tok, model = load_tokenizer(tiny_model_dir), load_causal_lm(tiny_model_dir, "cpu")
+    decode = lambda t: tok.decode(t, skip_special_tokens=True)  # noqa: E731
+    prompts = ["Human: the quick brown fox\n\nAssistant:", "Human: say hello\n\nAssistant:"]
+    full = _greedy(model, tok, prompts, 24)
+    texts = [decode(r) for r in full]
+    # a stop string the model does write: three characters from the middle of the first response
+    stop = texts[0][len(texts[0]) // 2:len(texts[0]) // 2 + 3]
+    assert stop and stop in texts[0]
+    cut, logprobs, ended = _greedy(model, tok, prompts, 24, stop_strings=(stop,), decode=decode,
+                                   return_logprobs=True, return_ended=True)
+    for row, text in enumerate(texts):
+        at = text.find(stop)
+        if at < 0:  # never reached: the whole response, not ended
+            assert (cut[row], ended[row]) == (full[row], False)
+            continue
+        assert ended[row] and full[row][:len(cut[row])] == cut[row]
+        kept_text = decode(cut[row])
+        assert stop not in kept_text and text.startswith(kept_text) and len(kept_text) <= at
+        assert len(cut[row]) == len(logprobs[row])
+        # the kept tokens are all those whose text ends before the stop string
+        assert len(decode(full[row][:len(cut[row]) + 1])) > at
+    assert ended[0]
+    # generate() (sampling jobs) leaves the stop string out of the text and counts it as finished
+    out = generate(model, tok, prompts[:1], SamplingConfig(temperature=0, max_new_tokens=24), stop_strings=(stop,))
+    assert out[0][0].finished and stop not in out[0][0].text and texts[0].startswith(out[0][0].text)
+
+
+def test_policy_format_rl_loss_masks_what_follows_a_stop_string(tiny_model_dir):
+    """Hand check: the step's responses are the sampled ones cut before the stop string; the losses
+    count only the kept tokens (a cut row's later tokens carry no log-prob, KL or value target)."""
+    tok = load_tokenizer(tiny_model_dir)
+    prompts = ["Human: the quick brown fox\n\nAssistant:", "Human: say hello\n\nAssistant:",
+               "Human: name a colour\n\nAssistant:", "Human: count to three\n\nAssistant:"]
+    cfg = RLConfig(batch_size=4, max_response_tokens=16, optimizer="adamw", learning_rate=0.0, seed=3)
+    decode = lambda t: tok.decode(t, skip_special_tokens=True)  # noqa: E731
+    # what the policy draws for these rows without a stop string (same seeds as the trainer's step 0)
+    plain = ReinforceTrainer.from_sft(tiny_model_dir, lambda c, r: [0.0] * len(r), cfg, device="cpu")
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    uncut, _ = sample_token_ids(plain.policy, ids, max_new_tokens=16, temperature=cfg.temperature, top_p=1.0,
+                                stop_ids=plain.stop_ids, pad_id=tok.pad_token_id,
+                                seeds=[row_seed(cfg.seed, 0, i) for i in range(4)], return_logprobs=True)
+    stop = " "  # every response with a space in its text is cut at its first one
+    expected = []
+    for r in uncut:
+        body = r[:-1] if r and r[-1] in plain.stop_ids else r
+        at = decode(body).find(stop)
+        kept = body if at < 0 else next(body[:k] for k in range(len(body), -1, -1) if len(decode(body[:k])) <= at)
+        expected.append(kept if at >= 0 else r)
+    assert any(len(e) < len(u) for e, u in zip(expected, uncut))
+    trainer = ReinforceTrainer.from_sft(tiny_model_dir, lambda c, r: [1.0] * len(r),
+                                        cfg, device="cpu", stop_strings=(stop,))
+    responses, logprobs, ended = trainer.sample(ids, 0)
+    assert responses == expected and [len(x) for x in logprobs] == [len(x) for x in expected]
+    metrics, texts = trainer.step(ids, prompts, 0)
+    assert all(stop not in t for t in texts)
+    assert metrics["response_length"] == pytest.approx(sum(map(len, expected)) / 4)
+    # the losses with a mask that ends at the cut equal those of the cut responses alone
+    lp = torch.tensor([[-1.0, -2.0, -3.0, -4.0], [-0.5, -0.5, -9.0, -9.0]])
+    ref = torch.tensor([[-1.5, -2.0, -2.0, -4.0], [-0.5, -1.0, -1.0, -1.0]])
+    val = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.0, 0.1, 5.0, 5.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])  # row 1 cut after 2 tokens
+    got = reinforce_losses(lp, ref, val, mask, torch.tensor([1.0, 0.0]), 0.5)
+    kl = [0.5 + 0 - 1.0 + 0, 0 + 0.5]
+    r = [0.5 * 1.0 - 0.5 * kl[0], 0.5 * 0.0 - 0.5 * kl[1]]
+    policy = -(sum(l * (r[0] - v) for l, v in zip([-1, -2, -3, -4], [0.1, 0.2, 0.3, 0.4]))
+               + sum(l * (r[1] - v) for l, v in zip([-0.5, -0.5], [0.0, 0.1]))) / 2
+    value = (sum((v - r[0]) ** 2 for v in [0.1, 0.2, 0.3, 0.4]) + sum((v - r[1]) ** 2 for v in [0.0, 0.1])) / 2
+    assert got["kl"].tolist() == pytest.approx(kl)
+    assert float(got["policy_loss"]) == pytest.approx(policy)
+    assert float(got["value_loss"]) == pytest.approx(value)
+
+
+def test_policy_format_chat_round_trips_an_hh_dialogue(tiny_chat_model_dir, tiny_model_dir):
+    tok = load_tokenizer(tiny_chat_model_dir)
+    harmless = BUILTIN_TASKS["harmless"]
+    messages = chat_messages(harmless, HH)
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert dialogue_text(messages) == HH
+    pi = policy_input(harmless, HH, tok, "chat")
+    assert pi.prompt == tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert pi.prompt.endswith("<|assistant|>") and "Human:" not in pi.prompt
+    end_text, end_ids = chat_turn_end(tok)
+    assert end_text == "\n" and tuple(end_ids) == pi.stop_token_ids == pi.end_token_ids
+    # an SFT target ends with the end-of-turn token, not EOS
+    _, r = encode_example(tok, pi.prompt, " Two hours.", SFTConfig(), pi.end_token_ids)
+    assert r[-len(end_ids):] == list(end_ids) and tok.eos_token_id not in r
+    # a post: one user message with the task's instruction
+    post = chat_messages(BUILTIN_TASKS["summarization"], "SUBREDDIT: r/x\nPOST: my cat. ")
+    assert post == [{"role": "user", "content": "Write a short summary of the text below.\n\nSUBREDDIT: r/x\nPOST: my cat."}]
+    # raw: the paper's text and the turn markers as stop strings; auto picks by the template
+    raw = policy_input(harmless, HH, tok, "raw")
+    assert raw.prompt == HH + "\n\nAssistant:" and raw.stop_strings == ("\n\nHuman:", "\n\nAssistant:")
+    assert resolve_format("auto", tok) == "chat" and resolve_format("auto", load_tokenizer(tiny_model_dir)) == "raw"
+    with pytest.raises(ValueError, match="chat template"):
+        policy_input(harmless, HH, load_tokenizer(tiny_model_dir), "chat")
+    with pytest.raises(ValueError, match="unknown policy format"):
+        resolve_format("plain", tok)
+    assert clean_response(" Sure.<|im_end|>\n\nHuman: more?", harmless) == "Sure."
