@@ -9,7 +9,7 @@ import hashlib
 from django.core.exceptions import ValidationError
 
 from evalsite.models import Comparison, Prompt
-from evalsite.tasktext import policy_prompt
+from rl import formats
 from rl.reward_model import Pair
 
 P_FROM_PREFERENCE = {"first": 1.0, "second": 0.0, "tie": 0.5}
@@ -24,8 +24,21 @@ def prompt_queryset(params):
     return qs
 
 
-def policy_input(prompt):
-    return policy_prompt(prompt.dataset.task.text(), prompt.context)
+def policy_input(prompt, tokenizer=None, fmt="raw"):
+    """The text a policy continues for ``prompt`` in policy format ``fmt`` (rl/formats.py)."""
+    return formats.policy_input(prompt.dataset.task.text(), prompt.context, tokenizer, fmt).prompt
+
+
+def policy_inputs(prompts, tokenizer, fmt):
+    """(prompt texts, stop strings, extra stop token ids) of a job's prompts in format ``fmt``:
+    the stops of all their tasks together (a job's prompts are usually of one task)."""
+    texts, stop_strings, stop_ids = [], [], set()
+    for prompt in prompts:
+        pi = formats.policy_input(prompt.dataset.task.text(), prompt.context, tokenizer, fmt)
+        texts.append(pi.prompt)
+        stop_strings += [s for s in pi.stop_strings if s not in stop_strings]
+        stop_ids.update(pi.stop_token_ids)
+    return texts, tuple(stop_strings), tuple(sorted(stop_ids))
 
 
 def held_out(prompt_id, fraction, seed):
@@ -86,14 +99,15 @@ def preference_rows(params):
     return sorted(rows, key=lambda r: (r[0], r[1], r[2]))
 
 
-def preference_pairs(params):
+def preference_pairs(params, tokenizer=None, fmt="raw"):
     """(train pairs, held-out pairs) as rl.reward_model.Pair; held-out pairs carry ``human``
-    (the human label where one exists) for accuracy against people."""
+    (the human label where one exists) for accuracy against people. The pairs' prompts are the
+    policy's input in format ``fmt``, as RL's reward model will read them."""
     rows = preference_rows(params)
     prompts = {p.pk: p for p in Prompt.objects.select_related("dataset__task").filter(pk__in={r[0] for r in rows})}
     train, evaluation = [], []
     for prompt_id, a, b, p, human in rows:
-        pair = Pair(policy_input(prompts[prompt_id]), a, b, p)
+        pair = Pair(policy_input(prompts[prompt_id], tokenizer, fmt), a, b, p)
         pair.human = human
         pair.prompt_id = prompt_id
         (evaluation if held_out(prompt_id, params["eval_fraction"], params["seed"]) else train).append(pair)

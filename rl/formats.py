@@ -96,6 +96,14 @@ def policy_input(task, context, tokenizer, fmt):
                        end_token_ids=tuple(end_ids))
 
 
+def response_end_ids(tokenizer, fmt):
+    """The tokens an SFT target ends with in format ``fmt``: None (EOS) in raw, the template's
+    end-of-turn token(s) in chat."""
+    if resolve_format(fmt, tokenizer) == "raw":
+        return None
+    return list(chat_turn_end(tokenizer)[1])
+
+
 def clean_response(text, task=None):
     """A response as people see it: without chat-template tokens and from the first turn marker on
     cut (the stored text already is; this guards what older or imported rows hold)."""

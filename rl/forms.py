@@ -6,6 +6,11 @@ from evalsite.models import Dataset, Policy
 from rl import params as P
 
 OPTIMIZER_CHOICES = [(o, o) for o in P.OPTIMIZERS]
+POLICY_FORMAT_HELP = ("raw: the task's text continued, as a base model does (the paper's); chat: the model's chat "
+                      "template, the response is the assistant turn; auto: chat where the tokenizer has a template. "
+                      "README: Policy formats.")
+POLICY_FORMAT_CHOICES = [(f, f) for f in P.POLICY_FORMATS]
+INHERITED_FORMAT_CHOICES = [("", "the starting policy's")] + POLICY_FORMAT_CHOICES
 
 PROCESSES_HELP = ("Data-parallel training processes (1: in the worker itself; more: accelerate launch, one per GPU "
                   "or CPU core). README: More than one GPU or machine.")
@@ -86,6 +91,7 @@ class SFTForm(JobForm):
     max_prompt_tokens = forms.IntegerField()
     max_response_tokens = forms.IntegerField()
     optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES)
+    policy_format = forms.ChoiceField(choices=POLICY_FORMAT_CHOICES, help_text=POLICY_FORMAT_HELP)
     seed = forms.IntegerField()
     processes = forms.IntegerField(help_text=PROCESSES_HELP)
     accelerate_config = forms.CharField(required=False, max_length=1000, help_text=ACCELERATE_CONFIG_HELP)
@@ -109,6 +115,7 @@ class SampleForm(JobForm):
     seed = forms.IntegerField()
     make_pairs = forms.BooleanField(required=False)
     batch_size = forms.IntegerField()
+    policy_format = forms.ChoiceField(choices=INHERITED_FORMAT_CHOICES, required=False, help_text=POLICY_FORMAT_HELP)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -135,6 +142,7 @@ class RewardModelForm(JobForm):
     gradient_accumulation_steps = forms.IntegerField()
     max_length = forms.IntegerField()
     optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES)
+    policy_format = forms.ChoiceField(choices=INHERITED_FORMAT_CHOICES, required=False, help_text=POLICY_FORMAT_HELP)
     seed = forms.IntegerField()
     processes = forms.IntegerField(help_text=PROCESSES_HELP)
     accelerate_config = forms.CharField(required=False, max_length=1000, help_text=ACCELERATE_CONFIG_HELP)
@@ -180,6 +188,7 @@ class RLForm(JobForm):
     gradient_accumulation_steps = forms.IntegerField()
     generation_batch_size = forms.IntegerField(help_text="0: the whole batch at once.")
     optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES)
+    policy_format = forms.ChoiceField(choices=INHERITED_FORMAT_CHOICES, required=False, help_text=POLICY_FORMAT_HELP)
     save_every = forms.IntegerField(label="Checkpoint every N steps")
     seed = forms.IntegerField()
     processes = forms.IntegerField(help_text=PROCESSES_HELP)

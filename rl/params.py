@@ -13,21 +13,24 @@ from evalsite.models import Dataset, Policy, Prompt
 
 SFT_DEFAULTS = {"learning_rate": 2e-5, "epochs": 1, "batch_size": 8, "gradient_accumulation_steps": 1,
                 "max_prompt_tokens": 512, "max_response_tokens": 128, "optimizer": "adamw", "seed": 0,
-                "processes": 1, "accelerate_config": ""}
+                "processes": 1, "accelerate_config": "", "policy_format": "raw"}
+# policy_format "" (sample, reward_model, rl): the format recorded on the policy they start from
 SAMPLE_DEFAULTS = {"n": 1, "temperature": 0.9, "top_p": 1.0, "max_new_tokens": 64, "seed": 0, "make_pairs": False,
-                   "batch_size": 16, "max_prompt_tokens": 1024}
+                   "batch_size": 16, "max_prompt_tokens": 1024, "policy_format": ""}
 # human_label_field: "judge_preference" trains the "human" reward model on a dataset's external AI
 # judge (e.g. GPT-4 on TL;DR, which ships no human labels) as a stated stand-in for people.
 RM_DEFAULTS = {"labels": "human", "label_config_ids": [], "include_annotator_rankings": True, "eval_fraction": 0.1,
                "human_label_field": "human_preference",
                "learning_rate": 1e-5, "epochs": 2, "batch_size": 32, "gradient_accumulation_steps": 1,
-               "max_length": 1152, "optimizer": "adafactor", "seed": 0, "processes": 1, "accelerate_config": ""}
+               "max_length": 1152, "optimizer": "adafactor", "seed": 0, "processes": 1, "accelerate_config": "",
+               "policy_format": ""}
 RL_DEFAULTS = {"reward": "reward_model", "beta": 0.05, "temperature": 0.9, "top_p": 1.0, "batch_size": 16,
                "learning_rate": 1e-5, "value_learning_rate": 0.0, "epochs": 8, "max_prompt_tokens": 512,
                "max_response_tokens": 64, "gradient_accumulation_steps": 1, "generation_batch_size": 0,
                "optimizer": "adafactor", "max_grad_norm": 1.0, "save_every": 25, "seed": 0,
-               "processes": 1, "accelerate_config": ""}
+               "processes": 1, "accelerate_config": "", "policy_format": ""}
 OPTIMIZERS = ("adamw", "adafactor")
+POLICY_FORMATS = ("raw", "chat", "auto")  # rl/formats.py
 
 
 @dataclass(frozen=True)
@@ -266,6 +269,32 @@ def _launch(params, errors):
         errors.add(field, message)
 
 
+def policy_format_error(value, *, inherit=False):
+    """A message when ``value`` is not a policy format ('' too, where a job takes its policy's)."""
+    if value in POLICY_FORMATS or (inherit and value == ""):
+        return None
+    return (f"policy format must be one of {', '.join(POLICY_FORMATS)}"
+            + (" (or empty: the starting policy's)" if inherit else "") + f"; got {value!r}.")
+
+
+def _policy_format(params, errors, *, inherit=False):
+    params["policy_format"] = params.get("policy_format") or ("" if inherit else "raw")
+    message = policy_format_error(params["policy_format"], inherit=inherit)
+    if message:
+        errors.add("policy_format", message)
+
+
+def resolved_policy_format(fmt, folder):
+    """``raw`` or ``chat``: ``fmt`` resolved with the tokenizer in ``folder`` (auto needs to look)."""
+    from rl.formats import resolve_format
+
+    if fmt == "raw":
+        return fmt
+    from rl.modeling import load_tokenizer
+
+    return resolve_format(fmt, load_tokenizer(folder))
+
+
 def _optimizer(params, errors):
     if params.get("optimizer") not in OPTIMIZERS:
         errors.add("optimizer", f"optimizer must be one of {', '.join(OPTIMIZERS)}.")
@@ -292,6 +321,7 @@ def validate_sft(params):
             errors.add("base_model", "Choose a starting policy or give a Hugging Face model folder "
                                      f"(not found: {params.get('base_model')!r}).")
     _new_policy_name(params, errors)
+    _policy_format(params, errors)
     _numbers(params, errors, SFT_NUMBERS)
     _optimizer(params, errors)
     _launch(params, errors)
@@ -305,6 +335,7 @@ def validate_sample(params):
     params = {**SAMPLE_DEFAULTS, **params}
     errors = _Errors()
     _policy(params, errors)
+    _policy_format(params, errors, inherit=True)
     _numbers(params, errors, SAMPLE_NUMBERS)
     params["make_pairs"] = bool(params.get("make_pairs"))
     if params["make_pairs"] and isinstance(params.get("n"), int) and params["n"] < 2:
@@ -331,6 +362,7 @@ def validate_reward_model(params):
         if not params.get("base_model") or not is_hf_folder(params["base_model"]):
             errors.add("policy_id", "Choose the policy to initialise from (the paper uses SFT) or give a model "
                                     f"folder (not found: {params.get('base_model')!r}).")
+    _policy_format(params, errors, inherit=True)
     if params.get("human_label_field") not in ("human_preference", "judge_preference"):
         errors.add("human_label_field", "human_label_field must be 'human_preference' or 'judge_preference'.")
     if params.get("labels") not in ("human", "ai"):
@@ -363,13 +395,28 @@ def validate_reward_model(params):
     return params
 
 
+def reward_model_format_error(rm, policy, fmt=""):
+    """A message when ``rm`` read its inputs in another policy format than RL would prompt
+    ``policy`` in (``fmt``, or '' for the policy's own): it would score text laid out otherwise."""
+    try:
+        run = resolved_policy_format(fmt or policy.policy_format, policy.checkpoint_dir)
+    except ValueError as e:
+        return str(e)
+    if rm.policy_format == run:
+        return None
+    return (f"Reward model “{rm.name}” was trained on {rm.policy_format}-format inputs, but this run prompts policy "
+            f"“{policy.name}” in {run} format: the formats must match. Train a reward model in {run} format, "
+            f"or set policy_format to {rm.policy_format}.")
+
+
 def validate_rl(params):
     from rl.models import RewardModel
 
     params = {**RL_DEFAULTS, **params}
     errors = _Errors()
-    _policy(params, errors)
+    sft = _policy(params, errors)
     _new_policy_name(params, errors)
+    _policy_format(params, errors, inherit=True)
     if params.get("reward") == "reward_model" and params.get("reward_model_id") in (None, ""):
         errors.add("reward_model_id", "Choose the reward model that scores the responses.")
     elif params.get("reward") == "reward_model":
@@ -382,6 +429,10 @@ def validate_rl(params):
             if not Path(rm.checkpoint_dir).is_dir():
                 errors.add("reward_model_id", f"The folder of reward model “{rm.name}” does not exist: "
                                               f"{rm.checkpoint_dir}.")
+            elif sft is not None and "policy_format" not in errors and "policy_id" not in errors:
+                message = reward_model_format_error(rm, sft, params["policy_format"])
+                if message:
+                    errors.add("reward_model_id", message)
     elif params.get("reward") == "direct":
         from evalsite.modelzoo import is_hf_folder
 

@@ -17,7 +17,7 @@ from evalsite.models import Comparison, Policy, Prompt, Sample
 from evalsite.models.core import pair_key
 from evalsite.tasktext import cut_at_turn_markers
 from rl import params as P
-from rl.data import policy_input, preference_pairs, prompt_queryset
+from rl.data import policy_inputs, preference_pairs, prompt_queryset
 from rl.launch import run_launched
 
 
@@ -34,6 +34,14 @@ def _quiet_transformers():
     import transformers
 
     transformers.logging.set_verbosity_error()
+
+
+def _resolve_format(fmt, folder):
+    """``raw`` or ``chat`` for a job's ``policy_format`` with the tokenizer in ``folder``."""
+    try:
+        return P.resolved_policy_format(fmt, folder)
+    except ValueError as e:
+        raise JobError(f"policy format: {e}")
 
 
 def _start_dir(params):
@@ -56,8 +64,15 @@ def sft_job(ctx):
     prompts = list(prompt_queryset(p).exclude(reference="").order_by("pk"))
     ctx.log(f"SFT of {start} on {len(prompts)} prompts with references")
     config = _config(SFTConfig, p)
+    from rl.formats import response_end_ids
+
+    fmt = _resolve_format(p.get("policy_format", "raw"), start)
+    start_tokenizer = load_tokenizer(start)
+    inputs, _, _ = policy_inputs(prompts, start_tokenizer, fmt)
+    end_ids = response_end_ids(start_tokenizer, fmt)
+    ctx.log(f"policy format: {fmt}")
     if config.processes == 1:
-        tokenizer, model = load_tokenizer(start), load_causal_lm(start)
+        tokenizer, model = start_tokenizer, load_causal_lm(start)
 
     def on_step(step, total, metrics):
         ctx.metric(step, **metrics)
@@ -65,12 +80,12 @@ def sft_job(ctx):
 
     if config.processes > 1:  # rl/launch.py: the processes train; this worker relays, saves and registers
         done = run_launched(ctx, "sft", {"config": asdict(config), "start": str(start),
-                                         "prompts": [policy_input(x) for x in prompts],
+                                         "prompts": inputs, "end_ids": end_ids,
                                          "responses": [x.reference for x in prompts]})
         losses, tokenizer, model = done["losses"], load_tokenizer(done["trained"]), load_causal_lm(done["trained"])
     else:
-        losses = train_sft(model, tokenizer, [policy_input(x) for x in prompts], [x.reference for x in prompts],
-                           config, on_step=on_step)
+        losses = train_sft(model, tokenizer, inputs, [x.reference for x in prompts], config, on_step=on_step,
+                           end_ids=end_ids)
     from rl.cards import sft_card_text
 
     base_model = (parent.base_model or parent.checkpoint_dir) if parent else start
@@ -80,7 +95,7 @@ def sft_job(ctx):
     with transaction.atomic():
         policy, _ = Policy.objects.update_or_create(job_id=ctx.job_id, kind=Policy.Kind.SFT, defaults=dict(
             name=p["name"], base_model=base_model,
-            checkpoint_dir=str(out), parent=parent,
+            checkpoint_dir=str(out), parent=parent, policy_format=fmt,
             metadata={"sft": {k: p[k] for k in P.SFT_DEFAULTS}, "n_examples": len(prompts),
                       "final_loss": losses[-1] if losses else None},
         ))
@@ -107,6 +122,7 @@ def sample_job(ctx):
     ctx.log(f"{len(todo)} samples to make ({len(have)} already there) from {policy.name}")
     generation = {k: p[k] for k in ("temperature", "top_p", "max_new_tokens", "seed")}
     created = pairs = 0
+    fmt = _resolve_format(p.get("policy_format") or policy.policy_format, policy.checkpoint_dir)
     if todo:
         tokenizer, model = load_tokenizer(policy.checkpoint_dir), load_causal_lm(policy.checkpoint_dir, trainable=False)
         config = _config(SamplingConfig, p)
@@ -117,14 +133,17 @@ def sample_job(ctx):
             chunk = todo[start:start + chunk_rows]
             chunk_prompts = sorted({pr.pk: pr for pr, _ in chunk}.values(), key=lambda x: x.pk)
             position = {pr.pk: i for i, pr in enumerate(chunk_prompts)}
-            out = generate(model, tokenizer, [policy_input(x) for x in chunk_prompts], config,
-                           prompt_keys=[x.pk for x in chunk_prompts], only={(position[pr.pk], k) for pr, k in chunk})
+            inputs, stop_strings, stop_ids = policy_inputs(chunk_prompts, tokenizer, fmt)
+            out = generate(model, tokenizer, inputs, config, prompt_keys=[x.pk for x in chunk_prompts],
+                           only={(position[pr.pk], k) for pr, k in chunk}, stop_strings=stop_strings,
+                           extra_stop_ids=stop_ids)
             with transaction.atomic():
                 # A response ends at the task's first turn marker; PostgreSQL text cannot hold NUL,
                 # which a byte-level model can emit.
                 rows = [Sample(policy=policy, prompt=pr, index=k,
                                text=cut_at_turn_markers(out[position[pr.pk]][k].text, pr.dataset.task.text()).replace("\x00", ""),
                                token_count=len(out[position[pr.pk]][k].token_ids), job_id=ctx.job_id,
+                               policy_format=fmt,
                                generation={**generation, "finished": out[position[pr.pk]][k].finished})
                         for pr, k in chunk]
                 created += len(Sample.objects.bulk_create(rows, ignore_conflicts=True))
@@ -168,7 +187,11 @@ def reward_model_job(ctx):
     _quiet_transformers()
     p = ctx.params
     parent, start = _start_dir(p)
-    train, held_out = preference_pairs(p)
+    from rl.modeling import load_tokenizer
+
+    fmt = _resolve_format(p.get("policy_format") or (parent.policy_format if parent else "raw"), start)
+    # the pairs' prompts as the policy reads them in that format: RL's reward model will read them so
+    train, held_out = preference_pairs(p, load_tokenizer(start), fmt)
     if not train:
         raise JobError("No labelled comparisons to train on.")
     ctx.log(f"{len(train)} training pairs, {len(held_out)} held out; {p['labels']} labels; from {start}")
@@ -200,6 +223,7 @@ def reward_model_job(ctx):
     task_ids = set(Prompt.objects.filter(pk__in=prompt_ids).values_list("dataset__task_id", flat=True))
     fields = dict(
         name=p["name"], labels=p["labels"], checkpoint_dir=str(dest), base_model=start, base_policy=parent,
+        policy_format=fmt,
         task_id=task_ids.pop() if len(task_ids) == 1 else None, label_config_ids=p.get("label_config_ids") or [], n_train_pairs=len(train),
         n_eval_pairs=len(held_out), metrics=metrics,
         metadata={"config": {k: p[k] for k in P.RM_DEFAULTS if k in p}},
@@ -218,7 +242,7 @@ def reward_model_job(ctx):
 
 
 # --- RL ------------------------------------------------------------------------------------
-def _reward_function(p, prompts, *, load=True):
+def _reward_function(p, prompts, policy_texts, *, load=True):
     """(reward_fn(contexts, responses), contexts for the prompts, reward source text, policy kind).
 
     ``load=False`` (reward models only): in place of reward_fn, what launched processes need to
@@ -232,7 +256,7 @@ def _reward_function(p, prompts, *, load=True):
         scorer = {"kind": "reward_model", "path": rm.checkpoint_dir,
                   "max_length": p["max_prompt_tokens"] + p["max_response_tokens"]} if not load else RewardScorer.from_folder(rm.checkpoint_dir, max_length=p["max_prompt_tokens"] + p["max_response_tokens"])
         # the reward model reads what the policy read, as in its training pairs
-        return scorer, [policy_input(x) for x in prompts], f"reward model #{rm.pk} “{rm.name}” ({rm.labels} labels)", \
+        return scorer, list(policy_texts), f"reward model #{rm.pk} “{rm.name}” ({rm.labels} labels)", \
             rm.policy_kind
     try:
         from labeling.direct import DirectScorer
@@ -246,13 +270,15 @@ def _reward_function(p, prompts, *, load=True):
     return scorer.rewards, [x.context for x in prompts], f"direct RLAIF: {p['labeler_model']}", Policy.Kind.RLAIF_DIRECT
 
 
-def _train_rl_here(ctx, config, sft, prompts, contexts, reward_fn, source):
+def _train_rl_here(ctx, config, sft, prompts, contexts, reward_fn, source, inputs):
     """The RL loop in this worker process; returns the trainer."""
     from rl.reinforce import ReinforceTrainer
 
     work = ctx.work_dir
     resume = work / "checkpoint" if ReinforceTrainer.checkpoint_step(work) is not None else None
-    trainer = ReinforceTrainer.from_sft(sft.checkpoint_dir, reward_fn, config, resume_from=resume)
+    texts, stop_strings, stop_ids = inputs
+    trainer = ReinforceTrainer.from_sft(sft.checkpoint_dir, reward_fn, config, resume_from=resume,
+                                        stop_strings=stop_strings, extra_stop_ids=stop_ids)
     total = trainer.total_steps(len(prompts))
     ctx.log(f"resuming at step {trainer.completed_steps}/{total} from {resume}" if resume
             else f"RL from {sft.name} on {len(prompts)} prompts, {total} steps; reward: {source}")
@@ -266,7 +292,7 @@ def _train_rl_here(ctx, config, sft, prompts, contexts, reward_fn, source):
                                          f"KL {metrics['kl']:.3f}")
 
     try:
-        trainer.train([policy_input(x) for x in prompts], contexts, on_step=on_step, checkpoint_dir=work)
+        trainer.train(texts, contexts, on_step=on_step, checkpoint_dir=work)
     except JobCancelled:
         if trainer.completed_steps != ReinforceTrainer.checkpoint_step(work):
             trainer.save_checkpoint(work)
@@ -275,7 +301,7 @@ def _train_rl_here(ctx, config, sft, prompts, contexts, reward_fn, source):
     return trainer
 
 
-def _launched_rl(ctx, config, sft, prompts, contexts, reward, source):
+def _launched_rl(ctx, config, sft, prompts, contexts, reward, source, inputs):
     """The RL loop on ``config.processes`` processes (rl/launch.py); returns what registering needs
     of a trainer (policy, tokenizer, completed steps), read from the final checkpoint."""
     from types import SimpleNamespace
@@ -285,7 +311,8 @@ def _launched_rl(ctx, config, sft, prompts, contexts, reward, source):
 
     ctx.log(f"RL from {sft.name} on {len(prompts)} prompts; reward: {source}")
     run_launched(ctx, "rl", {"config": asdict(config), "start": sft.checkpoint_dir, "reward": reward,
-                             "prompts": [policy_input(x) for x in prompts], "contexts": list(contexts)})
+                             "prompts": inputs[0], "contexts": list(contexts),
+                             "stop_strings": list(inputs[1]), "extra_stop_ids": list(inputs[2])})
     final = ctx.work_dir / "checkpoint"
     return SimpleNamespace(policy=load_causal_lm(final / "policy"), tokenizer=load_tokenizer(final / "policy"),
                            completed_steps=ReinforceTrainer.checkpoint_step(ctx.work_dir))
@@ -305,12 +332,22 @@ def rl_job(ctx):
     sft = Policy.objects.get(pk=p["policy_id"])
     prompts = list(prompt_queryset(p).order_by("pk"))
     config = _config(RLConfig, p)
-    reward_fn, contexts, source, kind = _reward_function(p, prompts, load=config.processes == 1)
+    from rl.modeling import load_tokenizer
+    from rl.models import RewardModel
+
+    fmt = _resolve_format(p.get("policy_format") or sft.policy_format, sft.checkpoint_dir)
+    if p["reward"] == "reward_model":  # validated at submit; the reward model's row may have changed since
+        message = P.reward_model_format_error(RewardModel.objects.get(pk=p["reward_model_id"]), sft, fmt)
+        if message:
+            raise JobError(message)
+    inputs = policy_inputs(prompts, load_tokenizer(sft.checkpoint_dir), fmt)
+    ctx.log(f"policy format: {fmt}")
+    reward_fn, contexts, source, kind = _reward_function(p, prompts, inputs[0], load=config.processes == 1)
     work = ctx.work_dir
     if config.processes > 1:  # rl/launch.py: the processes train and checkpoint; this worker relays and registers
-        trainer = _launched_rl(ctx, config, sft, prompts, contexts, reward_fn, source)
+        trainer = _launched_rl(ctx, config, sft, prompts, contexts, reward_fn, source, inputs)
     else:
-        trainer = _train_rl_here(ctx, config, sft, prompts, contexts, reward_fn, source)
+        trainer = _train_rl_here(ctx, config, sft, prompts, contexts, reward_fn, source, inputs)
     from rl.cards import rl_card_text
 
     card = rl_card_text(p, job_id=ctx.job_id, arm=kind, base_model=sft.base_model or sft.checkpoint_dir, sft=sft,
@@ -320,7 +357,7 @@ def rl_job(ctx):
     with transaction.atomic():
         policy, _ = Policy.objects.update_or_create(job_id=ctx.job_id, defaults=dict(
             name=p["name"], kind=kind, base_model=sft.base_model or sft.checkpoint_dir, checkpoint_dir=str(out),
-            parent=sft, reward_source=source[:300],
+            parent=sft, reward_source=source[:300], policy_format=fmt,
             metadata={"rl": {k: p[k] for k in P.RL_DEFAULTS if k in p}, "steps": trainer.completed_steps,
                       "value_model_dir": str(work / "checkpoint" / "value")},
         ))

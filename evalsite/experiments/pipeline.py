@@ -130,8 +130,10 @@ def arm_policy_id(exp, arm):
 
 # ---- stage parameters --------------------------------------------------------------------------
 def _sft(exp):
+    # the SFT policy's format: every later stage (pairs, reward models, RL, evaluation) takes it from there
     return {"policy_id": exp.base_policy_id, "name": f"{exp.name} · SFT",
-            "prompt_ids": exp.artifacts["splits"]["sft"], "seed": exp.config.get("seed", 0), **exp.config["sft"]}
+            "prompt_ids": exp.artifacts["splits"]["sft"], "seed": exp.config.get("seed", 0),
+            "policy_format": exp.config.get("policy_format", "raw"), **exp.config["sft"]}
 
 
 def _pairs(exp):
@@ -351,6 +353,8 @@ def config_errors(config):
         **{section: P.NUMBERS[kind] for section, kind in STAGE_KINDS.items()},
     }
     messages = []
+    if "policy_format" in config and P.policy_format_error(config["policy_format"]):
+        messages.append(P.policy_format_error(config["policy_format"]))
     for section, bounds in sections.items():
         values = config.get(section, {}) if section else config
         if not isinstance(values, dict):

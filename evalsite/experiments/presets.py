@@ -9,6 +9,7 @@ import copy
 PRESETS = {
     "demo": {
         "seed": 0,
+        "policy_format": "raw",        # rl/formats.py: raw, chat or auto (README: Policy formats)
         # prompts per stage (disjoint, drawn from the dataset with a seeded shuffle)
         "sft_prompts": 24, "pair_prompts": 24, "rl_prompts": 16, "eval_prompts": 12,
         "alignment_comparisons": 64,   # dataset comparisons with human/judge labels to label
@@ -29,6 +30,7 @@ PRESETS = {
         # docs/method.md §2-3: RM Adafactor lr 1e-5, batch 128/32, max input 1152, 2-3 epochs;
         # RL batch 128, lr 1e-5, 8 epochs, T = 0.9, beta = 0.05; ~2k rated inputs, 3 raters each.
         "seed": 0,
+        "policy_format": "raw",        # the paper's: base models continue the text
         "sft_prompts": 10000, "pair_prompts": 10000, "rl_prompts": 4000, "eval_prompts": 2000,
         "alignment_comparisons": 2000, "human_pairs": 100000,
         "sft": {"epochs": 1, "batch_size": 32, "learning_rate": 1e-5, "max_prompt_tokens": 1024,
