@@ -42,6 +42,12 @@ class BackendError(RuntimeError):
     """A backend that cannot be used as configured; the message says why and what to do."""
 
 
+NEEDS_LOGPROBS = (
+    "Labeling reads the probabilities of the label tokens, so it needs a server that returns them: "
+    "'logprobs' on /v1/completions, 'logprobs': true with 'top_logprobs' on /v1/chat/completions "
+    "(vLLM; llama.cpp's server started with --logits_all true; hosted APIs whose models support logprobs).")
+
+
 @dataclass
 class NextTokenScores:
     """Log-probabilities (full-vocabulary softmax) of each label at the next position."""
@@ -727,6 +733,10 @@ class ServerBackend:
                                            f"{r.text[:200]!r}") from None
                     self._count_usage(data)
                     return data
+                if "logprobs" in payload and r.status_code in (400, 422, 500) and "logprob" in r.text.lower():
+                    # Retrying will not help: this server (or model) cannot give what labeling reads.
+                    raise BackendError(f"the server at {self.endpoint} refused to return token log-probabilities "
+                                       f"(HTTP {r.status_code}: {r.text[:300]}). {NEEDS_LOGPROBS}")
                 retry_after = _retry_after_seconds(r.headers.get("Retry-After"))
                 if r.status_code == 429 and rate_limited < self.config.rate_limit_retries:
                     rate_limited += 1
@@ -772,10 +782,7 @@ class ServerBackend:
         except (KeyError, IndexError, TypeError):
             top = None
         if not top:
-            raise BackendError(
-                f"the server at {self.endpoint} returned no token log-probabilities. Labeling reads the "
-                "probabilities of the label tokens, so it needs a completions server that returns "
-                "'logprobs' (vLLM, llama.cpp server, or an API that supports the 'logprobs' parameter).")
+            raise BackendError(f"the server at {self.endpoint} returned no token log-probabilities. {NEEDS_LOGPROBS}")
         if isinstance(top, list):  # some servers send [{"token":..., "logprob":...}]
             pairs = [(str(d["token"]), float(d["logprob"])) for d in top]
         else:
@@ -983,11 +990,8 @@ class ChatBackend(ServerBackend):
         except (KeyError, IndexError, TypeError, ValueError):
             tops = chosen = None
         if not tops or not tops[0]:
-            raise BackendError(
-                f"the chat server at {self.endpoint} returned no token log-probabilities. Labeling reads the "
-                "probabilities of the label tokens, so it needs a chat API that answers 'logprobs': true with "
-                "'top_logprobs' (OpenAI-compatible APIs that support them, vLLM, llama.cpp's server started "
-                "with --logits_all true).")
+            raise BackendError(f"the chat server at {self.endpoint} returned no token log-probabilities. "
+                               f"{NEEDS_LOGPROBS}")
         return tops, chosen, usage_of(data)
 
     def top_logprobs(self, text, k=None):
