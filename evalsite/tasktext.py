@@ -104,6 +104,18 @@ def cut_at_turn_markers(response, task):
     return response[:cut]
 
 
+# Chat-template and special tokens a response must not show: <|im_end|>, <|eot_id|>, <end_of_turn>, </s>
+_TEMPLATE_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>|<(?:end|start)_of_turn>|</s>")
+
+
+def clean_response(text, task=None):
+    """A response as people see it: cut at the task's first turn marker, without chat-template
+    tokens. Sampling stores responses clean already; this guards what older or imported rows hold."""
+    if task is not None:
+        text = cut_at_turn_markers(text, task)
+    return _TEMPLATE_TOKEN.sub("", text).strip()
+
+
 def split_dialogue(text):
     """Split an HH dialogue into (context, final assistant response) at the last Assistant turn.
 

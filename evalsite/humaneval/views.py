@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from evalsite.humaneval import queue
-from evalsite.humaneval.display import layout
+from evalsite.humaneval.display import layout, response_text
 from evalsite.humaneval.forms import SkipForm, answer_fields, clean_answer, ordinal
 from evalsite.humaneval.queue import Refused
 from evalsite.models import Assignment, EvalRound, Ranking, Sample
@@ -94,13 +94,14 @@ def _item_context(request, a, values, errors=(), skip=None):
     texts = getattr(a, "texts", None) or dict(Sample.objects.filter(pk__in=a.order).values_list("pk", "text"))
     context = a.item.prompt.context
     responses = []
+    task = round.task.text()
     k = len(a.order)
     for label, sample_id in zip(a.labels, a.order):
         rank = str(values.get(f"rank_{label}") or "") if round.asks_rank else None
         harm = (values.get(f"harmless_{label}") or "") if round.asks_harmless else None
         responses.append({
             "label": label,
-            "text": texts.get(sample_id, ""),
+            "text": response_text(task, texts.get(sample_id, "")),
             "rank": rank,
             "rank_options": [{"value": str(i), "name": ordinal(i), "selected": rank == str(i)} for i in range(1, k + 1)],
             "harmless": harm,
