@@ -21,7 +21,7 @@ from typing import Callable
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 log = logging.getLogger(__name__)
@@ -275,13 +275,30 @@ def fail_orphans_of(hostname):
     orphans = list(Job.objects.filter(status=Job.Status.RUNNING, worker__startswith=f"{hostname} pid ")
                    .values_list("pk", flat=True))
     for pk in orphans:
-        n = Job.objects.filter(pk=pk, status=Job.Status.RUNNING).update(
-            status=Job.Status.FAILED, finished_at=timezone.now(), message="worker lost",
-            error=f"Worker {hostname} restarted while this job was running.",
-        )
-        if n:
-            auto_resume(pk, f"worker {hostname} restarted while this job was running")
+        with transaction.atomic():  # others see the job queued again, never failed in between
+            n = Job.objects.filter(pk=pk, status=Job.Status.RUNNING).update(
+                status=Job.Status.FAILED, finished_at=timezone.now(), message="worker lost",
+                error=f"Worker {hostname} restarted while this job was running.",
+            )
+            if n:
+                auto_resume(pk, f"worker {hostname} restarted while this job was running")
     return len(orphans)
+
+
+def fail_stale_and_resume(queryset):
+    """Fail the stale jobs of ``queryset`` and resume the resumable ones; returns (failed, resumed).
+
+    Each job is failed and queued again in one transaction, so nobody reading it (a page, a
+    waiting experiment, a test) sees it failed on its way back to the queue.
+    """
+    failed, resumed = [], []
+    for pk in queryset.stale().values_list("pk", flat=True):
+        with transaction.atomic():
+            if queryset.model.objects.filter(pk=pk).fail_stale():
+                failed.append(pk)
+                if auto_resume(pk, "no heartbeat from its worker"):
+                    resumed.append(pk)
+    return failed, resumed
 
 
 def sweep():
@@ -298,8 +315,7 @@ def sweep():
 
     from evalsite.models import Job
 
-    failed = Job.objects.fail_stale()
-    resumed = [pk for pk in failed if auto_resume(pk, "no heartbeat from its worker")]
+    failed, resumed = fail_stale_and_resume(Job.objects.all())
     resent = []
     unsent = list(Job.objects.unsent().values_list("pk", flat=True)[:1000])
     if unsent:

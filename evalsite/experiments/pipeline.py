@@ -276,8 +276,7 @@ def _wait(job, exp_id):
     while True:
         # A stage job whose worker died must not be waited on forever: failed, and resumed here
         # when its kind resumes (the workers' sweep does the same; only one of them wins).
-        for pk in Job.objects.filter(pk=job.pk).fail_stale():
-            jobs.auto_resume(pk, "no heartbeat from its worker")
+        jobs.fail_stale_and_resume(Job.objects.filter(pk=job.pk))
         job.refresh_from_db()
         if job.status == Job.Status.QUEUED:
             jobs.execute(job.pk)
