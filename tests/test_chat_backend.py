@@ -312,6 +312,12 @@ def test_the_dry_run_counts_requests_and_tokens_and_sends_nothing(local, server,
     html = page.content.decode()
     assert page.status_code == 200 and "Estimate (nothing was sent)" in html and "4 to label" in html
     assert Job.objects.filter(kind="label").count() == 1 and srv.requests == 8
+    # a local config: counted with its tokenizer, without loading the model; the run's counts agree
+    tiny = LabelerConfig.objects.create(name="tiny-local", task=config.task, model_path=str(tiny_chat_model_dir))
+    local_estimate = runs.estimate_run(runs.validate_run_params({"config_id": tiny.pk, "dataset_id": ds.pk}))
+    local_run = run_synchronously({"config_id": tiny.pk, "dataset_id": ds.pk})
+    assert local_estimate["requests"] == 8 and local_estimate["cost_usd"] is None
+    assert local_estimate["prompt_tokens"] == local_run.result["prompt_tokens"] > 0
     with pytest.raises(CommandError, match="No labeler config named 'nope'"):
         call_command("label_estimate", "nope", "--dataset", "chat-test")
     with pytest.raises(CommandError, match="No comparisons match"):
