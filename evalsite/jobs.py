@@ -57,6 +57,27 @@ class JobKind:
 
 _REGISTRY: dict[str, JobKind] = {}
 
+MAX_ID = 2**63 - 1  # the largest primary key a bigint column holds
+
+
+def id_list(value, name, errors):
+    """Ids from a job parameter: a list, or a string of ids separated by spaces or commas.
+
+    An empty value gives []; a bad one puts a message under ``name`` in ``errors`` and gives [].
+    """
+    if value in (None, "", []):
+        return []
+    if isinstance(value, (str, int)):
+        value = str(value).replace(",", " ").split()
+    try:
+        ids = [int(v) for v in value]
+    except (TypeError, ValueError):
+        ids = None
+    if ids is None or not all(1 <= i <= MAX_ID for i in ids):
+        errors[name] = f"{name} must be a list of ids (whole numbers from 1 to {MAX_ID})."
+        return []
+    return ids
+
 
 def job_kind(name, *, label=None, resumable=False, validator=None):
     """Register ``fn(ctx)`` as the implementation of job kind ``name``."""

@@ -26,10 +26,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from evalsite import preferences as P
-from evalsite.jobs import JobError, job_kind
+from evalsite.jobs import JobError, id_list, job_kind
 
 KIND = "export_preferences"
-MAX_ID = 2**63 - 1
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # The token is sent to the Hugging Face Hub: only a variable named like a token may be read for it,
 # so that no export can send SECRET_KEY or a database password there.
@@ -41,18 +40,7 @@ DEFAULT_TOKEN_VAR = "HF_TOKEN"
 
 
 def _ids(value, name, errors):
-    if value in (None, "", []):
-        return []
-    if isinstance(value, (str, int)):
-        value = str(value).replace(",", " ").split()
-    try:
-        ids = sorted({int(v) for v in value})
-    except (TypeError, ValueError):
-        ids = None
-    if ids is None or not all(1 <= i <= MAX_ID for i in ids):
-        errors[name] = f"{name} must be a list of ids (whole numbers from 1 to {MAX_ID})."
-        return []
-    return ids
+    return sorted(set(id_list(value, name, errors)))
 
 
 def _datasets_by_name(specs, errors):

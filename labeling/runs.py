@@ -28,11 +28,12 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from evalsite.jobs import MAX_ID, id_list
+
 RUN_KIND = "label"
 CHUNK_KIND = "label_chunk"
 DEFAULT_CHUNK_SIZE = 64
 # The largest id (and LIMIT) the databases take: a bigger number is refused here, not by the driver.
-MAX_ID = 2**63 - 1
 
 
 def comparison_queryset(params):
@@ -57,21 +58,6 @@ def comparison_queryset(params):
     return qs
 
 
-def _int_list(value, name, errors):
-    if value in (None, "", []):
-        return []
-    if isinstance(value, str):
-        value = [v for v in value.replace(",", " ").split() if v]
-    try:
-        ids = [int(v) for v in value]
-    except (TypeError, ValueError):
-        ids = None
-    if ids is None or not all(1 <= i <= MAX_ID for i in ids):
-        errors[name] = f"{name} must be a list of ids (whole numbers from 1 to {MAX_ID})."
-        return []
-    return ids
-
-
 def validate_run_params(params):
     """Clean and check the params of a labeling run; clear messages for each problem."""
     from evalsite.models import Dataset, Policy
@@ -94,7 +80,7 @@ def validate_run_params(params):
             errors["config_id"] = e.messages[0]
         p["config_id"] = config.pk
     for name in ("comparison_ids", "policy_ids", "prompt_ids"):
-        p[name] = _int_list(p.get(name), name, errors)
+        p[name] = id_list(p.get(name), name, errors)
     if p.get("dataset_id") not in (None, ""):
         try:
             p["dataset_id"] = int(p["dataset_id"])
