@@ -348,7 +348,7 @@ def sweep():
         except OperationalError:
             unsent = []  # still down: try again at the next sweep
         for pk in unsent:
-            job = Job.objects.filter(pk__in=Job.objects.unsent().filter(pk=pk)).first()
+            job = Job.objects.unsent().filter(pk=pk).first()  # still unsent: another worker may have sent it
             if job is not None:
                 job.send()  # outside a transaction: published at once
                 resent.append(pk)
