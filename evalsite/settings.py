@@ -41,6 +41,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_celery_results",
     "evalsite",
+    "evalsite.jobs",
+    "evalsite.experiments",
     "labeling",
     "rl",
     "axes",  # login throttling (see AXES_* below)
@@ -246,6 +248,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # workers' sweep (every JOB_SWEEP_SECONDS, in each worker's main process), and resumable kinds
 # are queued again, at most JOB_AUTO_RESUME_ATTEMPTS times in all. The sweep also sends jobs
 # again whose task the broker did not take (it was down when they were submitted).
+# The job queue adapter the job runtime publishes through (evalsite/celery.py).
+JOB_QUEUE = "evalsite.celery.queue"
 JOB_HEARTBEAT_SECONDS = env.float("JOB_HEARTBEAT_SECONDS", default=10.0)
 JOB_STALE_AFTER_SECONDS = env.float("JOB_STALE_AFTER_SECONDS", default=120.0)
 JOB_SWEEP_SECONDS = env.float("JOB_SWEEP_SECONDS", default=30.0)

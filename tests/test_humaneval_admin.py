@@ -5,7 +5,8 @@ from django.urls import reverse
 from evalsite.humaneval import queue
 from evalsite.humaneval import rounds as R
 from evalsite.humaneval.demo import make_annotators, make_round
-from evalsite.models import Dataset, EvalRound, Job, Policy, Prompt, Sample, Task
+from evalsite.models import Dataset, EvalRound, Policy, Prompt, Sample, Task
+from evalsite.jobs.models import Job
 
 pytestmark = pytest.mark.django_db
 

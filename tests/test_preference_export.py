@@ -12,9 +12,10 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from evalsite import jobs, preferences
+from evalsite.jobs import runtime as jobs, preferences
 from evalsite.importjobs import run_import
-from evalsite.models import Comparison, Dataset, EvalRound, Job, Prompt, Task
+from evalsite.models import Comparison, Dataset, EvalRound, Prompt, Task
+from evalsite.jobs.models import Job
 from labeling.models import AILabel, LabelerConfig
 from tests.helpers import wait_for
 
@@ -562,10 +563,10 @@ def test_admin_actions_open_the_export_form_for_their_selection(admin_client, la
     r = _run_action(admin_client, "admin:labeling_labelerconfig_changelist", "export_preferences", [labeled["a"].pk])
     assert r["Location"] == f"{form_url}?config={labeled['a'].pk}"
     run = Job.objects.create(kind="label", name="labeling run", params={"config_id": labeled["a"].pk})
-    r = _run_action(admin_client, "admin:evalsite_job_changelist", "export_preferences", [run.pk])
+    r = _run_action(admin_client, "admin:jobs_job_changelist", "export_preferences", [run.pk])
     assert r["Location"] == f"{form_url}?run={run.pk}"
     other = Job.objects.create(kind="noop", name="not a run")
-    r = _run_action(admin_client, "admin:evalsite_job_changelist", "export_preferences", [other.pk])
+    r = _run_action(admin_client, "admin:jobs_job_changelist", "export_preferences", [other.pk])
     assert r.status_code == 302 and "export-preferences" not in r["Location"]
     page = admin_client.get(f"{form_url}?datasets={labeled['dataset'].pk}").content.decode()
     assert "syn [test]" in page and 'name="min_confidence"' in page and "Export preference data" in page
@@ -580,7 +581,7 @@ def test_admin_form_queues_an_export_job_into_the_exports_folder(admin_client, l
     r = admin_client.post(url, {"source": "ai", "type": "preference", "labeler": labeled["a"].pk, "drop_ties": "on",
                                 "min_confidence": "0", "name": "from-admin", "format": "jsonl"})
     job = Job.objects.get(kind="export_preferences")
-    assert r.status_code == 302 and r["Location"] == reverse("admin:evalsite_job_change", args=[job.pk])
+    assert r.status_code == 302 and r["Location"] == reverse("admin:jobs_job_change", args=[job.pk])
     assert job.params["config_id"] == labeled["a"].pk and job.params["drop_ties"] is True
     assert jobs.execute(job.pk) == "succeeded"
     job.refresh_from_db()

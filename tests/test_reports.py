@@ -12,7 +12,7 @@ from django.contrib.auth import get_user_model
 from django.urls import reverse
 
 from evalsite import stats
-from evalsite.models import Job, JobMetric
+from evalsite.jobs.models import Job, JobMetric
 from evalsite.reports import tables as T
 from evalsite.reports import views as V
 from tests.test_stats import label_rows, simulated

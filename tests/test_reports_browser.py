@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from evalsite.humaneval.demo import make_annotators, make_round
-from evalsite.models import EvalRound, Job, JobMetric, Sample
+from evalsite.models import EvalRound, Sample
+from evalsite.jobs.models import Job, JobMetric
 from evalsite.reports import views as V
 from tests.helpers import wait_for
 from tests.test_reports import rank_round

@@ -229,7 +229,7 @@ class EvalRoundAdmin(admin.ModelAdmin):
 
     def sample_view(self, request, pk):
         obj = get_object_or_404(EvalRound, pk=pk)
-        if request.method == "POST" and self.has_change_permission(request, obj) and request.user.has_perm("evalsite.add_job"):
+        if request.method == "POST" and self.has_change_permission(request, obj) and request.user.has_perm("jobs.add_job"):
             try:
                 jobs = R.start_sampling(obj, user=request.user)
             except ValidationError as e:
@@ -237,7 +237,7 @@ class EvalRoundAdmin(admin.ModelAdmin):
             else:
                 if jobs:
                     links = format_html_join(", ", '<a href="{}">#{}</a>', (
-                        (reverse("admin:evalsite_job_change", args=[j.pk]), j.pk) for j in jobs))
+                        (reverse("admin:jobs_job_change", args=[j.pk]), j.pk) for j in jobs))
                     messages.success(request, format_html("Started {} sampling job(s): {}. Open the round when they finish.",
                                                           len(jobs), links))
                 else:

@@ -13,7 +13,8 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 
 from evalsite import stats
-from evalsite.models import Job, JobMetric, Policy
+from evalsite.models import Policy
+from evalsite.jobs.models import Job, JobMetric
 from evalsite.permissions import permissions_required
 from evalsite.reports import tables as T
 
@@ -26,7 +27,7 @@ MAX_BOOT = 10000
 # others without the permissions get 403): a round's report shows its rankings and annotators.
 ROUND_PERMISSIONS = ("evalsite.view_evalround", "evalsite.view_ranking")
 LABELER_PERMISSIONS = ("labeling.view_labelerconfig", "labeling.view_ailabel")
-JOB_PERMISSIONS = ("evalsite.view_job",)
+JOB_PERMISSIONS = ("jobs.view_job",)
 
 
 # --- data sources (lazy: the modules may not exist yet) -----------------------------------------
