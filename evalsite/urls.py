@@ -12,7 +12,6 @@ urlpatterns = [
     path("annotate/", include("evalsite.humaneval.urls")),
     path("reports/", include("evalsite.reports.urls")),
     path("experiments/", include("evalsite.experiments.urls")),
-    path("labeling/", include("labeling.urls")),
     path("rl/", include("rl.urls")),
     path("admin/", admin.site.urls),
 ]
