@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_celery_results",
     "evalsite",
+    "evalsite.reports",
     "labeling",
     "rl",
     "axes",  # login throttling (see AXES_* below)
