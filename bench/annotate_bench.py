@@ -178,7 +178,7 @@ def check_database(round_id, acknowledged, overlap):
     """
     from django.db.models import Count
 
-    from evalsite.models import Ranking
+    from evalsite.humaneval.models import Ranking
 
     answers = Ranking.objects.filter(round_id=round_id)
     live = answers.filter(withdrawn_at__isnull=True)

@@ -242,6 +242,5 @@ class JobAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(reverse("admin:evalsite_job_change", args=[pk]))
 
 
-# Admin registrations of the human-evaluation module live beside its code.
-from evalsite.humaneval import admin as _humaneval_admin  # noqa: E402,F401
+# Admin registrations of the experiments module live beside its code.
 from evalsite.experiments import admin as _experiments_admin  # noqa: E402,F401

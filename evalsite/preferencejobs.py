@@ -63,7 +63,8 @@ def _datasets_by_name(specs, errors):
 
 def validate_export_params(params):
     """Clean an export's parameters; a ValidationError names each bad one."""
-    from evalsite.models import Dataset, EvalRound, Job
+    from evalsite.humaneval.models import EvalRound
+    from evalsite.models import Dataset, Job
     from labeling.models import LabelerConfig
 
     errors = {}
@@ -235,7 +236,8 @@ def dataset_human_pairs(comparisons, contexts):
 def _rankings(p, prompts):
     """The rounds' ranking frame (on the prompts in scope), sample texts, prompt contexts, round names."""
     from evalsite.humaneval.data import ranking_frame
-    from evalsite.models import EvalRound, Prompt, RankedResponse, Sample
+    from evalsite.humaneval.models import EvalRound, RankedResponse
+    from evalsite.models import Prompt, Sample
 
     frame = ranking_frame(p["round_ids"])
     if p["dataset_ids"] and len(frame):
@@ -261,7 +263,8 @@ def _token(p):
 
 def _task(p):
     """The one task of everything selected; mixing tasks would mix prompt formats in one file."""
-    from evalsite.models import Dataset, EvalRound, Job, Task
+    from evalsite.humaneval.models import EvalRound
+    from evalsite.models import Dataset, Job, Task
     from labeling.models import LabelerConfig
 
     tasks = set(Dataset.objects.filter(pk__in=p["dataset_ids"]).values_list("task__slug", flat=True))
@@ -282,7 +285,8 @@ def run_export(params, progress=None, made_by=""):
     ``progress(fraction, message)`` is called as it goes. Raises JobError with a message for
     the user when there is nothing to write, or the destination cannot be written.
     """
-    from evalsite.models import Dataset, EvalRound, Prompt
+    from evalsite.humaneval.models import EvalRound
+    from evalsite.models import Dataset, Prompt
 
     p = params
     report = progress or (lambda fraction, message=None: None)
@@ -446,13 +450,14 @@ def _selection(request):
 
 def has_export_permission(user):
     """An export reads comparisons, rankings and AI labels and runs as a job."""
-    return user.has_perms(["evalsite.add_job", "evalsite.view_comparison", "evalsite.view_ranking",
+    return user.has_perms(["evalsite.add_job", "evalsite.view_comparison", "humaneval.view_ranking",
                            "labeling.view_ailabel"])
 
 
 def export_view(request):
     """Admin page: choose the source, rules and destination of an export; queue its job."""
-    from evalsite.models import Dataset, EvalRound, Job
+    from evalsite.humaneval.models import EvalRound
+    from evalsite.models import Dataset, Job
     from labeling.models import LabelerConfig
 
     if not has_export_permission(request.user):

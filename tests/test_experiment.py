@@ -5,7 +5,8 @@ from django.core.management import call_command
 
 from evalsite.experiments import pipeline
 from evalsite.experiments.presets import merged_config
-from evalsite.models import Comparison, Dataset, EvalRound, Experiment, Job, Policy, Prompt, Sample, Task
+from evalsite.humaneval.models import EvalRound
+from evalsite.models import Comparison, Dataset, Experiment, Job, Policy, Prompt, Sample, Task
 from tests.helpers import wait_for
 
 WORDS = "the cat sat on a mat and then a dog ran over the hill to see the sun".split()

@@ -14,7 +14,8 @@ from django.urls import reverse
 
 from evalsite import jobs, preferences
 from evalsite.importjobs import run_import
-from evalsite.models import Comparison, Dataset, EvalRound, Job, Prompt, Task
+from evalsite.humaneval.models import EvalRound
+from evalsite.models import Comparison, Dataset, Job, Prompt, Task
 from labeling.models import AILabel, LabelerConfig
 from tests.helpers import wait_for
 
@@ -557,7 +558,7 @@ def test_admin_actions_open_the_export_form_for_their_selection(admin_client, la
     form_url = reverse("admin:evalsite_export_preferences")
     r = _run_action(admin_client, "admin:evalsite_dataset_changelist", "export_preferences", [labeled["dataset"].pk])
     assert r.status_code == 302 and r["Location"] == f"{form_url}?datasets={labeled['dataset'].pk}"
-    r = _run_action(admin_client, "admin:evalsite_evalround_changelist", "export_preferences", [ranked.pk])
+    r = _run_action(admin_client, "admin:humaneval_evalround_changelist", "export_preferences", [ranked.pk])
     assert r["Location"] == f"{form_url}?rounds={ranked.pk}"
     r = _run_action(admin_client, "admin:labeling_labelerconfig_changelist", "export_preferences", [labeled["a"].pk])
     assert r["Location"] == f"{form_url}?config={labeled['a'].pk}"

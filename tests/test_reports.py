@@ -132,7 +132,7 @@ def rank_round(rnd, users, strengths, harmful=(), seed=0):
 @pytest.fixture
 def ranked_round(db):
     from evalsite.humaneval import demo
-    from evalsite.models import EvalRound
+    from evalsite.humaneval.models import EvalRound
 
     users = demo.make_annotators(3, prefix="rep-ann")
     rnd = demo.make_round(n_prompts=12, overlap=3, question=EvalRound.Question.BOTH, name="report round")
@@ -270,7 +270,7 @@ def test_job_curves_page_and_export(client, researcher):
 
 def test_harmless_only_round_shows_harmless_rates_and_no_win_rates(client, researcher, db):
     from evalsite.humaneval import demo
-    from evalsite.models import EvalRound
+    from evalsite.humaneval.models import EvalRound
 
     users = demo.make_annotators(2, prefix="harm-ann")
     rnd = demo.make_round(n_prompts=5, overlap=2, question=EvalRound.Question.HARMLESS, name="harmless round")
