@@ -5,7 +5,7 @@ import pytest
 
 from evalsite.humaneval.models import Assignment, EvalRound, Ranking
 from evalsite.models import Sample
-from evalsite.humaneval.demo import make_annotators, make_round
+from tests.humaneval_demo import make_annotators, make_round
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

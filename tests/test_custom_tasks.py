@@ -16,7 +16,7 @@ from evalsite.tasktext import cut_at_turn_markers, policy_prompt
 from labeling import runs
 from labeling.models import AILabel, LabelerConfig
 from labeling.prompts import PromptBuilder
-from evalsite.humaneval.demo import make_annotators
+from tests.humaneval_demo import make_annotators
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,7 @@ from evalsite.humaneval import queue
 from evalsite.humaneval.models import Assignment, EvalItem, EvalRound, Ranking
 from evalsite.humaneval.queue import Refused
 from evalsite.models import Policy, Sample
-from evalsite.humaneval.demo import make_annotators, make_round
+from tests.humaneval_demo import make_annotators, make_round
 
 pytestmark = pytest.mark.django_db
 

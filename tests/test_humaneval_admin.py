@@ -6,7 +6,7 @@ from evalsite.humaneval import queue
 from evalsite.humaneval import rounds as R
 from evalsite.humaneval.models import EvalRound
 from evalsite.models import Dataset, Job, Policy, Prompt, Sample, Task
-from evalsite.humaneval.demo import make_annotators, make_round
+from tests.humaneval_demo import make_annotators, make_round
 
 pytestmark = pytest.mark.django_db
 

@@ -6,8 +6,8 @@ import pytest
 from django.db import connection
 
 from evalsite.humaneval.models import Assignment, Ranking
-from evalsite.humaneval.demo import make_annotators, make_round
-from evalsite.humaneval.simulate import Annotator, session_for
+from tests.humaneval_demo import make_annotators, make_round
+from tests.scripted_annotator import Annotator, session_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -5,7 +5,7 @@ from evalsite.humaneval import queue
 from evalsite.humaneval.data import human_pair_preferences, ranking_frame, win_counts
 from evalsite.humaneval.models import EvalRound
 from evalsite.models import Sample
-from evalsite.humaneval.demo import make_annotators, make_round
+from tests.humaneval_demo import make_annotators, make_round
 
 pytestmark = pytest.mark.django_db
 

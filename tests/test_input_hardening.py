@@ -29,7 +29,7 @@ from evalsite.importers import ImportFormatError, parse_file
 from evalsite.importjobs import run_import
 from evalsite.models import Comparison, Dataset, Experiment, Job, JobMetric, Policy, Prompt, Task
 from evalsite.reports import tables as T
-from evalsite.humaneval.demo import make_annotators, make_round
+from tests.humaneval_demo import make_annotators, make_round
 
 pytestmark = pytest.mark.django_db
 

@@ -24,7 +24,7 @@ from evalsite.views import OVERVIEW_PERMISSIONS
 from labeling.models import LabelerConfig
 from rl.forms import FORMS
 from rl.views import KIND_PERMISSIONS
-from evalsite.humaneval import demo
+from tests import humaneval_demo as demo
 from tests.test_stats import label_rows
 
 # What migration 0010 grants the "researcher" group, spelled out again: the test fails when either changes.

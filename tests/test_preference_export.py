@@ -89,7 +89,7 @@ def ranked(db):
     Ranks: three annotators rlaif > rlhf > sft, the fourth rlhf > rlaif > sft. Harmless: sft by
     two of four (a split), rlhf by all, rlaif by three of four.
     """
-    from evalsite.humaneval import demo
+    from tests import humaneval_demo as demo
 
     users = demo.make_annotators(4, prefix="exp-ann")
     rnd = demo.make_round(n_prompts=2, overlap=4, question=EvalRound.Question.BOTH, name="export round")
@@ -320,7 +320,7 @@ def test_harmless_flags_export_as_unpaired_preferences(ranked, tmp_path):
 
 
 def test_summarization_exports_plain_text_prompts(db, tmp_path):
-    from evalsite.humaneval import demo
+    from tests import humaneval_demo as demo
 
     users = demo.make_annotators(2, prefix="sum-ann")
     rnd = demo.make_round(n_prompts=2, overlap=2, task_slug="summarization", name="sum round")

@@ -9,7 +9,7 @@ from evalsite.humaneval.models import EvalRound
 from evalsite.models import Job, JobMetric, Sample
 from evalsite.reports import views as V
 from tests.helpers import wait_for
-from evalsite.humaneval.demo import make_annotators, make_round
+from tests.humaneval_demo import make_annotators, make_round
 from tests.test_reports import rank_round
 from tests.test_stats import label_rows
 
