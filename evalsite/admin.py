@@ -137,7 +137,3 @@ class ComparisonAdmin(admin.ModelAdmin):
         from evalsite.preferencejobs import export_view
 
         return export_view(request)
-
-
-# Admin registrations of the human-evaluation module live beside its code.
-from evalsite.humaneval import admin as _humaneval_admin  # noqa: E402,F401

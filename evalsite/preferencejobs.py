@@ -65,7 +65,9 @@ def _datasets_by_name(specs, errors):
 
 def validate_export_params(params):
     """Clean an export's parameters; a ValidationError names each bad one."""
-    from evalsite.models import Dataset, EvalRound
+    from evalsite.humaneval.models import EvalRound
+    from evalsite.models import Dataset
+    from evalsite.jobs.models import Job
     from evalsite.jobs.models import Job
     from labeling.models import LabelerConfig
 
@@ -238,7 +240,8 @@ def dataset_human_pairs(comparisons, contexts):
 def _rankings(p, prompts):
     """The rounds' ranking frame (on the prompts in scope), sample texts, prompt contexts, round names."""
     from evalsite.humaneval.data import ranking_frame
-    from evalsite.models import EvalRound, Prompt, RankedResponse, Sample
+    from evalsite.humaneval.models import EvalRound, RankedResponse
+    from evalsite.models import Prompt, Sample
 
     frame = ranking_frame(p["round_ids"])
     if p["dataset_ids"] and len(frame):
@@ -264,7 +267,9 @@ def _token(p):
 
 def _task(p):
     """The one task of everything selected; mixing tasks would mix prompt formats in one file."""
-    from evalsite.models import Dataset, EvalRound, Task
+    from evalsite.humaneval.models import EvalRound
+    from evalsite.models import Dataset, Task
+    from evalsite.jobs.models import Job
     from evalsite.jobs.models import Job
     from labeling.models import LabelerConfig
 
@@ -286,7 +291,8 @@ def run_export(params, progress=None, made_by=""):
     ``progress(fraction, message)`` is called as it goes. Raises JobError with a message for
     the user when there is nothing to write, or the destination cannot be written.
     """
-    from evalsite.models import Dataset, EvalRound, Prompt
+    from evalsite.humaneval.models import EvalRound
+    from evalsite.models import Dataset, Prompt
 
     p = params
     report = progress or (lambda fraction, message=None: None)
@@ -448,13 +454,15 @@ def _selection(request):
 
 def has_export_permission(user):
     """An export reads comparisons, rankings and AI labels and runs as a job."""
-    return user.has_perms(["jobs.add_job", "evalsite.view_comparison", "evalsite.view_ranking",
+    return user.has_perms(["jobs.add_job", "evalsite.view_comparison", "humaneval.view_ranking",
                            "labeling.view_ailabel"])
 
 
 def export_view(request):
     """Admin page: choose the source, rules and destination of an export; queue its job."""
-    from evalsite.models import Dataset, EvalRound
+    from evalsite.humaneval.models import EvalRound
+    from evalsite.models import Dataset
+    from evalsite.jobs.models import Job
     from evalsite.jobs.models import Job
     from labeling.models import LabelerConfig
 

@@ -43,6 +43,8 @@ INSTALLED_APPS = [
     "evalsite",
     "evalsite.jobs",
     "evalsite.experiments",
+    "evalsite.humaneval",
+    "evalsite.reports",
     "labeling",
     "rl",
     "axes",  # login throttling (see AXES_* below)
@@ -80,9 +82,10 @@ TEMPLATES = [
     },
     {
         # The annotator's item page (see evalsite/jinja2.py); everything else is a Django template.
+        # jinja2/ holds the shared base page, evalsite/humaneval/jinja2/ the item page.
         "BACKEND": "django.template.backends.jinja2.Jinja2",
         "DIRS": [BASE_DIR / "jinja2"],
-        "APP_DIRS": False,
+        "APP_DIRS": True,
         "OPTIONS": {
             "environment": "evalsite.jinja2.environment",
             "context_processors": [

@@ -10,13 +10,15 @@ from django.urls import reverse
 from evalsite.jobs import runtime as jobs
 from evalsite.builtin_tasks import BUILTIN_TASKS
 from evalsite.humaneval import rounds as R
-from evalsite.humaneval.demo import make_annotators
-from evalsite.models import Assignment, Comparison, Dataset, EvalRound, Policy, Prompt, Sample, Task
+from evalsite.humaneval.models import Assignment, EvalRound
+from evalsite.models import Comparison, Dataset, Policy, Prompt, Sample, Task
+from evalsite.jobs.models import Job
 from evalsite.jobs.models import Job
 from evalsite.tasktext import cut_at_turn_markers, policy_prompt
 from labeling import runs
 from labeling.models import AILabel, LabelerConfig
 from labeling.prompts import PromptBuilder
+from tests.humaneval_demo import make_annotators
 
 torch.set_num_threads(1)
 

@@ -5,7 +5,10 @@ from django.core.management import call_command
 
 from evalsite.experiments import pipeline
 from evalsite.experiments.presets import merged_config
-from evalsite.models import Comparison, Dataset, EvalRound, Policy, Prompt, Sample, Task
+from evalsite.humaneval.models import EvalRound
+from evalsite.models import Comparison, Dataset, Policy, Prompt, Sample, Task
+from evalsite.experiments.models import Experiment
+from evalsite.jobs.models import Job
 from evalsite.experiments.models import Experiment
 from evalsite.jobs.models import Job
 from evalsite.jobs import runtime as jobs

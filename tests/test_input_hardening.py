@@ -22,16 +22,18 @@ from django.utils import timezone
 from evalsite.jobs import runtime as jobs
 from evalsite.experiments import pipeline
 from evalsite.humaneval import queue
-from evalsite.humaneval.demo import make_annotators, make_round
 from evalsite.humaneval.forms import clean_answer
+from evalsite.humaneval.models import ANNOTATORS_GROUP, Assignment, EvalRound, Ranking
 from evalsite.humaneval.queue import Refused
 from evalsite.importers import ImportFormatError, parse_file
 from evalsite.importjobs import run_import
-from evalsite.models import Assignment, Comparison, Dataset, EvalRound, Policy, Prompt, Ranking, Task
+from evalsite.models import Comparison, Dataset, Policy, Prompt, Task
 from evalsite.experiments.models import Experiment
 from evalsite.jobs.models import Job, JobMetric
-from evalsite.models.humaneval import ANNOTATORS_GROUP
+from evalsite.experiments.models import Experiment
+from evalsite.jobs.models import Job, JobMetric
 from evalsite.reports import tables as T
+from tests.humaneval_demo import make_annotators, make_round
 
 pytestmark = pytest.mark.django_db
 
@@ -94,7 +96,7 @@ def test_nul_in_a_form_field_or_query_is_400_and_saves_nothing(client, annotator
     assert client.get(reverse("humaneval:index") + "?x=%00").status_code == 400
     assert Ranking.objects.count() == 0
     client.force_login(researcher)
-    for url in ["/admin/evalsite/dataset/?q=%00", "/admin/evalsite/evalround/?q=a%00b", "/admin/auth/user/?q=%00"]:
+    for url in ["/admin/evalsite/dataset/?q=%00", "/admin/humaneval/evalround/?q=a%00b", "/admin/auth/user/?q=%00"]:
         assert client.get(url).status_code == 400, url
 
 

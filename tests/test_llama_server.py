@@ -18,7 +18,7 @@ import torch
 from evalsite.jobs import runtime as jobs
 from evalsite.models import Comparison, Dataset, Prompt, Task
 from evalsite.jobs.models import Job
-from labeling import runs, tasks
+from labeling import jobs as labeling_jobs, runs
 from labeling.backends import (BackendError, ChatBackend, ChatBackendConfig, LocalBackend, LocalBackendConfig,
                                LocalChatLayoutBackend, ServerBackend, ServerBackendConfig)
 from labeling.direct import DirectScorer
@@ -226,7 +226,7 @@ def test_llama_server_killed_mid_run_leaves_finished_labels_and_a_resumable_run(
         def kill_after_the_first_batch():  # two pairs, two orders each: four answers, then the crash
             deadline = time.time() + 120
             while time.time() < deadline:
-                backend = next((b for b in tasks._BACKENDS.values() if getattr(b, "endpoint", "").startswith(
+                backend = next((b for b in labeling_jobs._BACKENDS.values() if getattr(b, "endpoint", "").startswith(
                     server.url)), None)
                 if backend is not None and backend.requests_sent >= 5:
                     server.kill()

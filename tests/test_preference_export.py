@@ -12,9 +12,12 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from evalsite.jobs import runtime as jobs, preferences
+from evalsite import preferences
+from evalsite.jobs import runtime as jobs
 from evalsite.importjobs import run_import
-from evalsite.models import Comparison, Dataset, EvalRound, Prompt, Task
+from evalsite.humaneval.models import EvalRound
+from evalsite.models import Comparison, Dataset, Prompt, Task
+from evalsite.jobs.models import Job
 from evalsite.jobs.models import Job
 from labeling.models import AILabel, LabelerConfig
 from tests.helpers import wait_for
@@ -89,7 +92,7 @@ def ranked(db):
     Ranks: three annotators rlaif > rlhf > sft, the fourth rlhf > rlaif > sft. Harmless: sft by
     two of four (a split), rlhf by all, rlaif by three of four.
     """
-    from evalsite.humaneval import demo
+    from tests import humaneval_demo as demo
 
     users = demo.make_annotators(4, prefix="exp-ann")
     rnd = demo.make_round(n_prompts=2, overlap=4, question=EvalRound.Question.BOTH, name="export round")
@@ -320,7 +323,7 @@ def test_harmless_flags_export_as_unpaired_preferences(ranked, tmp_path):
 
 
 def test_summarization_exports_plain_text_prompts(db, tmp_path):
-    from evalsite.humaneval import demo
+    from tests import humaneval_demo as demo
 
     users = demo.make_annotators(2, prefix="sum-ann")
     rnd = demo.make_round(n_prompts=2, overlap=2, task_slug="summarization", name="sum round")
@@ -558,7 +561,7 @@ def test_admin_actions_open_the_export_form_for_their_selection(admin_client, la
     form_url = reverse("admin:evalsite_export_preferences")
     r = _run_action(admin_client, "admin:evalsite_dataset_changelist", "export_preferences", [labeled["dataset"].pk])
     assert r.status_code == 302 and r["Location"] == f"{form_url}?datasets={labeled['dataset'].pk}"
-    r = _run_action(admin_client, "admin:evalsite_evalround_changelist", "export_preferences", [ranked.pk])
+    r = _run_action(admin_client, "admin:humaneval_evalround_changelist", "export_preferences", [ranked.pk])
     assert r["Location"] == f"{form_url}?rounds={ranked.pk}"
     r = _run_action(admin_client, "admin:labeling_labelerconfig_changelist", "export_preferences", [labeled["a"].pk])
     assert r["Location"] == f"{form_url}?config={labeled['a'].pk}"

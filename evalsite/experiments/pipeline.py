@@ -486,7 +486,7 @@ def judge_pairs(exp):
 
 def make_round(exp):
     from evalsite.humaneval import rounds
-    from evalsite.models import EvalRound
+    from evalsite.humaneval.models import EvalRound
 
     c = exp.config.get("round", {})
     question = c.get("question", "rank")

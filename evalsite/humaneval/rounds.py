@@ -8,7 +8,8 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from evalsite import rawsql
-from evalsite.models import Assignment, EvalItem, EvalRound, Ranking, Sample
+from evalsite.humaneval.models import Assignment, EvalItem, EvalRound, Ranking
+from evalsite.models import Sample
 from evalsite.jobs import runtime as jobs
 from rl.kinds import SAMPLE
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('evalsite', '0012_policy_format'),
+        ('evalsite', '0013_humaneval_moves_to_its_app'),
         ('jobs', '0001_initial'),
         ('experiments', '0001_initial'),
         ('labeling', '0004_job_model_moved'),
