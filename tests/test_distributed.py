@@ -193,7 +193,7 @@ def test_distributed_rl_equals_one_process_and_survives_cancel_and_kill(toy, tin
              and Job.objects.get(pk=job.pk).log.count("resuming at step") == 2, timeout=180,
              message="the third attempt to resume from the checkpoint")
     assert "resuming at step 0/" not in Job.objects.get(pk=job.pk).log
-    Job.objects.get(pk=jobs.cancel(job.pk))
+    jobs.cancel(Job.objects.get(pk=job.pk))
     job = _wait_status(job, "cancelled", worker, timeout=120)
     wait_for(lambda: not _training_pids(spec), timeout=15, message="no training process left")
 

@@ -12,7 +12,8 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from evalsite import importers, jobs
+from evalsite import importers
+from evalsite.jobs import runtime as jobs
 from evalsite.importers import TLDR_JUDGE_NAME, ImportFormatError, parse_file
 from evalsite.importjobs import run_import, write_dataset
 from evalsite.models import Comparison, Dataset, Prompt
