@@ -36,10 +36,11 @@ setup: install
 serve: install
 	$(PY) manage.py serve
 
-## make test: installs test requirements and runs the whole suite.
+## make test: installs test requirements, checks the import contracts (.importlinter), runs the whole suite.
 ## Uses DATABASE_URL / REDIS_URL when set (CI sets PostgreSQL and Redis); otherwise SQLite and
 ## a filesystem broker. Browser tests need /usr/bin/chromium (Debian: apt-get install chromium).
 test: install-dev
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 ifneq ($(findstring postgres,$(DATABASE_URL)),)
 	@echo "The annotator queue writes its own SQL for each backend: its tests again, on SQLite"

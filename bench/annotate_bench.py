@@ -75,7 +75,7 @@ ERROR_PAUSE_SECONDS = 0.5
 
 
 def client_process(base_url, round_id, sessions, seed, deadline, retry_every, think_seconds, queue):
-    from evalsite.humaneval.simulate import Annotator
+    from tests.scripted_annotator import Annotator
 
     bots = [Annotator(base_url, s, round_id, seed=seed * 1000 + i) for i, s in enumerate(sessions)]
 
@@ -115,7 +115,7 @@ def client_process(base_url, round_id, sessions, seed, deadline, retry_every, th
 
 
 def baseline_process(base_url, sessions, deadline, queue):
-    from evalsite.humaneval.simulate import Annotator
+    from tests.scripted_annotator import Annotator
 
     times, errors = [], []
 
@@ -178,7 +178,7 @@ def check_database(round_id, acknowledged, overlap):
     """
     from django.db.models import Count
 
-    from evalsite.models import Ranking
+    from evalsite.humaneval.models import Ranking
 
     answers = Ranking.objects.filter(round_id=round_id)
     live = answers.filter(withdrawn_at__isnull=True)
@@ -265,8 +265,8 @@ def measure(args, env, dbname):
         django.setup()
         from django.db import connection
 
-        from evalsite.humaneval.demo import make_annotators, make_round
-        from evalsite.humaneval.simulate import session_for
+        from tests.humaneval_demo import make_annotators, make_round
+        from tests.scripted_annotator import session_for
 
         overlap = 3
         n_items = args.items or max(300, int(args.seconds * 400 / overlap))

@@ -11,7 +11,7 @@ class EvalsiteConfig(AppConfig):
         # Load the Celery app in every Django process so that tasks are sent to the
         # configured broker (not Celery's default amqp://).
         from . import celery  # noqa: F401
-        from . import signals  # noqa: F401
+        from . import importjobs, preferencejobs  # noqa: F401  (register their job kinds)
 
         post_migrate.connect(_seed_tasks, sender=self)
 

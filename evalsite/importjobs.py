@@ -22,7 +22,8 @@ from django.utils.text import get_valid_filename
 
 from evalsite import importers
 from evalsite.importers import FORMATS, ImportFormatError
-from evalsite.jobs import JobError, job_kind
+from evalsite.jobs.runtime import JobError, job_kind
+from evalsite.jobs import runtime as jobs
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ def run_import(params, *, background=False, user=None, write=print):
 
     Returns the Job; raises ValidationError for bad parameters. The caller checks job.status.
     """
-    from evalsite import jobs
+    from evalsite.jobs import runtime as jobs
 
     job = submit_import(params, user=user, send=background)
     if background:
@@ -339,7 +340,7 @@ def import_view(request):
                 form.add_error(field if field in form.fields else None, errs)
         else:
             messages.success(request, f"Import job #{job.pk} queued for {dest.name}; this page follows its progress.")
-            return HttpResponseRedirect(reverse("admin:evalsite_job_change", args=[job.pk]))
+            return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.pk]))
     context = {
         **admin.site.each_context(request),
         "title": "Import a dataset file",
@@ -353,7 +354,5 @@ def import_view(request):
 
 def submit_import(params, *, user=None, send=True):
     """Queue an import job (sent to the workers when the transaction commits)."""
-    from evalsite.models import Job
-
     name = f"Import {Path(params.get('path') or '?').name} ({params.get('format')})"
-    return Job.submit(KIND, params, name=name, user=user, send=send)
+    return jobs.submit(KIND, params, name=name, user=user, send=send)

@@ -3,8 +3,9 @@
 Most pages are Django templates. The item page is shown once per item to every annotator;
 Django's template engine spent a third of that request's CPU rendering it, and Jinja2, which
 compiles templates to Python, renders the same page about three times faster. Templates live in
-``jinja2/``; ``jinja2/base.html`` carries the same site header as ``templates/base.html`` (a
-test compares the two).
+``jinja2/`` and in the apps' ``jinja2/`` folders (the item page in ``evalsite/humaneval/jinja2/``);
+``jinja2/base.html`` carries the same site header as ``templates/base.html`` (a test compares the
+two).
 """
 import re
 from functools import lru_cache

@@ -26,7 +26,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from evalsite import preferences as P
-from evalsite.jobs import JobError, id_list, job_kind
+from evalsite.jobs.runtime import JobError, id_list, job_kind
+from evalsite.jobs import runtime as jobs
+from labeling.kinds import LABEL
 
 KIND = "export_preferences"
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -63,7 +65,10 @@ def _datasets_by_name(specs, errors):
 
 def validate_export_params(params):
     """Clean an export's parameters; a ValidationError names each bad one."""
-    from evalsite.models import Dataset, EvalRound, Job
+    from evalsite.humaneval.models import EvalRound
+    from evalsite.models import Dataset
+    from evalsite.jobs.models import Job
+    from evalsite.jobs.models import Job
     from labeling.models import LabelerConfig
 
     errors = {}
@@ -93,7 +98,7 @@ def validate_export_params(params):
         errors["config_id"] = f"No labeler config with id {p['config_id']}."
     run_id = _ids(p.get("run_id"), "run_id", errors)
     p["run_id"] = run_id[0] if run_id else None
-    if p["run_id"] and not Job.objects.filter(pk=p["run_id"], kind="label").exists():
+    if p["run_id"] and not Job.objects.filter(pk=p["run_id"], kind=LABEL).exists():
         errors["run_id"] = f"Job #{p['run_id']} is not a labeling run."
     if not (p["dataset_ids"] or p["round_ids"] or p["config_id"] or p["run_id"]) and not errors:
         errors["__all__"] = "Choose what to export: a dataset, an evaluation round, a labeler config or a labeling run."
@@ -235,7 +240,8 @@ def dataset_human_pairs(comparisons, contexts):
 def _rankings(p, prompts):
     """The rounds' ranking frame (on the prompts in scope), sample texts, prompt contexts, round names."""
     from evalsite.humaneval.data import ranking_frame
-    from evalsite.models import EvalRound, Prompt, RankedResponse, Sample
+    from evalsite.humaneval.models import EvalRound, RankedResponse
+    from evalsite.models import Prompt, Sample
 
     frame = ranking_frame(p["round_ids"])
     if p["dataset_ids"] and len(frame):
@@ -261,7 +267,10 @@ def _token(p):
 
 def _task(p):
     """The one task of everything selected; mixing tasks would mix prompt formats in one file."""
-    from evalsite.models import Dataset, EvalRound, Job, Task
+    from evalsite.humaneval.models import EvalRound
+    from evalsite.models import Dataset, Task
+    from evalsite.jobs.models import Job
+    from evalsite.jobs.models import Job
     from labeling.models import LabelerConfig
 
     tasks = set(Dataset.objects.filter(pk__in=p["dataset_ids"]).values_list("task__slug", flat=True))
@@ -282,7 +291,8 @@ def run_export(params, progress=None, made_by=""):
     ``progress(fraction, message)`` is called as it goes. Raises JobError with a message for
     the user when there is nothing to write, or the destination cannot be written.
     """
-    from evalsite.models import Dataset, EvalRound, Prompt
+    from evalsite.humaneval.models import EvalRound
+    from evalsite.models import Dataset, Prompt
 
     p = params
     report = progress or (lambda fraction, message=None: None)
@@ -384,10 +394,8 @@ def export_preferences_job(ctx):
 
 def submit_export(params, *, user=None, send=True):
     """Queue an export job (sent to the workers when the transaction commits)."""
-    from evalsite.models import Job
-
     name = f"Export {Path(params.get('path') or '?').name} ({params.get('source') or '?'})"
-    return Job.submit(KIND, params, name=name, user=user, send=send)
+    return jobs.submit(KIND, params, name=name, user=user, send=send)
 
 
 # --- the admin form and actions -----------------------------------------------------------------
@@ -446,13 +454,16 @@ def _selection(request):
 
 def has_export_permission(user):
     """An export reads comparisons, rankings and AI labels and runs as a job."""
-    return user.has_perms(["evalsite.add_job", "evalsite.view_comparison", "evalsite.view_ranking",
+    return user.has_perms(["jobs.add_job", "evalsite.view_comparison", "humaneval.view_ranking",
                            "labeling.view_ailabel"])
 
 
 def export_view(request):
     """Admin page: choose the source, rules and destination of an export; queue its job."""
-    from evalsite.models import Dataset, EvalRound, Job
+    from evalsite.humaneval.models import EvalRound
+    from evalsite.models import Dataset
+    from evalsite.jobs.models import Job
+    from evalsite.jobs.models import Job
     from labeling.models import LabelerConfig
 
     if not has_export_permission(request.user):
@@ -484,7 +495,7 @@ def export_view(request):
                 form.add_error(target if target in form.fields else None, errs)
         else:
             messages.success(request, f"Export job #{job.pk} queued; its result names the file it writes.")
-            return HttpResponseRedirect(reverse("admin:evalsite_job_change", args=[job.pk]))
+            return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.pk]))
     context = {**admin.site.each_context(request), "title": "Export preference data", "opts": Job._meta,
                "form": form, "chosen": chosen, "exports_dir": settings.EXPORTS_DIR}
     return render(request, "admin/evalsite/export_preferences.html", context)
@@ -500,7 +511,7 @@ def export_action(selection):
             what = "labeler config" if selection == "config" else "labeling run"
             modeladmin.message_user(request, f"Select exactly one {what} to export.", messages.ERROR)
             return None
-        if selection == "run" and queryset.exclude(kind="label").exists():
+        if selection == "run" and queryset.exclude(kind=LABEL).exists():
             modeladmin.message_user(request, "Only labeling runs (jobs of kind 'label') export preference data.",
                                     messages.ERROR)
             return None

@@ -41,6 +41,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_celery_results",
     "evalsite",
+    "evalsite.jobs",
+    "evalsite.experiments",
+    "evalsite.humaneval",
+    "evalsite.reports",
     "labeling",
     "rl",
     "axes",  # login throttling (see AXES_* below)
@@ -78,9 +82,10 @@ TEMPLATES = [
     },
     {
         # The annotator's item page (see evalsite/jinja2.py); everything else is a Django template.
+        # jinja2/ holds the shared base page, evalsite/humaneval/jinja2/ the item page.
         "BACKEND": "django.template.backends.jinja2.Jinja2",
         "DIRS": [BASE_DIR / "jinja2"],
-        "APP_DIRS": False,
+        "APP_DIRS": True,
         "OPTIONS": {
             "environment": "evalsite.jinja2.environment",
             "context_processors": [
@@ -246,6 +251,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # workers' sweep (every JOB_SWEEP_SECONDS, in each worker's main process), and resumable kinds
 # are queued again, at most JOB_AUTO_RESUME_ATTEMPTS times in all. The sweep also sends jobs
 # again whose task the broker did not take (it was down when they were submitted).
+# The job queue adapter the job runtime publishes through (evalsite/celery.py).
+JOB_QUEUE = "evalsite.celery.queue"
 JOB_HEARTBEAT_SECONDS = env.float("JOB_HEARTBEAT_SECONDS", default=10.0)
 JOB_STALE_AFTER_SECONDS = env.float("JOB_STALE_AFTER_SECONDS", default=120.0)
 JOB_SWEEP_SECONDS = env.float("JOB_SWEEP_SECONDS", default=30.0)

@@ -368,15 +368,6 @@ def win_rate_matrix(outcomes, n_boot=1000, confidence=0.95, seed=0, names=None, 
     return out[WIN_RATE_COLUMNS].sort_values(["policy", "opponent"], ignore_index=True)
 
 
-def as_matrix(long, value="win_rate", row="policy_name", col="opponent_name"):
-    """Pivot a long pairwise frame to a square policy x opponent matrix (diagonal empty)."""
-    if long is None or len(long) == 0:
-        return pd.DataFrame()
-    m = long.pivot(index=row, columns=col, values=value)
-    order = sorted(set(m.index) | set(m.columns), key=str)
-    return m.reindex(index=order, columns=order)
-
-
 # ---------------------------------------------------------------------------------------------
 # Bradley-Terry
 # ---------------------------------------------------------------------------------------------
@@ -469,16 +460,6 @@ def bradley_terry(outcomes, n_boot=100, confidence=0.95, seed=0, names=None, l2=
         "p_win": p_win, "ci_low": plo, "ci_high": phi,
     })
     return ratings, predicted
-
-
-def bt_win_probability(ratings, policy, opponent):
-    """Predicted P(policy beats opponent) from a ``bradley_terry`` ratings frame (ids or names)."""
-    def strength(x):
-        hit = ratings[(ratings["policy"] == x) | (ratings["policy_name"] == x)]
-        if hit.empty:
-            raise KeyError(f"no rating for policy {x!r}")
-        return float(hit["strength"].iloc[0])
-    return float(_sigmoid(strength(policy) - strength(opponent)))
 
 
 # ---------------------------------------------------------------------------------------------

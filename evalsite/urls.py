@@ -8,11 +8,10 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("jobs/", include("evalsite.job_urls")),
+    path("jobs/", include("evalsite.jobs.urls")),
     path("annotate/", include("evalsite.humaneval.urls")),
     path("reports/", include("evalsite.reports.urls")),
     path("experiments/", include("evalsite.experiments.urls")),
-    path("labeling/", include("labeling.urls")),
     path("rl/", include("rl.urls")),
     path("admin/", admin.site.urls),
 ]

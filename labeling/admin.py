@@ -9,8 +9,9 @@ from django.template.loader import render_to_string
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from evalsite.models import Job
+from evalsite.jobs.models import Job
 from evalsite.preferencejobs import export_action
+from evalsite.jobs import runtime as jobs
 
 from . import runs
 from .forms import StartLabelingForm
@@ -92,8 +93,8 @@ class LabelerConfigAdmin(admin.ModelAdmin):
     def recent_runs(self, obj):
         if not obj.pk:
             return "–"
-        jobs = Job.objects.filter(kind=runs.RUN_KIND, params__config_id=obj.pk).order_by("-created_at")[:10]
-        return render_to_string("labeling/admin/runs.html", {"jobs": jobs})
+        recent = Job.objects.filter(kind=runs.RUN_KIND, params__config_id=obj.pk).order_by("-created_at")[:10]
+        return render_to_string("labeling/admin/runs.html", {"jobs": recent})
 
     def get_urls(self):
         return [path("<int:pk>/label/", self.admin_site.admin_view(self.start_view),
@@ -108,7 +109,7 @@ class LabelerConfigAdmin(admin.ModelAdmin):
 
     def start_view(self, request, pk):
         config = get_object_or_404(LabelerConfig, pk=pk)
-        if not (self.has_change_permission(request, config) and request.user.has_perm("evalsite.add_job")):
+        if not (self.has_change_permission(request, config) and request.user.has_perm("jobs.add_job")):
             return HttpResponseRedirect(reverse("admin:index"))
         estimate_only = "estimate" in request.POST
         form = StartLabelingForm(request.POST or None, config=config, probe=not estimate_only)
@@ -122,11 +123,11 @@ class LabelerConfigAdmin(admin.ModelAdmin):
                 form.add_error(None, f"Labeler config '{config.name}': {e}")
         elif request.method == "POST" and form.is_valid():
             with transaction.atomic():
-                job = Job.submit(runs.RUN_KIND, form.params, name=f"AI labeling with {config.name}",
+                job = jobs.submit(runs.RUN_KIND, form.params, name=f"AI labeling with {config.name}",
                                  user=request.user)
             self.message_user(request, f"Labeling job #{job.pk} queued; its chunks run on any free worker.",
                               messages.SUCCESS)
-            return HttpResponseRedirect(reverse("admin:evalsite_job_change", args=[job.pk]))
+            return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.pk]))
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "config": config,
                    "form": form, "estimate": estimate, "title": f"Label comparisons with {config.name}"}
         return render(request, "labeling/admin/start_labeling.html", context)

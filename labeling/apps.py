@@ -7,4 +7,4 @@ class LabelingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from . import signals  # noqa: F401  (run status follows its chunks)
+        from . import jobs  # noqa: F401  (registers the labeling run and chunk kinds)

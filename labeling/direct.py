@@ -10,8 +10,7 @@ look one token further after a "1").
 """
 from dataclasses import dataclass, field
 
-from .backends import (ChatBackend, ChatBackendConfig, LocalBackend, LocalBackendConfig, ServerBackend,
-                       ServerBackendConfig)
+from .backends import LocalBackend, LocalBackendConfig
 from .prompts import context_keep, make_template, PromptBuilder, truncate_context
 
 
@@ -61,14 +60,6 @@ class DirectScorer:
         backend = LocalBackend(LocalBackendConfig(str(model_dir), dtype=dtype, threads=threads, device=device,
                                                   chat_template=chat_template, batch_size=batch_size))
         return cls(backend, task, **settings)
-
-    @classmethod
-    def from_server(cls, url, task, *, model="", **settings):
-        return cls(ServerBackend(ServerBackendConfig(url=url, model=model)), task, **settings)
-
-    @classmethod
-    def from_chat(cls, url, task, *, model="", api_key="", **settings):
-        return cls(ChatBackend(ChatBackendConfig(url=url, model=model, api_key=api_key)), task, **settings)
 
     def _prompt(self, context, response):
         limit = self.backend.max_context

@@ -297,7 +297,7 @@ class AILabel(models.Model):
     unseen_mass = models.FloatField(
         default=0.0, help_text="Probability the server's top alternatives left unseen (mean of both orders).")
     latency_ms = models.FloatField(default=0.0)
-    job = models.ForeignKey("evalsite.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

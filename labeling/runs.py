@@ -3,35 +3,33 @@
 How a run works (and why):
 
 * A ``label`` job (the *run*) resolves its set of comparisons, leaves out the ones this config
-  already labeled, and submits ``label_chunk`` child jobs (``parent=`` the run) of ``chunk_size``
-  comparisons each. Then it returns: it never blocks a worker waiting for its children, so any
-  number of workers take the chunks in parallel, including the one that dispatched them.
-* After its dispatch step the run's row is kept in step with its chunks by :func:`sync_run`,
-  called after every chunk (and run) finishes, via Celery's ``task_postrun`` signal, which fires
-  after the job mechanism has written the job's final status, so the run can never be left
-  behind by a race. The run shows ``running`` with the share of comparisons labeled while any
-  chunk is queued or running, then ``succeeded``, ``failed`` (naming the failed chunks) or
-  ``cancelled``. The run's result adds up its chunks' tokens (prompt and completion, as the
-  server counted them), labels bounded or dropped because a label token was not among a server's
-  top alternatives, and the cost at the config's prices. Chunks refresh the run's heartbeat as they work; if no chunk runs for longer
-  than ``JOB_STALE_AFTER_SECONDS`` (all workers busy elsewhere) the stale-job sweep may show the
-  run as failed until the next chunk finishes and syncs it back.
+  already labeled, submits ``label_chunk`` child jobs of ``chunk_size`` comparisons each, and
+  hands over to them (the job runtime's fan-out): it never blocks a worker waiting for its
+  children, so any number of workers take the chunks in parallel, including the one that
+  dispatched them.
+* The runtime keeps the run's row in step with its chunks as each one ends; :func:`summarize_run`
+  says how. The run shows ``running`` with the share of comparisons labeled while any chunk is
+  queued or running, then ``succeeded``, ``failed`` (naming the failed chunks) or ``cancelled``.
+  The run's result adds up its chunks' tokens (prompt and completion, as the server counted
+  them), labels bounded or dropped because a label token was not among a server's top
+  alternatives, and the cost at the config's prices.
 * Idempotent: labels are unique per (comparison, config) and written with ``bulk_create``
   ignoring conflicts, a chunk skips what is already labeled, and re-running the run (``resume``)
   re-queues its failed or cancelled chunks and creates chunks only for comparisons no chunk
   covers. A killed chunk loses at most the batch it was scoring.
-* Cancel: cancelling the run cancels its queued and running chunks (the job mechanism cascades
+* Cancel: cancelling the run cancels its queued and running chunks (the job runtime cascades
   to children); the run becomes ``cancelled`` once they have stopped. Resume continues.
 """
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Q
-from django.utils import timezone
 
-from evalsite.jobs import MAX_ID, id_list
+from evalsite.jobs import runtime as jobs
+from evalsite.jobs.runtime import MAX_ID, id_list
 
-RUN_KIND = "label"
-CHUNK_KIND = "label_chunk"
+from . import kinds
+
+RUN_KIND = kinds.LABEL
+CHUNK_KIND = kinds.LABEL_CHUNK
 DEFAULT_CHUNK_SIZE = 64
 # The largest id (and LIMIT) the databases take: a bigger number is refused here, not by the driver.
 
@@ -136,7 +134,7 @@ def _already_labeled(config_id, ids):
 
 def dispatch(ctx):
     """The run's own step: split the selection into chunk jobs (idempotent on resume)."""
-    from evalsite.models import Job
+    from evalsite.jobs.models import Job
 
     p = ctx.params
     ids = list(comparison_queryset(p).values_list("pk", flat=True))
@@ -147,65 +145,52 @@ def dispatch(ctx):
     for child in children:
         covered.update(child.params.get("comparison_ids", []))
         if child.status in (Job.Status.FAILED, Job.Status.CANCELLED):
-            resumed += child.resume()
+            resumed += jobs.resume(child)
     todo = [i for i in ids if i not in done and i not in covered]
     size = int(p.get("chunk_size") or DEFAULT_CHUNK_SIZE)
     created = 0
     with transaction.atomic():  # all chunk rows or none; messages go out on commit
         for start in range(0, len(todo), size):
             n = len(children) + created + 1
-            Job.submit(CHUNK_KIND, {"config_id": p["config_id"], "comparison_ids": todo[start:start + size],
+            jobs.submit(CHUNK_KIND, {"config_id": p["config_id"], "comparison_ids": todo[start:start + size],
                                     "relabel": bool(p.get("relabel")), "run_created_at": ctx.job.created_at.isoformat()},
                        name=f"{ctx.job.name or 'labeling'} - chunk {n}", parent=ctx.job, user=ctx.job.created_by)
             created += 1
     ctx.log(f"{len(ids)} comparisons selected, {len(ids) - len(done)} to label without an earlier label; "
             f"{created} new chunk(s), {resumed} resumed, {len(children)} existing")
-    return {"dispatched": len(children) + created, "total": len(ids), "already_labeled": len(done & set(ids)),
-            "new_chunks": created, "resumed_chunks": resumed}
+    return ctx.wait_for_children(
+        f"{len(children) + created} chunk(s) dispatched", dispatched=len(children) + created, total=len(ids),
+        already_labeled=len(done & set(ids)), new_chunks=created, resumed_chunks=resumed)
 
 
-def sync_run(run_id):
-    """Bring a run's status, progress and message in line with its chunks (see the module doc)."""
-    from evalsite.models import Job
+def summarize_run(run, chunks, fields):
+    """A run's status, progress and message from its chunks (the job runtime's fan-out hook)."""
+    from evalsite.jobs.models import Job
 
-    with transaction.atomic():
-        run = Job.objects.select_for_update().filter(pk=run_id, kind=RUN_KIND).first()
-        if run is None or "dispatched" not in (run.result or {}) or run.status == Job.Status.QUEUED:
-            return None  # its dispatch step has not finished yet (its own end will sync)
-        chunks = list(Job.objects.filter(parent_id=run_id, kind=CHUNK_KIND).values(
-            "pk", "status", "progress", "params", "error", "result"))
-        total = int(run.result.get("total", 0))
-        pre = int(run.result.get("already_labeled", 0))
-        done = pre + sum(len(c["params"].get("comparison_ids", [])) * (1.0 if c["status"] == Job.Status.SUCCEEDED
-                                                                       else c["progress"]) for c in chunks)
-        progress = min(1.0, done / total) if total else 1.0
-        by = {s: [c for c in chunks if c["status"] == s] for s in Job.Status.values}
-        active = by["queued"] + by["running"]
-        n = len(chunks)
-        fields = {"progress": progress}
-        if active:
-            fields.update(status=Job.Status.RUNNING, finished_at=None, heartbeat_at=timezone.now(), error="",
-                          message=f"{n - len(active)}/{n} chunks done, {int(done)}/{total} comparisons labeled")
-        elif by["failed"]:
-            first = by["failed"][0]
-            fields.update(status=Job.Status.FAILED, finished_at=timezone.now(), message="chunks failed",
-                          error=f"{len(by['failed'])} of {n} chunk job(s) failed "
-                                f"(#{', #'.join(str(c['pk']) for c in by['failed'])}); the first said: {first['error']} "
-                                "Finished labels are kept; resume this job to retry the failed chunks.")
-        elif by["cancelled"]:
-            fields.update(status=Job.Status.CANCELLED, finished_at=timezone.now(),
-                          message=f"cancelled: {int(done)}/{total} comparisons labeled")
-        else:
-            totals = run_totals(run, chunks)
-            fields.update(status=Job.Status.SUCCEEDED, finished_at=timezone.now(), progress=1.0, error="",
-                          message=(f"{total} comparisons labeled in {n} chunk(s)" if n else
-                                   f"nothing to label: all {total} comparisons already had labels")
-                          + describe_totals(totals),
-                          result={**run.result, **totals})
-        if not active and "result" not in fields:
-            fields["result"] = {**run.result, **run_totals(run, chunks)}  # what the finished chunks used
-        Job.objects.filter(pk=run_id).update(**fields)
-    return fields.get("status")
+    total = int(run.result.get("total", 0))
+    pre = int(run.result.get("already_labeled", 0))
+    done = pre + sum(len(c["params"].get("comparison_ids", [])) * (1.0 if c["status"] == Job.Status.SUCCEEDED
+                                                                   else c["progress"]) for c in chunks)
+    fields["progress"] = min(1.0, done / total) if total else 1.0
+    n = len(chunks)
+    status = fields.get("status", Job.Status.RUNNING)
+    totals = run_totals(run, chunks)
+    if status == Job.Status.RUNNING:
+        active = sum(c["status"] in (Job.Status.QUEUED, Job.Status.RUNNING) for c in chunks)
+        fields["message"] = f"{n - active}/{n} chunks done, {int(done)}/{total} comparisons labeled"
+    elif status == Job.Status.FAILED:
+        failed = [c for c in chunks if c["status"] == Job.Status.FAILED]
+        fields.update(message="chunks failed", result={**run.result, **totals},
+                      error=f"{len(failed)} of {n} chunk job(s) failed (#{', #'.join(str(c['pk']) for c in failed)}); "
+                            f"the first said: {failed[0]['error']} "
+                            "Finished labels are kept; resume this job to retry the failed chunks.")
+    elif status == Job.Status.CANCELLED:
+        fields.update(message=f"cancelled: {int(done)}/{total} comparisons labeled", result={**run.result, **totals})
+    else:
+        fields.update(message=(f"{total} comparisons labeled in {n} chunk(s)" if n else
+                               f"nothing to label: all {total} comparisons already had labels")
+                      + describe_totals(totals), result={**run.result, **totals})
+    return fields
 
 
 TOTAL_KEYS = ("labeled", "dropped", "bounded", "prompt_tokens", "completion_tokens")
@@ -234,23 +219,6 @@ def describe_totals(totals):
         if "cost_usd" in totals:
             text += f" (${totals['cost_usd']:.4f})"
     return text
-
-
-def touch_run(run_id):
-    """A chunk at work keeps its run's heartbeat fresh (the run itself runs no process)."""
-    from evalsite.models import Job
-
-    Job.objects.filter(pk=run_id, status=Job.Status.RUNNING).update(heartbeat_at=timezone.now())
-
-
-def cancel_run(run):
-    """Cancel a run and its chunks, then sync (also when no worker is there to do it)."""
-    run.request_cancel()
-    for child in run.children.filter(Q(status="queued") | Q(status="running")):
-        child.request_cancel()
-    sync_run(run.pk)
-    run.refresh_from_db()
-    return run.status
 
 
 ESTIMATE_SAMPLE = 1000  # pairs rendered for an estimate; a larger selection is scaled up from them

@@ -27,4 +27,4 @@ class RewardModelAdmin(admin.ModelAdmin):
     def job_link(self, obj):
         if not obj.job_id:
             return "—"
-        return format_html('<a href="{}">#{}</a>', reverse("admin:evalsite_job_change", args=[obj.job_id]), obj.job_id)
+        return format_html('<a href="{}">#{}</a>', reverse("admin:jobs_job_change", args=[obj.job_id]), obj.job_id)

@@ -1,5 +1,6 @@
 """Model cards from the database: what rl.export's card writers need, read from jobs and rows."""
-from evalsite.models import Dataset, JobMetric
+from evalsite.models import Dataset
+from evalsite.jobs.models import JobMetric
 from rl import params as P
 from rl.export import policy_card, reward_model_card
 

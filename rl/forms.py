@@ -82,7 +82,7 @@ class JobForm(forms.Form, metaclass=_SettingsFormMetaclass):
         cleaned = super().clean()
         if self.errors:
             return cleaned
-        from evalsite.jobs import get_kind
+        from evalsite.jobs.runtime import get_kind
 
         try:
             self.params = get_kind(self.kind).validate(self.to_params(cleaned))

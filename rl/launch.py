@@ -116,7 +116,7 @@ class _Events:
 def run_launched(ctx, kind, spec):
     """Run ``kind`` (sft, reward_model, rl) on ``spec["config"]["processes"]`` processes; relay their
     reports to ``ctx``; return the main process's ``done`` object. Raises JobCancelled on cancel."""
-    from evalsite.jobs import JobCancelled, JobError
+    from evalsite.jobs.runtime import JobCancelled, JobError
 
     work = ctx.work_dir
     attempt = getattr(ctx.job, "attempts", 1) or 1

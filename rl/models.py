@@ -28,7 +28,7 @@ class RewardModel(models.Model):
     n_train_pairs = models.PositiveIntegerField(default=0)
     n_eval_pairs = models.PositiveIntegerField(default=0)
     metrics = models.JSONField(default=dict, blank=True, help_text="Held-out accuracy and calibration.")
-    job = models.ForeignKey("evalsite.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

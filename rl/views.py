@@ -6,10 +6,12 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 
-from evalsite.models import Job, Policy
+from evalsite.models import Policy
+from evalsite.jobs.models import Job
 from evalsite.permissions import permissions_required
 from rl.forms import FORMS
 from rl.models import RewardModel
+from evalsite.jobs import runtime as jobs
 
 # What each kind of job writes, beyond the job itself: starting one needs permission to add those.
 KIND_PERMISSIONS = {
@@ -21,10 +23,10 @@ KIND_PERMISSIONS = {
 
 
 def may_start(user, kind):
-    return user.has_perms(("evalsite.add_job", *KIND_PERMISSIONS[kind]))
+    return user.has_perms(("jobs.add_job", *KIND_PERMISSIONS[kind]))
 
 
-@permissions_required("evalsite.view_job", "evalsite.view_policy", "rl.view_rewardmodel")
+@permissions_required("jobs.view_job", "evalsite.view_policy", "rl.view_rewardmodel")
 def index(request):
     return render(request, "rl/index.html", {
         "title": "Training",
@@ -35,7 +37,7 @@ def index(request):
     })
 
 
-@permissions_required("evalsite.add_job")
+@permissions_required("jobs.add_job")
 def start(request, kind):
     form_class = FORMS.get(kind)
     if form_class is None:
@@ -46,9 +48,9 @@ def start(request, kind):
     form = form_class(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         with transaction.atomic():
-            job = Job.submit(kind, form.params, name=f"{form_class.title}: {form.params.get('name', '')}".rstrip(": "),
+            job = jobs.submit(kind, form.params, name=f"{form_class.title}: {form.params.get('name', '')}".rstrip(": "),
                              user=request.user)
         messages.success(request, f"Job #{job.pk} queued.")
-        return redirect(reverse("admin:evalsite_job_change", args=[job.pk]))
+        return redirect(reverse("admin:jobs_job_change", args=[job.pk]))
     return render(request, "rl/start.html", {"title": form_class.title, "form": form, "help": form_class.help,
                                              "kind": kind})

@@ -8,8 +8,8 @@ import pytest
 from django.conf import settings
 
 from evalsite.humaneval import queue
-from evalsite.humaneval.demo import make_annotators, make_round
-from evalsite.humaneval.simulate import session_for
+from tests.humaneval_demo import make_annotators, make_round
+from tests.scripted_annotator import session_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

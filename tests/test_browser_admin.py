@@ -1,7 +1,8 @@
 """The researcher's view of jobs in a real browser: live progress bars, job page with curves."""
 import pytest
 
-from evalsite.models import Job, JobMetric
+from evalsite.jobs.models import Job, JobMetric
+from evalsite.jobs import runtime as jobs
 from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -17,9 +18,9 @@ def login(page, live_server, username, password):
 
 
 def test_job_list_progress_refreshes_and_job_page_draws_curves(browser, live_server, researcher):
-    job = Job.submit("noop", {"steps": 10}, name="Import TL;DR", send=False)
+    job = jobs.submit("noop", {"steps": 10}, name="Import TL;DR", send=False)
     Job.objects.filter(pk=job.pk).update(status="running", progress=0.1, message="step 1/10")
-    done = Job.submit("noop", {}, name="Finished job", send=False)
+    done = jobs.submit("noop", {}, name="Finished job", send=False)
     Job.objects.filter(pk=done.pk).update(status="succeeded", progress=1.0, message="done")
 
     page = browser.new_page(viewport={"width": 1280, "height": 800})
@@ -27,7 +28,7 @@ def test_job_list_progress_refreshes_and_job_page_draws_curves(browser, live_ser
     assert "Workbench" in page.text_content("h1")
     page.screenshot(path=f"{SHOTS}/home-researcher.png", full_page=True)
 
-    page.goto(live_server.url + "/admin/evalsite/job/")
+    page.goto(live_server.url + "/admin/jobs/job/")
     cell = page.locator(f'.job-progress[data-job-id="{job.pk}"]')
     assert cell.locator(".job-pct").text_content() == "10%"
     # The worker moves on; the list picks it up without a reload.
@@ -44,11 +45,11 @@ def test_job_list_progress_refreshes_and_job_page_draws_curves(browser, live_ser
     page.screenshot(path=f"{SHOTS}/admin-jobs.png", full_page=True)
 
     # A running job with metrics: one chart per metric, growing as steps arrive.
-    rl = Job.submit("noop", {}, name="RL (demo)", send=False)
+    rl = jobs.submit("noop", {}, name="RL (demo)", send=False)
     Job.objects.filter(pk=rl.pk).update(status="running", progress=0.3, message="step 3/10", log="step 1\nstep 2\n")
     for step in range(3):
         JobMetric.objects.create(job=rl, step=step, values={"reward_mean": 0.1 * step, "kl": 0.01 * step})
-    page.goto(live_server.url + f"/admin/evalsite/job/{rl.pk}/change/")
+    page.goto(live_server.url + f"/admin/jobs/job/{rl.pk}/change/")
     page.wait_for_selector("#job-charts figure canvas")
     assert page.locator("#job-charts figure").count() == 2
     assert "step 2" in page.text_content("#job-log")

@@ -3,8 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from evalsite.humaneval.demo import make_annotators, make_round
-from evalsite.models import Assignment, EvalRound, Ranking, Sample
+from evalsite.humaneval.models import Assignment, EvalRound, Ranking
+from evalsite.models import Sample
+from tests.humaneval_demo import make_annotators, make_round
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

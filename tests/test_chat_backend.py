@@ -14,8 +14,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 
-from evalsite import jobs
-from evalsite.models import Comparison, Dataset, Job, Prompt, Task
+from evalsite.jobs import runtime as jobs
+from evalsite.models import Comparison, Dataset, Prompt, Task
+from evalsite.jobs.models import Job
 from labeling import runs
 from labeling.backends import (BackendError, ChatBackend, ChatBackendConfig, ChatPrompt, LocalBackendConfig,
                                LocalChatLayoutBackend, _retry_after_seconds, scores_from_alternatives)
@@ -225,11 +226,10 @@ def chat_config(url, **kw):
 
 
 def run_synchronously(params):
-    run = Job.submit("label", params, send=False)
-    assert jobs.execute(run.pk) == "succeeded"
+    run = jobs.submit("label", params, send=False)
+    assert jobs.execute(run.pk) == "running"  # its chunks do the work
     for child in Job.objects.filter(parent=run).order_by("pk"):
         jobs.execute(child.pk)
-    runs.sync_run(run.pk)
     run.refresh_from_db()
     return run
 

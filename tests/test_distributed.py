@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalsite.models import Comparison, Dataset, Job, JobMetric, Policy, Prompt, Task
+from evalsite.models import Comparison, Dataset, Policy, Prompt, Task
+from evalsite.jobs.models import Job, JobMetric
 from rl.models import RewardModel
+from evalsite.jobs import runtime as jobs
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +51,7 @@ def _wait_status(job, status, worker, timeout=240):
 
 def _submit(kind, params, capture):
     with capture(execute=True):
-        return Job.submit(kind, params)
+        return jobs.submit(kind, params)
 
 
 def _max_diff(model_a, model_b):
@@ -71,7 +73,7 @@ def _training_pids(marker):
 
 
 def _spec_of(job):
-    from evalsite.jobs import JobContext
+    from evalsite.jobs.runtime import JobContext
 
     return str(JobContext(job=Job.objects.get(pk=job.pk)).work_dir / "spec.json")
 
@@ -166,18 +168,18 @@ def test_distributed_rl_equals_one_process_and_survives_cancel_and_kill(toy, tin
     wait_for(lambda: JobMetric.objects.filter(job=job, step__gte=2).exists(), timeout=120, message="RL step 2")
     spec = _spec_of(job)
     assert len(_training_pids(spec)) >= 2  # the training processes (and the launcher)
-    job.request_cancel()
+    jobs.cancel(job)
     job = _wait_status(job, "cancelled", worker, timeout=120)
     assert "checkpoint at step" in job.log
     wait_for(lambda: not _training_pids(spec), timeout=15, message="no training process left after cancel")
-    from evalsite.jobs import JobContext
+    from evalsite.jobs.runtime import JobContext
 
     work = JobContext(job=job).work_dir
     saved = ReinforceTrainer.checkpoint_step(work)
     assert saved is not None and saved >= 3
 
     # 3. resume it, then SIGKILL the worker: its training processes die with it; the next worker resumes
-    job.resume()
+    jobs.resume(job)
     wait_for(lambda: JobMetric.objects.filter(job=job, step__gte=saved + 1).exists(), timeout=120,
              message="the resumed RL to pass its checkpoint")
     job.refresh_from_db()
@@ -191,7 +193,7 @@ def test_distributed_rl_equals_one_process_and_survives_cancel_and_kill(toy, tin
              and Job.objects.get(pk=job.pk).log.count("resuming at step") == 2, timeout=180,
              message="the third attempt to resume from the checkpoint")
     assert "resuming at step 0/" not in Job.objects.get(pk=job.pk).log
-    Job.objects.get(pk=job.pk).request_cancel()
+    Job.objects.get(pk=jobs.cancel(job.pk))
     job = _wait_status(job, "cancelled", worker, timeout=120)
     wait_for(lambda: not _training_pids(spec), timeout=15, message="no training process left")
 
@@ -238,10 +240,10 @@ def test_distributed_launch_settings_are_validated(toy, tmp_path):
     ]
     for extra, field, text in cases:
         with pytest.raises(ValidationError) as e:
-            Job.submit("sft", {"policy_id": base.pk, "dataset_id": ds.pk, "name": "s", **extra}, send=False)
+            jobs.submit("sft", {"policy_id": base.pk, "dataset_id": ds.pk, "name": "s", **extra}, send=False)
         assert any(text in m for m in e.value.message_dict.get(field, [])), (extra, e.value.message_dict)
     assert Job.objects.count() == 0
-    ok = Job.submit("sft", {"policy_id": base.pk, "dataset_id": ds.pk, "name": "s", "processes": 2,
+    ok = jobs.submit("sft", {"policy_id": base.pk, "dataset_id": ds.pk, "name": "s", "processes": 2,
                             "batch_size": 4, "accelerate_config": "configs/accelerate/multi_gpu.yaml"}, send=False)
     assert ok.params["processes"] == 2
     messages = config_errors({"rl": {"processes": 4, "accelerate_config": "configs/fsdp.yaml"},

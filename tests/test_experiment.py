@@ -5,7 +5,13 @@ from django.core.management import call_command
 
 from evalsite.experiments import pipeline
 from evalsite.experiments.presets import merged_config
-from evalsite.models import Comparison, Dataset, EvalRound, Experiment, Job, Policy, Prompt, Sample, Task
+from evalsite.humaneval.models import EvalRound
+from evalsite.models import Comparison, Dataset, Policy, Prompt, Sample, Task
+from evalsite.experiments.models import Experiment
+from evalsite.jobs.models import Job
+from evalsite.experiments.models import Experiment
+from evalsite.jobs.models import Job
+from evalsite.jobs import runtime as jobs
 from tests.helpers import wait_for
 
 WORDS = "the cat sat on a mat and then a dog ran over the hill to see the sun".split()
@@ -170,26 +176,27 @@ def test_run_experiment_command_in_process(tiny_model_dir, tmp_path, capsys):
 
 
 @pytest.mark.django_db
-def test_a_running_experiment_with_no_stage_at_work_is_shown_failed(tiny_model_dir):
+def test_an_experiment_whose_worker_died_is_resumed_by_the_sweep_or_shown_failed(tiny_model_dir, settings):
     from datetime import timedelta
 
     from django.utils import timezone
 
     ds, prefs, base = make_data(tiny_model_dir)
     exp = pipeline.prepare(make_experiment(ds, prefs, base, ["sft"]))
-    job = Job.submit("noop", {}, send=False)
-    Job.objects.filter(pk=job.pk).update(status="succeeded", finished_at=timezone.now() - timedelta(hours=1))
-    Experiment.objects.filter(pk=exp.pk).update(status="running", stages={"sft": job.pk},
-                                                started_at=timezone.now() - timedelta(hours=2))
+    job = jobs.submit(pipeline.EXPERIMENT, {"experiment_id": exp.pk}, send=False)
+    long_ago = timezone.now() - timedelta(hours=1)
+    Job.objects.filter(pk=job.pk).update(status="running", attempts=1, started_at=long_ago, heartbeat_at=long_ago,
+                                         worker="gone pid 1")
+    Experiment.objects.filter(pk=exp.pk).update(status="running", job=job)
+    settings.JOB_AUTO_RESUME_ATTEMPTS = 2
+    assert jobs.sweep()["resumed"] == [job.pk]  # queued again: a worker continues from the finished stages
+    job.refresh_from_db()
+    assert job.status == "queued" and Experiment.objects.get(pk=exp.pk).status == "running"
+
+    Job.objects.filter(pk=job.pk).update(status="running", attempts=2, heartbeat_at=long_ago)
+    assert jobs.sweep()["failed"] == [job.pk]  # out of automatic attempts: the experiment says so
     exp.refresh_from_db()
-    assert pipeline.fail_if_stalled(exp) is True
-    exp.refresh_from_db()
-    assert exp.status == "failed" and "Relaunch to continue" in exp.message
-    # One with a stage at work is left alone.
-    Job.objects.filter(pk=job.pk).update(status="running")
-    Experiment.objects.filter(pk=exp.pk).update(status="running")
-    exp.refresh_from_db()
-    assert pipeline.fail_if_stalled(exp) is False
+    assert exp.status == "failed" and "stopped responding" in exp.message
 
 
 @pytest.mark.django_db
@@ -200,12 +207,12 @@ def test_experiment_admin_form_and_page(client, researcher, django_user_model, t
     helpful = Task.objects.get(slug="helpful")
     form = {"name": "via admin", "task": helpful.pk, "dataset": ds.pk, "preference_dataset": prefs.pk,
             "base_policy": base.pk, "preset": "demo", "arms": ["sft", "rlhf"], "config": "{}"}
-    r = client.post("/admin/evalsite/experiment/add/", form)
+    r = client.post("/admin/experiments/experiment/add/", form)
     assert r.status_code == 200 and "This dataset is for" in r.content.decode()
     assert not Experiment.objects.filter(name="via admin").exists()
     form["task"] = ds.task_id
     form["config"] = '{"rl_prompts": 5}'
-    r = client.post("/admin/evalsite/experiment/add/", form)
+    r = client.post("/admin/experiments/experiment/add/", form)
     assert r.status_code == 302, r.content.decode()[:2000]
     exp = Experiment.objects.get(name="via admin")
     assert exp.config["rl_prompts"] == 5 and exp.config["sft"]["batch_size"] == 4  # preset + override
@@ -219,11 +226,11 @@ def test_experiment_admin_form_and_page(client, researcher, django_user_model, t
 
 @pytest.mark.django_db
 def test_experiment_feed_carries_the_rl_curves(client, researcher, tiny_model_dir):
-    from evalsite.models import JobMetric
+    from evalsite.jobs.models import JobMetric
 
     ds, prefs, base = make_data(tiny_model_dir)
     exp = make_experiment(ds, prefs, base, ["sft", "rlaif_direct"])
-    job = Job.submit("noop", {}, send=False)
+    job = jobs.submit("noop", {}, send=False)
     JobMetric.objects.create(job=job, step=0, values={"reward_mean": 0.25, "kl": 0.0})
     Experiment.objects.filter(pk=exp.pk).update(stages={"rl_rlaif_direct": job.pk})
     client.force_login(researcher)

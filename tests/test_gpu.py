@@ -365,7 +365,10 @@ def test_whole_experiment_on_the_device(device, smollm2_dirs, tmp_path, capsys):
     import yaml
     from django.core.management import call_command
 
-    from evalsite.models import Comparison, Dataset, EvalRound, Experiment, Policy, Prompt, Sample
+    from evalsite.humaneval.models import EvalRound
+    from evalsite.models import Comparison, Dataset, Policy, Prompt, Sample
+    from evalsite.experiments.models import Experiment
+    from evalsite.experiments.models import Experiment
 
     if device == "cpu" and torch.cuda.is_available():
         pytest.skip("the stages would run on the GPU here: the cuda variant is this test")

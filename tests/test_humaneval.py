@@ -4,13 +4,15 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.contrib.staticfiles import finders
 from django.urls import reverse
 from django.utils import timezone
 
 from evalsite.humaneval import queue
-from evalsite.humaneval.demo import make_annotators, make_round
+from evalsite.humaneval.models import Assignment, EvalItem, EvalRound, Ranking
 from evalsite.humaneval.queue import Refused
-from evalsite.models import Assignment, EvalItem, EvalRound, Policy, Ranking, Sample
+from evalsite.models import Policy, Sample
+from tests.humaneval_demo import make_annotators, make_round
 
 pytestmark = pytest.mark.django_db
 
@@ -363,7 +365,7 @@ def test_nothing_served_to_the_annotator_reveals_the_policy(client, annotators):
         assert not re.search(rf"\b{item_id}\b", served)
     for assignment_id in Assignment.objects.values_list("pk", flat=True):
         assert not re.search(rf"\b{assignment_id}\b", served)
-    static_js = open("static/humaneval/annotate.js").read()
+    static_js = open(finders.find("humaneval/annotate.js")).read()
     assert "policy" not in static_js.lower()
 
 

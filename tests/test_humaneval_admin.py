@@ -4,8 +4,11 @@ from django.urls import reverse
 
 from evalsite.humaneval import queue
 from evalsite.humaneval import rounds as R
-from evalsite.humaneval.demo import make_annotators, make_round
-from evalsite.models import Dataset, EvalRound, Job, Policy, Prompt, Sample, Task
+from evalsite.humaneval.models import EvalRound
+from evalsite.models import Dataset, Policy, Prompt, Sample, Task
+from evalsite.jobs.models import Job
+from tests.humaneval_demo import make_annotators, make_round
+from evalsite.jobs.models import Job
 
 pytestmark = pytest.mark.django_db
 
@@ -31,7 +34,7 @@ def add_round(client, task, ds, policies, **extra):
         "lease_minutes": 30, "sample_index": 0, "dataset": ds.pk, "n_prompts": "", "seed": 0,
         "prompt_external_ids": "", **extra,
     }
-    return client.post(reverse("admin:evalsite_evalround_add"), data, follow=True)
+    return client.post(reverse("admin:humaneval_evalround_add"), data, follow=True)
 
 
 def test_creating_a_round_names_exactly_what_is_missing_and_refuses_to_open(client, researcher, setup):
@@ -44,14 +47,14 @@ def test_creating_a_round_names_exactly_what_is_missing_and_refuses_to_open(clie
     expected_ids = ", ".join(str(p.pk) for p in prompts[2:])
     assert f"Policy “human-ref” has no sample #0 for 3 of 5 prompts (prompt ids {expected_ids})" in html
     assert "sft-1" not in R.describe_missing(rnd, R.missing_samples(rnd))[0]
-    r = client.post(reverse("admin:evalsite_evalround_open", args=[rnd.pk]), follow=True)
+    r = client.post(reverse("admin:humaneval_evalround_open", args=[rnd.pk]), follow=True)
     assert "cannot open while samples are missing" in r.content.decode()
     rnd.refresh_from_db()
     assert rnd.status == "draft"
     # Once the samples exist, it opens and every item holds one sample per policy.
     for p in prompts[2:]:
         Sample.objects.create(policy=ref, prompt=p, text=f"reference for {p.external_id}")
-    r = client.post(reverse("admin:evalsite_evalround_open", args=[rnd.pk]), follow=True)
+    r = client.post(reverse("admin:humaneval_evalround_open", args=[rnd.pk]), follow=True)
     rnd.refresh_from_db()
     assert rnd.status == "open"
     assert all(item.samples.count() == 2 for item in rnd.items.all())
@@ -64,8 +67,8 @@ def test_sampling_button_starts_jobs_or_says_sampling_is_unavailable(client, res
     sft2 = Policy.objects.create(name="sft-2", kind=Policy.Kind.SFT, checkpoint_dir=str(tmp_path))
     add_round(client, task, ds, [sft, sft2])
     rnd = EvalRound.objects.get()
-    page = client.get(reverse("admin:evalsite_evalround_change", args=[rnd.pk])).content.decode()
-    r = client.post(reverse("admin:evalsite_evalround_sample", args=[rnd.pk]), follow=True)
+    page = client.get(reverse("admin:humaneval_evalround_change", args=[rnd.pk])).content.decode()
+    r = client.post(reverse("admin:humaneval_evalround_sample", args=[rnd.pk]), follow=True)
     html = r.content.decode()
     if R.sampling_available():
         job = Job.objects.get(kind="sample")
@@ -118,12 +121,12 @@ def test_change_page_shows_progress_and_per_annotator_counts_and_close_stops_wor
         queue.submit(a.token, u, ranks={"A": 1, "B": 2, "C": 3}, harmless={}, time_on_page_ms=4000, key=f"k{u.pk}")
     queue.next_assignment(rnd, u1)
     client.force_login(researcher)
-    html = client.get(reverse("admin:evalsite_evalround_change", args=[rnd.pk])).content.decode()
+    html = client.get(reverse("admin:humaneval_evalround_change", args=[rnd.pk])).content.decode()
     assert "<strong>2 / 6</strong> answers" in html and "1 in progress" in html
     assert "<td>annotator0</td><td>1</td><td>0</td><td>1</td><td>4.0</td>" in html
     assert "<td>annotator1</td><td>1</td><td>0</td><td>0</td><td>4.0</td>" in html
-    assert client.get(reverse("admin:evalsite_evalround_changelist")).status_code == 200
-    client.post(reverse("admin:evalsite_evalround_close", args=[rnd.pk]))
+    assert client.get(reverse("admin:humaneval_evalround_changelist")).status_code == 200
+    client.post(reverse("admin:humaneval_evalround_close", args=[rnd.pk]))
     rnd.refresh_from_db()
     assert rnd.status == "closed"
     with pytest.raises(queue.Refused, match="closed"):

@@ -5,9 +5,9 @@ from collections import Counter
 import pytest
 from django.db import connection
 
-from evalsite.humaneval.demo import make_annotators, make_round
-from evalsite.humaneval.simulate import Annotator, session_for
-from evalsite.models import Assignment, Ranking
+from evalsite.humaneval.models import Assignment, Ranking
+from tests.humaneval_demo import make_annotators, make_round
+from tests.scripted_annotator import Annotator, session_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -66,7 +66,7 @@ def test_a_submission_that_loses_a_race_after_reading_its_item_writes_nothing(ot
     from django.db import connections
 
     from evalsite.humaneval import queue
-    from evalsite.models import EvalItem
+    from evalsite.humaneval.models import EvalItem
 
     if connection.vendor != "postgresql":
         pytest.skip("the one-statement submission is PostgreSQL's")

@@ -3,8 +3,9 @@ import pytest
 
 from evalsite.humaneval import queue
 from evalsite.humaneval.data import human_pair_preferences, ranking_frame, win_counts
-from evalsite.humaneval.demo import make_annotators, make_round
-from evalsite.models import EvalRound, Sample
+from evalsite.humaneval.models import EvalRound
+from evalsite.models import Sample
+from tests.humaneval_demo import make_annotators, make_round
 
 pytestmark = pytest.mark.django_db
 

@@ -15,7 +15,8 @@ from django.urls import reverse
 from evalsite import importers, jobs
 from evalsite.importers import TLDR_JUDGE_NAME, ImportFormatError, parse_file
 from evalsite.importjobs import run_import, write_dataset
-from evalsite.models import Comparison, Dataset, Job, Prompt
+from evalsite.models import Comparison, Dataset, Prompt
+from evalsite.jobs.models import Job
 from tests.helpers import wait_for
 
 DATA = Path(__file__).parent / "data"
@@ -313,14 +314,14 @@ def test_changed_file_conflicting_with_stored_prompts_fails_cleanly(tmp_path):
 @pytest.mark.django_db
 def test_job_parameters_are_validated_before_queueing(tmp_path):
     with pytest.raises(ValidationError) as e:
-        Job.submit("import_dataset", {"path": str(DATA / "prompts.csv"), "format": "prompts-csv"}, send=False)
+        jobs.submit("import_dataset", {"path": str(DATA / "prompts.csv"), "format": "prompts-csv"}, send=False)
     assert "does not say which task" in str(e.value)
     with pytest.raises(ValidationError) as e:
-        Job.submit("import_dataset", {"path": str(tmp_path / "nope.csv"), "format": "xml"}, send=False)
+        jobs.submit("import_dataset", {"path": str(tmp_path / "nope.csv"), "format": "xml"}, send=False)
     assert "Unknown format 'xml'; known formats: hh, tldr" in str(e.value) and "File not found" in str(e.value)
     assert import_file(DATA / "prompts.csv", "prompts-csv", task="helpful", name="x").status == "succeeded"
     with pytest.raises(ValidationError, match="already exists with task 'helpful'"):
-        Job.submit("import_dataset", {"path": str(DATA / "prompts.csv"), "format": "prompts-csv", "name": "x",
+        jobs.submit("import_dataset", {"path": str(DATA / "prompts.csv"), "format": "prompts-csv", "name": "x",
                                       "task": "summarization"}, send=False)
     assert Job.objects.count() == 1
 
@@ -361,7 +362,7 @@ def test_admin_upload_queues_a_job_that_imports_the_file(admin_client, settings,
     content = (DATA / "pairs.jsonl").read_bytes()
     r = upload(admin_client, content, "my pairs.jsonl", source="hand-made", licence="CC0")
     job = Job.objects.get()
-    assert r.status_code == 302 and r["Location"] == reverse("admin:evalsite_job_change", args=[job.pk])
+    assert r.status_code == 302 and r["Location"] == reverse("admin:jobs_job_change", args=[job.pk])
     assert job.kind == "import_dataset" and job.created_by == researcher and job.status == "queued"
     saved = Path(job.params["path"])
     assert saved.parent.parent == settings.UPLOADS_DIR and saved.name == "my_pairs.jsonl"
@@ -663,18 +664,18 @@ def test_hf_datasets_without_rows_or_not_datasets_are_refused(tmp_path):
 @pytest.mark.django_db
 def test_hf_parameters_are_checked_before_queueing(tmp_path):
     with pytest.raises(ValidationError) as e:
-        Job.submit("import_dataset", {"path": str(tmp_path / "nothing-here"), "format": "hf", "task": "helpful"},
+        jobs.submit("import_dataset", {"path": str(tmp_path / "nothing-here"), "format": "hf", "task": "helpful"},
                    send=False)
     assert "File or folder not found (nor a hub id like org/name)" in str(e.value)
     with pytest.raises(ValidationError) as e:
-        Job.submit("import_dataset", {"path": str(DATA / "pairs.jsonl"), "format": "hf"}, send=False)
+        jobs.submit("import_dataset", {"path": str(DATA / "pairs.jsonl"), "format": "hf"}, send=False)
     assert "does not say which task" in str(e.value)
     with pytest.raises(ValidationError) as e:
-        Job.submit("import_dataset", {"path": str(DATA / "pairs.jsonl"), "format": "pairs-jsonl", "task": "helpful",
+        jobs.submit("import_dataset", {"path": str(DATA / "pairs.jsonl"), "format": "pairs-jsonl", "task": "helpful",
                                       "column_map": "context=question"}, send=False)
     assert "A column mapping is for the hf format, not 'pairs-jsonl'" in str(e.value)
     with pytest.raises(ValidationError) as e:
-        Job.submit("import_dataset", {"path": str(DATA / "pairs.jsonl"), "format": "hf", "task": "helpful",
+        jobs.submit("import_dataset", {"path": str(DATA / "pairs.jsonl"), "format": "hf", "task": "helpful",
                                       "column_map": "answer=chosen"}, send=False)
     assert "unknown field 'answer' in the column mapping; the fields are: prompt, chosen, rejected" in str(e.value)
     with pytest.raises(CommandError, match="column_map: bad column mapping 'chosen': write FIELD=COLUMN"):

@@ -19,18 +19,21 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from evalsite import jobs
+from evalsite.jobs import runtime as jobs
 from evalsite.experiments import pipeline
 from evalsite.humaneval import queue
-from evalsite.humaneval.demo import make_annotators, make_round
 from evalsite.humaneval.forms import clean_answer
+from evalsite.humaneval.models import ANNOTATORS_GROUP, Assignment, EvalRound, Ranking
 from evalsite.humaneval.queue import Refused
 from evalsite.importers import ImportFormatError, parse_file
 from evalsite.importjobs import run_import
-from evalsite.models import (Assignment, Comparison, Dataset, EvalRound, Experiment, Job, JobMetric, Policy, Prompt,
-                             Ranking, Task)
-from evalsite.models.humaneval import ANNOTATORS_GROUP
+from evalsite.models import Comparison, Dataset, Policy, Prompt, Task
+from evalsite.experiments.models import Experiment
+from evalsite.jobs.models import Job, JobMetric
+from evalsite.experiments.models import Experiment
+from evalsite.jobs.models import Job, JobMetric
 from evalsite.reports import tables as T
+from tests.humaneval_demo import make_annotators, make_round
 
 pytestmark = pytest.mark.django_db
 
@@ -93,7 +96,7 @@ def test_nul_in_a_form_field_or_query_is_400_and_saves_nothing(client, annotator
     assert client.get(reverse("humaneval:index") + "?x=%00").status_code == 400
     assert Ranking.objects.count() == 0
     client.force_login(researcher)
-    for url in ["/admin/evalsite/dataset/?q=%00", "/admin/evalsite/evalround/?q=a%00b", "/admin/auth/user/?q=%00"]:
+    for url in ["/admin/evalsite/dataset/?q=%00", "/admin/humaneval/evalround/?q=a%00b", "/admin/auth/user/?q=%00"]:
         assert client.get(url).status_code == 400, url
 
 
@@ -286,7 +289,7 @@ def test_import_parameters_holding_nul_are_refused_before_queueing(tmp_path):
     f.write_text('{"context": "q"}\n')
     for field, value in [("name", "a\x00b"), ("split", "t\x00"), ("source", "\x00"), ("path", str(f) + "\x00")]:
         with pytest.raises(ValidationError) as e:
-            Job.submit("import_dataset", {"path": str(f), "format": "prompts-jsonl", "task": "helpful",
+            jobs.submit("import_dataset", {"path": str(f), "format": "prompts-jsonl", "task": "helpful",
                                           field: value}, send=False)
         assert any("NUL character" in m for m in e.value.message_dict[field]), (field, e.value.message_dict)
     assert Job.objects.count() == 0 and db_counts() == (0, 0, 0)
@@ -379,7 +382,7 @@ def test_numbers_past_their_bounds_are_refused_with_a_message_on_every_route(tra
     ]
     for kind, params, field, text in cases:
         with pytest.raises(ValidationError) as e:
-            Job.submit(kind, params, send=False)
+            jobs.submit(kind, params, send=False)
         messages = e.value.message_dict.get(field, [])
         assert any(text in m for m in messages), (kind, field, e.value.message_dict)
     assert Job.objects.count() == 0

@@ -6,15 +6,15 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from evalsite import jobs
-from evalsite.models import Job, JobMetric
+from evalsite.jobs import runtime as jobs
+from evalsite.jobs.models import Job, JobMetric
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.django_db
 
 
 def submit(params=None, **kw):
-    return Job.submit("noop", params or {}, send=False, **kw)
+    return jobs.submit("noop", params or {}, send=False, **kw)
 
 
 def test_job_runs_to_success_with_progress_metrics_and_result():
@@ -46,7 +46,7 @@ def test_unexpected_exception_keeps_traceback_in_log(monkeypatch):
         raise ZeroDivisionError("division by zero")
 
     jobs.job_kind("boom_for_test")(boom)
-    job = Job.submit("boom_for_test", send=False)
+    job = jobs.submit("boom_for_test", send=False)
     assert jobs.execute(job.pk) == "failed"
     job.refresh_from_db()
     assert job.error == "ZeroDivisionError: division by zero"
@@ -55,14 +55,14 @@ def test_unexpected_exception_keeps_traceback_in_log(monkeypatch):
 
 def test_unknown_kind_is_refused_with_the_known_ones():
     with pytest.raises(ValidationError) as e:
-        Job.submit("no_such_kind", send=False)
+        jobs.submit("no_such_kind", send=False)
     assert "no_such_kind" in str(e.value) and "noop" in str(e.value)
     assert Job.objects.count() == 0
 
 
 def test_cancel_queued_job_is_immediate_and_a_late_delivery_does_nothing():
     job = submit()
-    assert job.request_cancel() == "cancelled"
+    assert jobs.cancel(job) == "cancelled"
     assert jobs.execute(job.pk) == "cancelled"  # the message arriving later is a no-op
     job.refresh_from_db()
     assert job.started_at is None and job.attempts == 0
@@ -82,12 +82,12 @@ def test_cancel_stops_running_job_at_its_next_step():
         return {"finished": True}
 
     jobs.job_kind("slow_for_test")(slow)
-    job = Job.submit("slow_for_test", send=False)
+    job = jobs.submit("slow_for_test", send=False)
     outcome = {}
     t = threading.Thread(target=lambda: outcome.setdefault("status", jobs.execute(job.pk)))
     t.start()
     assert reached.wait(5)
-    job.request_cancel()
+    jobs.cancel(job)
     release.set()
     t.join(10)
     job.refresh_from_db()
@@ -128,13 +128,13 @@ def test_resume_requeues_failed_job_and_counts_attempts():
     job.refresh_from_db()
     Job.objects.filter(pk=job.pk).update(params={"steps": 2})
     job.refresh_from_db()
-    assert job.resume() is True
+    assert jobs.resume(job) is True
     assert job.status == "queued" and job.error == ""
     assert jobs.execute(job.pk, task_id=job.celery_task_id) == "succeeded"
     job.refresh_from_db()
     assert job.attempts == 2
     assert "attempt 2" in job.log
-    assert job.resume() is False  # succeeded jobs are not resumed
+    assert jobs.resume(job) is False  # succeeded jobs are not resumed
 
 
 def test_orphans_of_a_restarted_worker_are_failed_and_resumed_while_attempts_last(settings):
@@ -198,7 +198,7 @@ def test_sweep_sends_again_jobs_the_broker_never_took(django_capture_on_commit_c
 
 
 def test_log_tail_is_capped():
-    from evalsite.models.jobs import LOG_TAIL_CHARS
+    from evalsite.jobs.models import LOG_TAIL_CHARS
 
     job = submit()
     for i in range(300):
@@ -211,7 +211,7 @@ def test_log_tail_is_capped():
 @pytest.mark.worker
 def test_real_worker_runs_job_from_queued_to_succeeded(celery_worker_process, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        job = Job.submit("noop", {"steps": 3, "sleep": 0.05})
+        job = jobs.submit("noop", {"steps": 3, "sleep": 0.05})
     seen = {Job.objects.get(pk=job.pk).status}
 
     def finished():
@@ -232,9 +232,9 @@ def test_real_worker_runs_job_from_queued_to_succeeded(celery_worker_process, dj
 def test_real_worker_cancel_and_dead_worker(start_worker, django_capture_on_commit_callbacks, settings):
     worker = start_worker()
     with django_capture_on_commit_callbacks(execute=True):
-        job = Job.submit("noop", {"steps": 200, "sleep": 0.1})
+        job = jobs.submit("noop", {"steps": 200, "sleep": 0.1})
     wait_for(lambda: Job.objects.get(pk=job.pk).progress > 0.02, timeout=60, message="job to make progress")
-    job.request_cancel()
+    jobs.cancel(job)
     wait_for(lambda: Job.objects.get(pk=job.pk).status == "cancelled", timeout=30, message="cancel to land")
     job.refresh_from_db()
     assert job.progress < 0.5
@@ -242,7 +242,7 @@ def test_real_worker_cancel_and_dead_worker(start_worker, django_capture_on_comm
     # A worker killed mid-job: restarted under the same name, it fails the job at once and, as the
     # kind resumes, runs it on from its checkpoint.
     with django_capture_on_commit_callbacks(execute=True):
-        job2 = Job.submit("noop", {"steps": 100, "sleep": 0.05})
+        job2 = jobs.submit("noop", {"steps": 100, "sleep": 0.05})
     wait_for(lambda: Job.objects.get(pk=job2.pk).progress > 0.05, timeout=60, message="second job to start")
     worker.kill()
     assert Job.objects.get(pk=job2.pk).status == "running"
@@ -260,7 +260,7 @@ def test_a_new_worker_finds_and_resumes_the_jobs_of_a_dead_one(start_worker, dja
     sweep = {"JOB_STALE_AFTER_SECONDS": "3", "JOB_SWEEP_SECONDS": "0.5"}
     first = start_worker(name="doomed", extra_env=sweep)
     with django_capture_on_commit_callbacks(execute=True):
-        job = Job.submit("noop", {"steps": 100, "sleep": 0.05})
+        job = jobs.submit("noop", {"steps": 100, "sleep": 0.05})
     wait_for(lambda: Job.objects.get(pk=job.pk).progress > 0.05, timeout=60, message="job to start")
     first.kill()
     replacement = start_worker(name="replacement", extra_env=sweep)

@@ -7,8 +7,9 @@ import pytest
 import torch
 from django.core.exceptions import ValidationError
 
-from evalsite import jobs
-from evalsite.models import Comparison, Dataset, Job, Prompt, Task
+from evalsite.jobs import runtime as jobs
+from evalsite.models import Comparison, Dataset, Prompt, Task
+from evalsite.jobs.models import Job
 from labeling import runs
 from labeling.data import LABEL_COLUMNS, alignment_summary, label_frame
 from labeling.forms import StartLabelingForm
@@ -37,11 +38,7 @@ def make_config(model_dir, task="harmless", **kw):
 
 
 def run_synchronously(run):
-    assert jobs.execute(run.pk) == "succeeded"
-    for child in Job.objects.filter(parent=run).order_by("pk"):
-        if child.status == "queued":
-            jobs.execute(child.pk)
-    runs.sync_run(run.pk)
+    assert jobs.run_here(run.pk) in Job.FINISHED
     run.refresh_from_db()
     return run
 
@@ -50,7 +47,7 @@ def run_synchronously(run):
 def test_run_is_split_into_chunks_and_never_duplicates(tiny_model_dir):
     ds, comps = make_comparisons(7)
     config = make_config(tiny_model_dir)
-    run = Job.submit("label", {"config_id": config.pk, "dataset_id": ds.pk, "chunk_size": 3}, send=False)
+    run = jobs.submit("label", {"config_id": config.pk, "dataset_id": ds.pk, "chunk_size": 3}, send=False)
     run = run_synchronously(run)
     assert run.status == "succeeded" and run.progress == 1.0
     assert run.result["dispatched"] == 3 and run.result["labeled"] == 7
@@ -60,13 +57,13 @@ def test_run_is_split_into_chunks_and_never_duplicates(tiny_model_dir):
     assert lab.p_first == pytest.approx((lab.p_slot1_order1 + 1 - lab.p_slot1_order2) / 2)
     assert 0 < lab.label_mass < 1 and lab.prompt_tokens > 0 and lab.latency_ms > 0 and lab.job.parent_id == run.pk
 
-    again = run_synchronously(Job.submit("label", {"config_id": config.pk, "dataset_id": ds.pk}, send=False))
+    again = run_synchronously(jobs.submit("label", {"config_id": config.pk, "dataset_id": ds.pk}, send=False))
     assert again.result["dispatched"] == 0 and "nothing to label" in again.message
     # a retried chunk of the first run changes nothing either
     chunk = run.children.first()
     Job.objects.filter(pk=chunk.pk).update(status="failed")
     chunk.refresh_from_db()
-    chunk.resume()
+    jobs.resume(chunk)
     assert jobs.execute(chunk.pk) == "succeeded"
     assert AILabel.objects.filter(config=config).count() == 7
     chunk.refresh_from_db()
@@ -84,9 +81,9 @@ def test_run_is_split_into_chunks_and_never_duplicates(tiny_model_dir):
 def test_relabel_updates_in_place(tiny_model_dir):
     ds, comps = make_comparisons(2)
     config = make_config(tiny_model_dir)
-    run_synchronously(Job.submit("label", {"config_id": config.pk, "comparison_ids": [comps[0].pk]}, send=False))
+    run_synchronously(jobs.submit("label", {"config_id": config.pk, "comparison_ids": [comps[0].pk]}, send=False))
     first = AILabel.objects.get(config=config)
-    run = run_synchronously(Job.submit("label", {"config_id": config.pk, "dataset_id": ds.pk, "relabel": True},
+    run = run_synchronously(jobs.submit("label", {"config_id": config.pk, "dataset_id": ds.pk, "relabel": True},
                                        send=False))
     assert run.result["labeled"] == 2 and AILabel.objects.filter(config=config).count() == 2
     assert AILabel.objects.get(pk=first.pk).job.parent_id == run.pk
@@ -96,15 +93,15 @@ def test_relabel_updates_in_place(tiny_model_dir):
 def test_cancel_then_resume_a_run(tiny_model_dir):
     ds, _ = make_comparisons(4)
     config = make_config(tiny_model_dir)
-    run = Job.submit("label", {"config_id": config.pk, "dataset_id": ds.pk, "chunk_size": 2}, send=False)
-    assert jobs.execute(run.pk) == "succeeded"
-    assert runs.sync_run(run.pk) == "running"
+    run = jobs.submit("label", {"config_id": config.pk, "dataset_id": ds.pk, "chunk_size": 2}, send=False)
+    assert jobs.execute(run.pk) == "running"  # its chunks do the work
+    assert jobs.sync_parent(run.pk) == "running"
     run.refresh_from_db()
     assert run.status == "running" and run.progress == 0 and "0/2 chunks done" in run.message
-    assert runs.cancel_run(run) == "cancelled"
+    assert jobs.cancel(run) == "cancelled"
     assert set(run.children.values_list("status", flat=True)) == {"cancelled"}
     assert AILabel.objects.count() == 0
-    assert run.resume()
+    assert jobs.resume(run)
     run = run_synchronously(run)
     assert run.status == "succeeded" and run.children.count() == 2  # resumed, not duplicated
     assert AILabel.objects.filter(config=config).count() == 4
@@ -114,7 +111,7 @@ def test_cancel_then_resume_a_run(tiny_model_dir):
 def test_a_failed_chunk_fails_the_run_with_a_clear_message(tiny_model_dir, tmp_path):
     ds, _ = make_comparisons(2)
     config = make_config(tiny_model_dir)
-    run = Job.submit("label", {"config_id": config.pk, "dataset_id": ds.pk}, send=False)
+    run = jobs.submit("label", {"config_id": config.pk, "dataset_id": ds.pk}, send=False)
     LabelerConfig.objects.filter(pk=config.pk).update(model_path=str(tmp_path / "gone"))
     run = run_synchronously(run)
     assert run.status == "failed" and "does not exist" in run.error and "resume this job" in run.error
@@ -125,21 +122,21 @@ def test_bad_configs_and_selections_are_refused(tiny_model_dir, tmp_path):
     ds, comps = make_comparisons(2)
     missing = make_config(tmp_path / "no-model", name="missing")
     with pytest.raises(ValidationError, match="does not exist"):
-        Job.submit("label", {"config_id": missing.pk, "dataset_id": ds.pk}, send=False)
+        jobs.submit("label", {"config_id": missing.pk, "dataset_id": ds.pk}, send=False)
     good = make_config(tiny_model_dir)
     empty = Dataset.objects.create(name="empty", task=Task.objects.get(slug="harmless"))
     with pytest.raises(ValidationError, match="No comparisons match"):
-        Job.submit("label", {"config_id": good.pk, "dataset_id": empty.pk}, send=False)
+        jobs.submit("label", {"config_id": good.pk, "dataset_id": empty.pk}, send=False)
     with pytest.raises(ValidationError, match="Say which comparisons"):
-        Job.submit("label", {"config_id": good.pk}, send=False)
+        jobs.submit("label", {"config_id": good.pk}, send=False)
     with pytest.raises(ValidationError, match="There is no labeler config"):
-        Job.submit("label", {"config_id": 9999, "dataset_id": ds.pk}, send=False)
+        jobs.submit("label", {"config_id": 9999, "dataset_id": ds.pk}, send=False)
     summ = make_config(tiny_model_dir, task="summarization", name="summ")
     with pytest.raises(ValidationError, match="belong to another task"):
-        Job.submit("label", {"config_id": summ.pk, "dataset_id": ds.pk}, send=False)
+        jobs.submit("label", {"config_id": summ.pk, "dataset_id": ds.pk}, send=False)
     bad_template = make_config(tiny_model_dir, name="bad", template_overrides={"ending": "{nope}"})
     with pytest.raises(ValidationError, match="unknown placeholder"):
-        Job.submit("label", {"config_id": bad_template.pk, "dataset_id": ds.pk}, send=False)
+        jobs.submit("label", {"config_id": bad_template.pk, "dataset_id": ds.pk}, send=False)
     assert Job.objects.count() == 0
 
 
@@ -165,7 +162,7 @@ def test_start_form_refuses_a_server_without_logprobs(tiny_model_dir):
 def test_admin_shows_diagnostics_and_starts_a_run(client, researcher, tiny_model_dir):
     ds, _ = make_comparisons(3)
     config = make_config(tiny_model_dir)
-    run_synchronously(Job.submit("label", {"config_id": config.pk, "dataset_id": ds.pk}, send=False))
+    run_synchronously(jobs.submit("label", {"config_id": config.pk, "dataset_id": ds.pk}, send=False))
     client.force_login(researcher)
     page = client.get(f"/admin/labeling/labelerconfig/{config.pk}/change/").content.decode()
     assert "Alignment with human preferences" in page and "Same position preferred" in page
@@ -189,7 +186,7 @@ def test_two_real_workers_share_the_chunks_without_duplicates(start_worker, tiny
     config = make_config(tiny_model_dir)
     w1, w2 = start_worker(), start_worker()
     with django_capture_on_commit_callbacks(execute=True):
-        run = Job.submit("label", {"config_id": config.pk, "dataset_id": ds.pk, "chunk_size": 2})
+        run = jobs.submit("label", {"config_id": config.pk, "dataset_id": ds.pk, "chunk_size": 2})
     wait_for(lambda: Job.objects.get(pk=run.pk).status in ("succeeded", "failed"), timeout=120,
              message=f"the run to finish (logs: {w1.logfile}, {w2.logfile})")
     run.refresh_from_db()

@@ -15,9 +15,10 @@ import time
 import pytest
 import torch
 
-from evalsite import jobs
-from evalsite.models import Comparison, Dataset, Job, Prompt, Task
-from labeling import runs, tasks
+from evalsite.jobs import runtime as jobs
+from evalsite.models import Comparison, Dataset, Prompt, Task
+from evalsite.jobs.models import Job
+from labeling import jobs as labeling_jobs, runs
 from labeling.backends import (BackendError, ChatBackend, ChatBackendConfig, LocalBackend, LocalBackendConfig,
                                LocalChatLayoutBackend, ServerBackend, ServerBackendConfig)
 from labeling.direct import DirectScorer
@@ -218,14 +219,14 @@ def test_llama_server_killed_mid_run_leaves_finished_labels_and_a_resumable_run(
         config = LabelerConfig.objects.create(
             name="llama-chat", task=ds.task, backend="chat", server_url=server.url, model_path=str(smollm2_dir),
             batch_size=1, server_concurrency=1, max_prompt_tokens=256)
-        run = Job.submit("label", {"config_id": config.pk, "dataset_id": ds.pk}, send=False)
-        assert jobs.execute(run.pk) == "succeeded"
+        run = jobs.submit("label", {"config_id": config.pk, "dataset_id": ds.pk}, send=False)
+        assert jobs.execute(run.pk) == "running"  # its chunks do the work
         (chunk,) = run.children.all()
 
         def kill_after_the_first_batch():  # two pairs, two orders each: four answers, then the crash
             deadline = time.time() + 120
             while time.time() < deadline:
-                backend = next((b for b in tasks._BACKENDS.values() if getattr(b, "endpoint", "").startswith(
+                backend = next((b for b in labeling_jobs._BACKENDS.values() if getattr(b, "endpoint", "").startswith(
                     server.url)), None)
                 if backend is not None and backend.requests_sent >= 5:
                     server.kill()
@@ -236,18 +237,16 @@ def test_llama_server_killed_mid_run_leaves_finished_labels_and_a_resumable_run(
         killer.start()
         assert jobs.execute(chunk.pk) == "failed"
         killer.join()
-        runs.sync_run(run.pk)
         run.refresh_from_db()
         assert run.status == "failed" and "resume this job" in run.error
         kept = dict(AILabel.objects.filter(config=config).values_list("comparison_id", "created_at"))
         assert len(kept) == 2  # the finished batch
 
         server.start()  # the same port: the config needs no change
-        assert run.resume()
-        assert jobs.execute(run.pk) == "succeeded"
+        assert jobs.resume(run)
+        assert jobs.execute(run.pk) == "running"  # its chunks do the work
         for child in run.children.filter(status="queued"):
             assert jobs.execute(child.pk) == "succeeded"
-        runs.sync_run(run.pk)
         run.refresh_from_db()
         assert run.status == "succeeded" and run.children.count() == 1
         labels = AILabel.objects.filter(config=config)

@@ -10,7 +10,7 @@ from django.db import connection
 from django.test import Client, modify_settings
 from django.test.utils import CaptureQueriesContext
 
-from evalsite.humaneval.demo import make_annotators, make_round
+from tests.humaneval_demo import make_annotators, make_round
 
 pytestmark = pytest.mark.django_db
 

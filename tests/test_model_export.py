@@ -8,8 +8,9 @@ import pytest
 import torch
 from django.core.management import CommandError, call_command
 
-from evalsite import jobs
-from evalsite.models import Comparison, Dataset, Job, JobMetric, Policy, Prompt, Task
+from evalsite.jobs import runtime as jobs
+from evalsite.models import Comparison, Dataset, Policy, Prompt, Task
+from evalsite.jobs.models import Job, JobMetric
 from rl.export import export_reward_model
 from rl.models import RewardModel
 from rl.reward_model import RewardScorer
@@ -46,7 +47,7 @@ def toy(db, tiny_model_dir):
 
 
 def run_job(kind, params):
-    job = Job.submit(kind, params, send=False)
+    job = jobs.submit(kind, params, send=False)
     assert jobs.execute(job.pk) == "succeeded", Job.objects.get(pk=job.pk).error
     job.refresh_from_db()
     return job

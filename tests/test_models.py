@@ -2,7 +2,8 @@
 import pytest
 from django.db import IntegrityError, transaction
 
-from evalsite.models import Comparison, Dataset, Job, Policy, Prompt, Sample, Task, pair_key
+from evalsite.models import Comparison, Dataset, Policy, Prompt, Sample, Task, pair_key
+from evalsite.jobs.models import Job
 
 pytestmark = pytest.mark.django_db
 

@@ -154,7 +154,7 @@ setup_test_environment()
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
-from evalsite.models import Job
+from evalsite.jobs.models import Job
 
 client = Client()
 client.force_login(get_user_model().objects.get(username="researcher"))
@@ -171,7 +171,8 @@ print(json.dumps([resp.status_code, resp.headers.get("Location"), job.status, st
 @pytest.mark.worker
 def test_a_job_submitted_while_the_broker_is_down_runs_once_it_is_back(researcher, worker_env, start_worker,
                                                                         private_redis):
-    from evalsite.models import Dataset, Job
+    from evalsite.models import Dataset
+    from evalsite.jobs.models import Job
 
     env = {**worker_env, "CELERY_BROKER_URL": private_redis.url, "JOB_SWEEP_SECONDS": "0.5",
            "JOB_RESEND_AFTER_SECONDS": "1"}
@@ -181,7 +182,7 @@ def test_a_job_submitted_while_the_broker_is_down_runs_once_it_is_back(researche
     assert out.returncode == 0, out.stderr[-4000:]
     status, location, job_status, sent_at, message, seconds = json.loads(out.stdout.splitlines()[-1])
     job = Job.objects.get()
-    assert status == 302 and location == f"/admin/evalsite/job/{job.pk}/change/"
+    assert status == 302 and location == f"/admin/jobs/job/{job.pk}/change/"
     assert job_status == "queued" and sent_at == "None" and "waiting for the broker" in message
     assert seconds < 10
 

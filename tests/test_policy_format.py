@@ -142,18 +142,19 @@ def hh(db, tiny_chat_model_dir):
 def test_policy_format_recorded_on_samples_and_a_reward_model_in_another_format_is_refused(hh):
     from django.core.exceptions import ValidationError
 
-    from evalsite import jobs
-    from evalsite.models import Job, Sample
+    from evalsite.jobs import runtime as jobs
+    from evalsite.models import Sample
+    from evalsite.jobs.models import Job
     from rl.models import RewardModel
 
     ds = hh["dataset"]
-    job = Job.submit("sample", {"policy_id": hh["chat"].pk, "dataset_id": ds.pk, "max_new_tokens": 12}, send=False)
+    job = jobs.submit("sample", {"policy_id": hh["chat"].pk, "dataset_id": ds.pk, "max_new_tokens": 12}, send=False)
     assert jobs.execute(job.pk) == "succeeded", Job.objects.get(pk=job.pk).error
     samples = Sample.objects.filter(policy=hh["chat"])
     assert samples.count() == 4 and set(samples.values_list("policy_format", flat=True)) == {"chat"}
     assert not any("<|" in s.text or "Human:" in s.text for s in samples)
     # asked for raw, the same policy's samples say raw
-    job = Job.submit("sample", {"policy_id": hh["raw"].pk, "dataset_id": ds.pk, "max_new_tokens": 12}, send=False)
+    job = jobs.submit("sample", {"policy_id": hh["raw"].pk, "dataset_id": ds.pk, "max_new_tokens": 12}, send=False)
     assert jobs.execute(job.pk) == "succeeded"
     assert set(Sample.objects.filter(policy=hh["raw"]).values_list("policy_format", flat=True)) == {"raw"}
 
@@ -162,16 +163,16 @@ def test_policy_format_recorded_on_samples_and_a_reward_model_in_another_format_
     rl = {"dataset_id": ds.pk, "name": "r", "reward_model_id": rm.pk, "batch_size": 2, "epochs": 1,
           "max_response_tokens": 6, "optimizer": "adamw"}
     with pytest.raises(ValidationError) as e:
-        Job.submit("rl", {**rl, "policy_id": hh["raw"].pk}, send=False)
+        jobs.submit("rl", {**rl, "policy_id": hh["raw"].pk}, send=False)
     message = " ".join(e.value.message_dict["reward_model_id"])
     assert "trained on chat-format inputs" in message and "prompts policy “tiny raw” in raw format" in message
     # the same raw policy prompted in chat format matches the reward model
-    Job.submit("rl", {**rl, "policy_id": hh["raw"].pk, "policy_format": "chat"}, send=False)
+    jobs.submit("rl", {**rl, "policy_id": hh["raw"].pk, "policy_format": "chat"}, send=False)
     with pytest.raises(ValidationError) as e:
-        Job.submit("sample", {"policy_id": hh["raw"].pk, "dataset_id": ds.pk, "policy_format": "plain"}, send=False)
+        jobs.submit("sample", {"policy_id": hh["raw"].pk, "dataset_id": ds.pk, "policy_format": "plain"}, send=False)
     assert "policy format must be one of raw, chat, auto" in " ".join(e.value.message_dict["policy_format"])
     # a reward model whose row changed after the job was submitted: the job refuses it too
-    job = Job.submit("rl", {**rl, "policy_id": hh["chat"].pk, "name": "r2"}, send=False)
+    job = jobs.submit("rl", {**rl, "policy_id": hh["chat"].pk, "name": "r2"}, send=False)
     RewardModel.objects.filter(pk=rm.pk).update(policy_format="raw")
     assert jobs.execute(job.pk) == "failed"
     assert "trained on raw-format inputs" in Job.objects.get(pk=job.pk).error

@@ -12,9 +12,13 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from evalsite import jobs, preferences
+from evalsite import preferences
+from evalsite.jobs import runtime as jobs
 from evalsite.importjobs import run_import
-from evalsite.models import Comparison, Dataset, EvalRound, Job, Prompt, Task
+from evalsite.humaneval.models import EvalRound
+from evalsite.models import Comparison, Dataset, Prompt, Task
+from evalsite.jobs.models import Job
+from evalsite.jobs.models import Job
 from labeling.models import AILabel, LabelerConfig
 from tests.helpers import wait_for
 
@@ -88,7 +92,7 @@ def ranked(db):
     Ranks: three annotators rlaif > rlhf > sft, the fourth rlhf > rlaif > sft. Harmless: sft by
     two of four (a split), rlhf by all, rlaif by three of four.
     """
-    from evalsite.humaneval import demo
+    from tests import humaneval_demo as demo
 
     users = demo.make_annotators(4, prefix="exp-ann")
     rnd = demo.make_round(n_prompts=2, overlap=4, question=EvalRound.Question.BOTH, name="export round")
@@ -319,7 +323,7 @@ def test_harmless_flags_export_as_unpaired_preferences(ranked, tmp_path):
 
 
 def test_summarization_exports_plain_text_prompts(db, tmp_path):
-    from evalsite.humaneval import demo
+    from tests import humaneval_demo as demo
 
     users = demo.make_annotators(2, prefix="sum-ann")
     rnd = demo.make_round(n_prompts=2, overlap=2, task_slug="summarization", name="sum round")
@@ -557,15 +561,15 @@ def test_admin_actions_open_the_export_form_for_their_selection(admin_client, la
     form_url = reverse("admin:evalsite_export_preferences")
     r = _run_action(admin_client, "admin:evalsite_dataset_changelist", "export_preferences", [labeled["dataset"].pk])
     assert r.status_code == 302 and r["Location"] == f"{form_url}?datasets={labeled['dataset'].pk}"
-    r = _run_action(admin_client, "admin:evalsite_evalround_changelist", "export_preferences", [ranked.pk])
+    r = _run_action(admin_client, "admin:humaneval_evalround_changelist", "export_preferences", [ranked.pk])
     assert r["Location"] == f"{form_url}?rounds={ranked.pk}"
     r = _run_action(admin_client, "admin:labeling_labelerconfig_changelist", "export_preferences", [labeled["a"].pk])
     assert r["Location"] == f"{form_url}?config={labeled['a'].pk}"
     run = Job.objects.create(kind="label", name="labeling run", params={"config_id": labeled["a"].pk})
-    r = _run_action(admin_client, "admin:evalsite_job_changelist", "export_preferences", [run.pk])
+    r = _run_action(admin_client, "admin:jobs_job_changelist", "export_preferences", [run.pk])
     assert r["Location"] == f"{form_url}?run={run.pk}"
     other = Job.objects.create(kind="noop", name="not a run")
-    r = _run_action(admin_client, "admin:evalsite_job_changelist", "export_preferences", [other.pk])
+    r = _run_action(admin_client, "admin:jobs_job_changelist", "export_preferences", [other.pk])
     assert r.status_code == 302 and "export-preferences" not in r["Location"]
     page = admin_client.get(f"{form_url}?datasets={labeled['dataset'].pk}").content.decode()
     assert "syn [test]" in page and 'name="min_confidence"' in page and "Export preference data" in page
@@ -580,7 +584,7 @@ def test_admin_form_queues_an_export_job_into_the_exports_folder(admin_client, l
     r = admin_client.post(url, {"source": "ai", "type": "preference", "labeler": labeled["a"].pk, "drop_ties": "on",
                                 "min_confidence": "0", "name": "from-admin", "format": "jsonl"})
     job = Job.objects.get(kind="export_preferences")
-    assert r.status_code == 302 and r["Location"] == reverse("admin:evalsite_job_change", args=[job.pk])
+    assert r.status_code == 302 and r["Location"] == reverse("admin:jobs_job_change", args=[job.pk])
     assert job.params["config_id"] == labeled["a"].pk and job.params["drop_ties"] is True
     assert jobs.execute(job.pk) == "succeeded"
     job.refresh_from_db()

@@ -12,7 +12,7 @@ from django.contrib.auth import get_user_model
 from django.urls import reverse
 
 from evalsite import stats
-from evalsite.models import Job, JobMetric
+from evalsite.jobs.models import Job, JobMetric
 from evalsite.reports import tables as T
 from evalsite.reports import views as V
 from tests.test_stats import label_rows, simulated
@@ -131,8 +131,8 @@ def rank_round(rnd, users, strengths, harmful=(), seed=0):
 
 @pytest.fixture
 def ranked_round(db):
-    from evalsite.humaneval import demo
-    from evalsite.models import EvalRound
+    from tests import humaneval_demo as demo
+    from evalsite.humaneval.models import EvalRound
 
     users = demo.make_annotators(3, prefix="rep-ann")
     rnd = demo.make_round(n_prompts=12, overlap=3, question=EvalRound.Question.BOTH, name="report round")
@@ -217,7 +217,7 @@ def test_round_exports_match_the_page_tables(client, researcher, ranked_round):
 
 
 def test_round_without_rankings_says_no_data_yet(client, researcher, db):
-    from evalsite.humaneval import demo
+    from tests import humaneval_demo as demo
 
     rnd = demo.make_round(n_prompts=3, overlap=2, name="empty round")
     client.force_login(researcher)
@@ -269,8 +269,8 @@ def test_job_curves_page_and_export(client, researcher):
 
 
 def test_harmless_only_round_shows_harmless_rates_and_no_win_rates(client, researcher, db):
-    from evalsite.humaneval import demo
-    from evalsite.models import EvalRound
+    from tests import humaneval_demo as demo
+    from evalsite.humaneval.models import EvalRound
 
     users = demo.make_annotators(2, prefix="harm-ann")
     rnd = demo.make_round(n_prompts=5, overlap=2, question=EvalRound.Question.HARMLESS, name="harmless round")

@@ -5,10 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evalsite.humaneval.demo import make_annotators, make_round
-from evalsite.models import EvalRound, Job, JobMetric, Sample
+from evalsite.humaneval.models import EvalRound
+from evalsite.models import Sample
+from evalsite.jobs.models import Job, JobMetric
+from evalsite.jobs.models import Job, JobMetric
 from evalsite.reports import views as V
 from tests.helpers import wait_for
+from tests.humaneval_demo import make_annotators, make_round
 from tests.test_reports import rank_round
 from tests.test_stats import label_rows
 

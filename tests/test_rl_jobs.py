@@ -4,8 +4,9 @@ import pytest
 import torch
 from django.core.exceptions import ValidationError
 
-from evalsite import jobs
-from evalsite.models import Comparison, Dataset, Job, JobMetric, Policy, Prompt, Sample, Task
+from evalsite.jobs import runtime as jobs
+from evalsite.models import Comparison, Dataset, Policy, Prompt, Sample, Task
+from evalsite.jobs.models import Job, JobMetric
 from rl.models import RewardModel
 from tests.helpers import wait_for
 
@@ -63,7 +64,7 @@ def test_validation_errors_are_clear_and_create_nothing(toy):
     ]
     for kind, params, field, text in cases:
         with pytest.raises(ValidationError) as e:
-            Job.submit(kind, params, send=False)
+            jobs.submit(kind, params, send=False)
         errors = messages_of(e)
         assert field in errors, (kind, params, errors)
         assert any(text in m for m in errors[field]), (kind, params, errors)
@@ -73,7 +74,7 @@ def test_validation_errors_are_clear_and_create_nothing(toy):
 def test_sample_job_is_idempotent_and_makes_pairs(toy):
     ds, base = toy["dataset"], toy["base"]
     params = {"policy_id": base.pk, "dataset_id": ds.pk, "n": 2, "max_new_tokens": 5, "make_pairs": True, "seed": 1}
-    job = Job.submit("sample", params, send=False)
+    job = jobs.submit("sample", params, send=False)
     assert jobs.execute(job.pk) == "succeeded", Job.objects.get(pk=job.pk).error
     job.refresh_from_db()
     assert job.result["samples_created"] == 16
@@ -89,7 +90,7 @@ def test_sample_job_is_idempotent_and_makes_pairs(toy):
 
     # Asking again for n = 3: only the missing third sample per prompt is made; pairs are not repeated.
     texts_before = dict(samples.values_list("pk", "text"))
-    again = Job.submit("sample", {**params, "n": 3}, send=False)
+    again = jobs.submit("sample", {**params, "n": 3}, send=False)
     assert jobs.execute(again.pk) == "succeeded"
     again.refresh_from_db()
     assert again.result == {"samples_created": 8, "samples_existing": 16, "pairs_created": 0}
@@ -111,7 +112,7 @@ def test_sft_sample_reward_model_rl_chain_on_a_real_worker(toy, start_worker, dj
     ds, base = toy["dataset"], toy["base"]
 
     with django_capture_on_commit_callbacks(execute=True):
-        sft_job = Job.submit("sft", {"policy_id": base.pk, "dataset_id": ds.pk, "name": "tiny SFT", "epochs": 3,
+        sft_job = jobs.submit("sft", {"policy_id": base.pk, "dataset_id": ds.pk, "name": "tiny SFT", "epochs": 3,
                                      "batch_size": 4, "learning_rate": 3e-3})
     _wait_done(sft_job, worker)
     sft = Policy.objects.get(pk=sft_job.result["policy_id"])
@@ -120,7 +121,7 @@ def test_sft_sample_reward_model_rl_chain_on_a_real_worker(toy, start_worker, dj
     assert len(losses) == 6 and losses[-1] < losses[0]
 
     with django_capture_on_commit_callbacks(execute=True):
-        sample_job = Job.submit("sample", {"policy_id": sft.pk, "dataset_id": ds.pk, "n": 2, "max_new_tokens": 6,
+        sample_job = jobs.submit("sample", {"policy_id": sft.pk, "dataset_id": ds.pk, "n": 2, "max_new_tokens": 6,
                                            "make_pairs": True})
     _wait_done(sample_job, worker)
     pairs = list(Comparison.objects.filter(sample_a__policy=sft))
@@ -131,7 +132,7 @@ def test_sft_sample_reward_model_rl_chain_on_a_real_worker(toy, start_worker, dj
         c.save()
 
     with django_capture_on_commit_callbacks(execute=True):
-        rm_job = Job.submit("reward_model", {"policy_id": sft.pk, "name": "tiny RM", "labels": "human",
+        rm_job = jobs.submit("reward_model", {"policy_id": sft.pk, "name": "tiny RM", "labels": "human",
                                              "eval_fraction": 0.3, "batch_size": 2, "epochs": 2,
                                              "learning_rate": 1e-3, "optimizer": "adamw"})
     _wait_done(rm_job, worker)
@@ -141,7 +142,7 @@ def test_sft_sample_reward_model_rl_chain_on_a_real_worker(toy, start_worker, dj
     assert 0 <= rm.metrics["held_out"]["accuracy"] <= 1 and "ece" in rm.metrics["held_out"]
 
     with django_capture_on_commit_callbacks(execute=True):
-        rl_job = Job.submit("rl", {"policy_id": sft.pk, "dataset_id": ds.pk, "name": "tiny RLHF",
+        rl_job = jobs.submit("rl", {"policy_id": sft.pk, "dataset_id": ds.pk, "name": "tiny RLHF",
                                    "reward_model_id": rm.pk, "batch_size": 4, "epochs": 2,
                                    "max_response_tokens": 6, "save_every": 2, "learning_rate": 1e-3})
     _wait_done(rl_job, worker)
@@ -165,7 +166,7 @@ def test_rl_job_resumes_after_its_worker_is_killed(toy, tiny_model_dir, start_wo
     rm = RewardModel.objects.create(name="untrained RM", labels="ai", checkpoint_dir=str(tiny_model_dir))
     worker = start_worker(extra_env={"OMP_NUM_THREADS": "1"})
     with django_capture_on_commit_callbacks(execute=True):
-        job = Job.submit("rl", {"policy_id": toy["base"].pk, "dataset_id": toy["dataset"].pk, "name": "tiny RLAIF",
+        job = jobs.submit("rl", {"policy_id": toy["base"].pk, "dataset_id": toy["dataset"].pk, "name": "tiny RLAIF",
                                 "reward_model_id": rm.pk, "batch_size": 4, "epochs": 60, "max_response_tokens": 4,
                                 "save_every": 3})
     total = 120
@@ -209,7 +210,7 @@ def test_admin_forms_start_jobs_and_show_validation_errors(toy, client, research
     ok = client.post("/rl/start/sft/", {**SFT_DEFAULTS, "name": "my SFT", "policy": base.pk, "dataset": ds.pk,
                                         "batch_size": 4})
     job = Job.objects.get()
-    assert ok.status_code == 302 and ok["Location"] == f"/admin/evalsite/job/{job.pk}/change/"
+    assert ok.status_code == 302 and ok["Location"] == f"/admin/jobs/job/{job.pk}/change/"
     assert job.kind == "sft" and job.params["name"] == "my SFT" and job.params["batch_size"] == 4
     assert job.params["policy_id"] == base.pk and job.created_by == researcher
     assert client.get("/admin/rl/rewardmodel/").status_code == 200

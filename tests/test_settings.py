@@ -150,7 +150,7 @@ def test_experiment_form_and_yaml_refuse_a_key_that_is_no_setting(tiny_model_dir
     import yaml
 
     from evalsite.experiments.admin import ExperimentForm
-    from evalsite.models import Experiment
+    from evalsite.experiments.models import Experiment
     from tests.test_experiment import make_data
 
     ds, prefs, base = make_data(tiny_model_dir)
@@ -168,7 +168,7 @@ def test_experiment_form_and_yaml_refuse_a_key_that_is_no_setting(tiny_model_dir
 
 
 def test_the_pure_cores_import_neither_django_nor_celery_nor_the_app():
-    app = ("django", "celery", "evalsite.models", "evalsite.jobs", "rl.params", "rl.data", "rl.tasks", "labeling.data",
+    app = ("django", "celery", "evalsite.models", "evalsite.jobs", "rl.params", "rl.data", "rl.jobs", "labeling.data",
            "labeling.models")
     code = (f"import importlib, sys\nfor m in {PURE_CORES!r}: importlib.import_module(m)\n"
             f"print(sorted(n for n in sys.modules if n.startswith({app!r})))")

@@ -8,14 +8,15 @@ import pytest
 import yaml
 from django.urls import reverse
 
-from evalsite.models import Job
+from evalsite.jobs.models import Job
+from evalsite.jobs import runtime as jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.django_db
 
 
 @pytest.mark.parametrize("url", [
-    "/", "/admin/", "/admin/evalsite/job/", "/admin/evalsite/dataset/", "/admin/evalsite/policy/",
+    "/", "/admin/", "/admin/jobs/job/", "/admin/evalsite/dataset/", "/admin/evalsite/policy/",
     "/admin/evalsite/comparison/", "/admin/evalsite/prompt/",
 ])
 def test_pages_render_for_researcher(client, researcher, url):
@@ -26,10 +27,10 @@ def test_pages_render_for_researcher(client, researcher, url):
 
 
 def test_job_page_shows_progress_log_and_cancel_button(client, researcher):
-    job = Job.submit("noop", {"steps": 2}, send=False)
+    job = jobs.submit("noop", {"steps": 2}, send=False)
     Job.objects.filter(pk=job.pk).update(status="running", progress=0.42, message="step 1/2", log="hello log\n")
     client.force_login(researcher)
-    r = client.get(reverse("admin:evalsite_job_change", args=[job.pk]))
+    r = client.get(reverse("admin:jobs_job_change", args=[job.pk]))
     html = r.content.decode()
     assert r.status_code == 200
     assert 'id="job-progress"' in html and 'value="0.42"' in html
@@ -41,12 +42,12 @@ def test_job_page_shows_progress_log_and_cancel_button(client, researcher):
 
 
 def test_cancel_and_resume_buttons(client, researcher):
-    job = Job.submit("noop", {}, send=False)
+    job = jobs.submit("noop", {}, send=False)
     client.force_login(researcher)
-    client.post(reverse("admin:evalsite_job_cancel", args=[job.pk]))
+    client.post(reverse("admin:jobs_job_cancel", args=[job.pk]))
     job.refresh_from_db()
     assert job.status == "cancelled"
-    client.post(reverse("admin:evalsite_job_resume", args=[job.pk]))
+    client.post(reverse("admin:jobs_job_resume", args=[job.pk]))
     job.refresh_from_db()
     assert job.status == "queued"
 

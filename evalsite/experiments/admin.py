@@ -8,7 +8,7 @@ from django.utils.html import format_html
 from evalsite.experiments import pipeline
 from evalsite.experiments.presets import DEFAULT_ARMS, PRESETS, merged_config
 from evalsite.experiments.views import CANCEL_PERMISSIONS, LAUNCH_PERMISSIONS
-from evalsite.models import Experiment
+from evalsite.experiments.models import Experiment
 
 
 class ExperimentForm(forms.ModelForm):

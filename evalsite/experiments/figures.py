@@ -2,7 +2,8 @@
 import math
 
 from evalsite import stats
-from evalsite.models import JobMetric, Policy
+from evalsite.models import Policy
+from evalsite.jobs.models import JobMetric
 
 
 def _clean(x):
@@ -20,7 +21,7 @@ def labeler_figures(exp):
     frame = label_frame([cfg])
     align_ids = set()
     if exp.stages.get("label_alignment"):
-        from evalsite.models import Job
+        from evalsite.jobs.models import Job
 
         job = Job.objects.filter(pk=exp.stages["label_alignment"]).first()
         align_ids = set(job.params.get("comparison_ids", [])) if job else set()

@@ -1,32 +1,38 @@
 """The stages of an RLAIF experiment and how they run.
 
-Stages are ordinary Jobs (``sft``, ``sample``, ``label``, ``reward_model``, ``rl``, ...) whose
-parameters come from the experiment and from what earlier stages produced. ``launch`` sends a
-Celery canvas: a chain of *levels*, each level a group of stages that can run in parallel on
-any workers::
+Stages are ordinary jobs (``sft``, ``sample``, ``label``, ``reward_model``, ``rl``, ...) whose
+parameters come from the experiment and from what earlier stages produced. They run in *levels*;
+the stages of one level run in parallel on any workers::
 
     sft, label_alignment  ->  pairs, rm_human  ->  label_pairs  ->  rm_ai
       ->  rl_<arm> (each arm)  ->  eval_<arm> (each arm)  ->  judge_pairs  ->  judge_label  ->  round
 
-Each level waits for all its stages (a chord). Each stage task runs its job *inside* the Celery task that holds it (``jobs.execute``), so a
-stage never blocks a worker waiting for another worker. A stage whose job already succeeded is
-skipped, so relaunching an experiment resumes it: finished stages are reused, a failed or
-cancelled stage job is resumed (RL continues from its checkpoint).
+An experiment is run by one job of kind ``experiment`` (:func:`run_next_level`): it submits the
+next level's stages as its child jobs and hands over to them (the job runtime's fan-out), holding
+no worker meanwhile; when they have all succeeded it is queued again and submits the level after.
+A stage whose job already succeeded is skipped, so relaunching an experiment resumes it: finished
+stages are reused, a failed or cancelled stage job is resumed (RL continues from its checkpoint).
 """
 import hashlib
 import itertools
 import random
-import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable
 
-from celery import chain, chord, group
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from evalsite import jobs
-from evalsite.models import Comparison, Experiment, Job, Policy, Prompt, Sample, pair_key
+from evalsite.jobs import runtime as jobs
+from evalsite.models import Comparison, Policy, Prompt, Sample, pair_key
+from evalsite.experiments.models import Experiment
+from evalsite.jobs.models import Job
+from labeling.kinds import LABEL
+from rl import kinds as rl_kinds
+
+EXPERIMENT = "experiment"
+JUDGE_PAIRS = "experiment_judge_pairs"
+ROUND = "experiment_round"
 
 
 class StageFailed(Exception):
@@ -208,37 +214,37 @@ def stages_for(exp):
     arms = set(exp.arms)
     rl_arms = [a for a in RL_ARMS if a in arms]
     out = [
-        Stage("sft", 0, "sft", "SFT", _sft, _result_key("policy_id", "sft_policy_id")),
-        Stage("label_alignment", 0, "label", "AI labels on human/judge-labelled pairs (alignment)",
+        Stage("sft", 0, rl_kinds.SFT, "SFT", _sft, _result_key("policy_id", "sft_policy_id")),
+        Stage("label_alignment", 0, LABEL, "AI labels on human/judge-labelled pairs (alignment)",
               _label_alignment, lambda exp, job: {"alignment_config_id": job.params["config_id"]}),
-        Stage("pairs", 1, "sample", "Pairs sampled from SFT", _pairs,
+        Stage("pairs", 1, rl_kinds.SAMPLE, "Pairs sampled from SFT", _pairs,
               lambda exp, job: {"pair_comparison_ids": _pair_comparison_ids(exp)}),
     ]
     if not alignment_comparison_ids(exp):
         out = [s for s in out if s.name != "label_alignment"]
     if "rlhf" in arms:
-        out.append(Stage("rm_human", 1, "reward_model", "Reward model on human preferences",
+        out.append(Stage("rm_human", 1, rl_kinds.REWARD_MODEL, "Reward model on human preferences",
                          lambda e: _rm(e, "human"), _result_key("reward_model_id", "rm_human_id")))
     if arms & {"rlaif_distilled"}:
-        out.append(Stage("label_pairs", 2, "label", "AI labels on SFT pairs", _label_pairs))
-        out.append(Stage("rm_ai", 3, "reward_model", "Reward model on AI soft labels",
+        out.append(Stage("label_pairs", 2, LABEL, "AI labels on SFT pairs", _label_pairs))
+        out.append(Stage("rm_ai", 3, rl_kinds.REWARD_MODEL, "Reward model on AI soft labels",
                          lambda e: _rm(e, "ai"), _result_key("reward_model_id", "rm_ai_id")))
     if "same_size" in arms:
-        out.append(Stage("label_pairs_same_size", 2, "label", "Same-size AI labels on SFT pairs",
+        out.append(Stage("label_pairs_same_size", 2, LABEL, "Same-size AI labels on SFT pairs",
                          lambda e: _label_pairs(e, same_size=True)))
-        out.append(Stage("rm_same_size", 3, "reward_model", "Reward model on same-size AI labels",
+        out.append(Stage("rm_same_size", 3, rl_kinds.REWARD_MODEL, "Reward model on same-size AI labels",
                          lambda e: _rm(e, "ai", same_size=True), _result_key("reward_model_id", "rm_same_size_id")))
     for arm in rl_arms:
-        out.append(Stage(f"rl_{arm}", 4, "rl", f"RL: {ARM_LABELS[arm].split(':')[0]}",
+        out.append(Stage(f"rl_{arm}", 4, rl_kinds.RL, f"RL: {ARM_LABELS[arm].split(':')[0]}",
                          lambda e, a=arm: _rl(e, a), _result_key("policy_id", f"{arm}_policy_id")))
     eval_arms = (["sft"] if "sft" in arms or rl_arms else []) + rl_arms
     for arm in eval_arms:
-        out.append(Stage(f"eval_{arm}", 5, "sample", f"Evaluation samples: {arm}", lambda e, a=arm: _eval(e, a)))
+        out.append(Stage(f"eval_{arm}", 5, rl_kinds.SAMPLE, f"Evaluation samples: {arm}", lambda e, a=arm: _eval(e, a)))
     if len(eval_arms) >= 2:
-        out.append(Stage("judge_pairs", 6, "experiment_judge_pairs", "Pairs of arms for the AI judge", _judge_pairs,
+        out.append(Stage("judge_pairs", 6, JUDGE_PAIRS, "Pairs of arms for the AI judge", _judge_pairs,
                          _result_key("comparison_ids", "judge_comparison_ids")))
-        out.append(Stage("judge_label", 7, "label", "AI-judge labels between arms", _judge_label))
-        out.append(Stage("round", 8, "experiment_round", "Evaluation round for humans", _round,
+        out.append(Stage("judge_label", 7, LABEL, "AI-judge labels between arms", _judge_label))
+        out.append(Stage("round", 8, ROUND, "Evaluation round for humans", _round,
                          _result_key("round_id", "round_id")))
     return out
 
@@ -251,95 +257,86 @@ def stage_by_name(exp, name):
 
 
 # ---- running ---------------------------------------------------------------------------------
-def _finish_label_run(run, exp_id):
-    """A labeling run dispatches chunk jobs; take the queued ones here, wait for the rest."""
-    from labeling.runs import CHUNK_KIND, sync_run
-
-    while True:
-        sync_run(run.pk)  # executing the run only dispatched its chunks: show it as running
-        chunks = list(Job.objects.filter(parent=run, kind=CHUNK_KIND).values_list("pk", "status"))
-        for pk, status in chunks:
-            if status == Job.Status.QUEUED:
-                jobs.execute(pk)
-        sync_run(run.pk)
-        run.refresh_from_db()
-        if run.status in Job.FINISHED:
-            return
-        if Experiment.objects.filter(pk=exp_id, cancel_requested=True).exists():
-            from labeling.runs import cancel_run
-
-            cancel_run(run)
-        time.sleep(1.0)
-
-
-def _wait(job, exp_id):
-    while True:
-        # A stage job whose worker died must not be waited on forever: failed, and resumed here
-        # when its kind resumes (the workers' sweep does the same; only one of them wins).
-        jobs.fail_stale_and_resume(Job.objects.filter(pk=job.pk))
-        job.refresh_from_db()
-        if job.status == Job.Status.QUEUED:
-            jobs.execute(job.pk)
-            continue
-        if job.status in Job.FINISHED:
-            return job
-        if Experiment.objects.filter(pk=exp_id, cancel_requested=True).exists():
-            job.request_cancel()
-        time.sleep(1.0)
-
-
 def _fail(exp_id, status, message):
     Experiment.objects.filter(pk=exp_id).update(status=status, message=message[:500], finished_at=timezone.now())
 
 
-def run_stage(exp_id, name):
-    """Run (or reuse) one stage's job in this process. Raises StageFailed when it does not succeed."""
-    exp = Experiment.objects.select_related("base_policy", "dataset", "task").get(pk=exp_id)
-    if exp.cancel_requested:
-        _fail(exp_id, Experiment.Status.CANCELLED, "cancelled")
-        raise StageFailed("cancelled")
-    stage = stage_by_name(exp, name)
-    job = Job.objects.filter(pk=exp.stages.get(name)).first() if exp.stages.get(name) else None
-    if job is None or job.status != Job.Status.SUCCEEDED:
-        try:
-            params = stage.params(exp)
-        except Exception as e:
-            _fail(exp_id, Experiment.Status.FAILED, f"Stage '{stage.label}' could not start: {e}")
-            raise StageFailed(str(e)) from e
+def _stage_job(exp, stage, parent):
+    """The stage's job, to wait for: reused while queued or running, resumed when it failed or was
+    cancelled with the same parameters, else a new one (the experiment's settings changed since)."""
+    job = Job.objects.filter(pk=exp.stages.get(stage.name)).first() if exp.stages.get(stage.name) else None
+    try:
+        params = stage.params(exp)
         if job is not None and job.status in (Job.Status.FAILED, Job.Status.CANCELLED):
             if all(job.params.get(k) == v for k, v in params.items()):
-                job.resume()  # same work: continue it (RL from its checkpoint, labeling from its labels)
+                Job.objects.filter(pk=job.pk).update(parent=parent)
+                jobs.resume(job, send=bool(parent.celery_task_id))  # same work: continue it (RL from its checkpoint, labeling from its labels)
+                return job
+            job = None
+        if job is not None:  # queued or running, from an earlier attempt of this experiment
+            Job.objects.filter(pk=job.pk).update(parent=parent)
+            return job
+        job = jobs.submit(stage.kind, params, name=f"{exp.name}: {stage.label}", user=exp.created_by,
+                          parent=parent, send=bool(parent.celery_task_id))
+    except (ValidationError, StageFailed, KeyError) as e:
+        text = "; ".join(getattr(e, "messages", [])) or str(e)
+        raise jobs.JobError(f"Stage '{stage.label}' could not start: {text}") from e
+    record(exp.pk, stage.name, job.pk)
+    return job
+
+
+def run_next_level(ctx):
+    """The ``experiment`` job: collect what finished stages made, then start the first level with
+    stages left and wait for them; the job runtime queues this again once they have succeeded."""
+    exp = Experiment.objects.select_related("base_policy", "dataset", "task").get(pk=ctx.params["experiment_id"])
+    Experiment.objects.filter(pk=exp.pk).update(status=Experiment.Status.RUNNING, job=ctx.job, finished_at=None)
+    for level in levels(exp):
+        todo = []
+        for name in level:
+            stage = stage_by_name(exp, name)
+            job = Job.objects.filter(pk=exp.stages.get(name)).first() if exp.stages.get(name) else None
+            if job is not None and job.status == Job.Status.SUCCEEDED:
+                if stage.collect:
+                    exp = record(exp.pk, **stage.collect(exp, job))
             else:
-                job = None  # the experiment's settings changed since: a new job with the new parameters
-        if job is None:
-            try:
-                with transaction.atomic():  # the job and the experiment's record of it, or neither
-                    job = Job.submit(stage.kind, params, name=f"{exp.name}: {stage.label}", user=exp.created_by,
-                                     send=False)
-                    record(exp_id, name, job.pk)
-            except Exception as e:
-                text = "; ".join(getattr(e, "messages", [])) or str(e)
-                _fail(exp_id, Experiment.Status.FAILED, f"Stage '{stage.label}' could not start: {text}")
-                raise StageFailed(text) from e
-        Experiment.objects.filter(pk=exp_id).update(message=f"running: {stage.label}")
-        jobs.execute(job.pk)  # claims it unless another worker already did
-        if stage.kind == "label":
-            _finish_label_run(job, exp_id)
-        job = _wait(job, exp_id)
-    if job.status != Job.Status.SUCCEEDED:
-        exp.refresh_from_db()
-        status = Experiment.Status.CANCELLED if exp.cancel_requested else Experiment.Status.FAILED
-        _fail(exp_id, status, f"Stage '{stage.label}' {job.status}: {job.error or job.message}")
-        raise StageFailed(f"{name}: {job.error or job.status}")
-    if stage.collect:
-        record(exp_id, **stage.collect(exp, job))
-    return job.pk
+                todo.append(stage)
+        if todo:
+            with transaction.atomic():  # all of the level's stage jobs, or none
+                for stage in todo:
+                    _stage_job(exp, stage, ctx.job)
+            labels = ", ".join(s.label for s in todo)
+            Experiment.objects.filter(pk=exp.pk).update(message=f"running: {labels}"[:500])
+            ctx.log(f"level {level}: waiting for {labels}")
+            return ctx.wait_for_children(f"running: {labels}")
+    return {"stages": exp.stages}
+
+
+def summarize_stages(parent, children, fields):
+    """An experiment's job: its failure names the stage that failed (and says why)."""
+    failed = [c for c in children if c["status"] == Job.Status.FAILED]
+    if fields.get("status") == Job.Status.FAILED and failed:
+        fields["error"] = "; ".join(f"Stage '{c['name'].split(': ', 1)[-1]}' failed: {c['error']}" for c in failed)
+    return fields
+
+
+def experiment_ended(job):
+    """Mirror the ``experiment`` job's end on the experiment."""
+    exp = Experiment.objects.filter(job=job).first()
+    if exp is None:
+        return
+    if job.status == Job.Status.SUCCEEDED:
+        _fail(exp.pk, Experiment.Status.SUCCEEDED, "all stages finished")
+    elif job.status == Job.Status.CANCELLED or exp.cancel_requested:
+        _fail(exp.pk, Experiment.Status.CANCELLED, "cancelled")
+    else:
+        _fail(exp.pk, Experiment.Status.FAILED, job.error or job.message or "failed")
 
 
 # Numbers of the experiment itself: prompt budgets, the seed (the evaluation stage uses seed + 1)
 # and the round's overlap. The stages' sections hold settings of their job kinds (rl/config.py).
 BUDGETS = ("sft_prompts", "pair_prompts", "rl_prompts", "eval_prompts", "alignment_comparisons", "human_pairs")
-STAGE_KINDS = {"sft": "sft", "pairs": "sample", "reward_model": "reward_model", "rl": "rl", "eval": "sample"}
+STAGE_KINDS = {"sft": rl_kinds.SFT, "pairs": rl_kinds.SAMPLE, "reward_model": rl_kinds.REWARD_MODEL,
+               "rl": rl_kinds.RL, "eval": rl_kinds.SAMPLE}
 # the rest of a config: every stage's seed, the SFT policy's format, the RLHF reward model's labels,
 # the labeler's settings (LabelerConfig fields, ensure_labeler) and the evaluation round's
 OTHER_KEYS = ("seed", "policy_format", "human_label_field", "labeler", "round")
@@ -372,7 +369,7 @@ def config_errors(config):
             messages += [f"{section}: {m}" if section else m for m in number_errors(values, bounds)]
         else:  # a stage's section: settings of its job kind
             messages += [f"{section}: {m}" for m in settings_errors(bounds, values)]
-        if STAGE_KINDS.get(section) in ("sft", "reward_model", "rl"):  # the launch section
+        if STAGE_KINDS.get(section) in (rl_kinds.SFT, rl_kinds.REWARD_MODEL, rl_kinds.RL):  # the launch section
             messages += [f"{section}: {m}" for m in P.launch_errors(values).values()]
     return messages
 
@@ -415,92 +412,45 @@ def levels(exp):
 
 
 def launch(exp):
-    """Send the experiment's canvas to the workers (finished stages will be skipped)."""
-    from evalsite.experiments.tasks import experiment_done, experiment_stage
-
+    """Queue the experiment's job for the workers (finished stages are reused)."""
     exp = prepare(exp)
-    Experiment.objects.filter(pk=exp.pk).update(status=Experiment.Status.RUNNING, cancel_requested=False,
-                                                message="queued", started_at=timezone.now(), finished_at=None)
-    # Built from the end: a level of several stages is a chord whose body (the rest) starts only
-    # when all of them have finished (a group chained to a group would not wait for all).
-    rest = experiment_done.si(exp.pk)
-    for names in reversed(levels(exp)):
-        sigs = [experiment_stage.si(exp.pk, n) for n in names]
-        rest = chain(sigs[0], rest) if len(sigs) == 1 else chord(group(sigs), rest)
-    transaction.on_commit(partial(_send_canvas, exp.pk, rest))
+    with transaction.atomic():
+        Experiment.objects.filter(pk=exp.pk).update(status=Experiment.Status.RUNNING, cancel_requested=False,
+                                                    message="queued", started_at=timezone.now(), finished_at=None)
+        if exp.job is None or not jobs.resume(exp.job, succeeded_too=True):
+            if exp.job is not None and not exp.job.is_finished:
+                return exp  # already queued or running
+            job = jobs.submit(EXPERIMENT, {"experiment_id": exp.pk}, name=f"Experiment: {exp.name}",
+                              user=exp.created_by)
+            Experiment.objects.filter(pk=exp.pk).update(job=job)
+    exp.refresh_from_db()
     return exp
 
 
-def _send_canvas(exp_id, canvas):
-    from kombu.exceptions import OperationalError
-
-    try:
-        canvas.apply_async()
-    except OperationalError as e:  # the broker is unreachable: nothing was sent, nothing runs
-        _fail(exp_id, Experiment.Status.FAILED, f"The job broker could not be reached ({e}); nothing was started. "
-                                                "Relaunch once it is back.")
-
-
-def run_inline(exp, on_stage=None):
-    """Run every stage in this process, in order (the command line's default; no workers needed)."""
+def run_inline(exp):
+    """Run every stage in this process, level by level (the command line's default; no workers needed)."""
     exp = prepare(exp)
     Experiment.objects.filter(pk=exp.pk).update(status=Experiment.Status.RUNNING, cancel_requested=False,
                                                 started_at=timezone.now(), finished_at=None)
-    names = [n for level in levels(exp) for n in level]
-    for i, name in enumerate(names):
-        if on_stage:
-            on_stage(i, len(names), name)
-        run_stage(exp.pk, name)
-    mark_done(exp.pk)
-    return names
-
-
-def mark_done(exp_id):
-    Experiment.objects.filter(pk=exp_id).update(status=Experiment.Status.SUCCEEDED, message="all stages finished",
-                                                finished_at=timezone.now())
+    job = exp.job
+    if job is None or job.is_finished:
+        if job is None or not jobs.resume(job, succeeded_too=True, send=False):
+            job = jobs.submit(EXPERIMENT, {"experiment_id": exp.pk}, name=f"Experiment: {exp.name}",
+                              user=exp.created_by, send=False)
+            Experiment.objects.filter(pk=exp.pk).update(job=job)
+    jobs.run_here(job.pk)
+    exp.refresh_from_db()
+    return exp
 
 
 def cancel(exp):
-    """Stop everything that is running; queued stages of the canvas stop when they start."""
+    """Stop everything that is running; the experiment shows as cancelled once its stages stopped."""
     Experiment.objects.filter(pk=exp.pk).update(cancel_requested=True)
-    for job in Job.objects.filter(pk__in=[j for j in exp.stages.values() if j], status__in=["queued", "running"]):
-        if job.kind == "label":
-            from labeling.runs import cancel_run
-
-            cancel_run(job)
-        else:
-            job.request_cancel()
-    if not Job.objects.filter(pk__in=[j for j in exp.stages.values() if j], status__in=["queued", "running"]).exists():
+    exp.refresh_from_db()
+    if exp.job is not None and not exp.job.is_finished:
+        jobs.cancel(exp.job)
+    else:
         _fail(exp.pk, Experiment.Status.CANCELLED, "cancelled")
-
-
-def fail_if_stalled(exp, after_seconds=None):
-    """A running experiment with no stage at work for a while lost its canvas (a worker died
-    holding it): show it as failed, so that 'relaunch' continues from the finished stages."""
-    from datetime import timedelta
-
-    from django.conf import settings
-
-    if exp.status != Experiment.Status.RUNNING:
-        return False
-    ids = [j for j in exp.stages.values() if j]
-    if Job.objects.filter(pk__in=ids, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).exists():
-        return False
-    after = timedelta(seconds=after_seconds if after_seconds is not None else 2 * settings.JOB_STALE_AFTER_SECONDS)
-    times = [t for t in Job.objects.filter(pk__in=ids).values_list("finished_at", flat=True) if t]
-    last = max(times + [exp.started_at] if exp.started_at else times, default=None)
-    if last is None or timezone.now() - last < after:
-        return False
-    n = Experiment.objects.filter(pk=exp.pk, status=Experiment.Status.RUNNING).update(
-        status=Experiment.Status.FAILED, finished_at=timezone.now(),
-        message="No stage has run for a while: the worker holding this experiment stopped. Relaunch to continue "
-                "from the finished stages.")
-    return bool(n)
-
-
-def fail_stalled_experiments():
-    """The workers' sweep: every running experiment that lost its canvas is shown as failed."""
-    return [exp.pk for exp in Experiment.objects.filter(status=Experiment.Status.RUNNING) if fail_if_stalled(exp)]
 
 
 def progress(exp):
@@ -548,7 +498,7 @@ def judge_pairs(exp):
 
 def make_round(exp):
     from evalsite.humaneval import rounds
-    from evalsite.models import EvalRound
+    from evalsite.humaneval.models import EvalRound
 
     c = exp.config.get("round", {})
     question = c.get("question", "rank")

@@ -4,16 +4,16 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from evalsite.experiments import figures, pipeline
-from evalsite.models import Experiment
+from evalsite.experiments.models import Experiment
 from evalsite.permissions import permissions_required
 
 # Launching (or relaunching) starts the stages' jobs; cancelling stops them, as the job admin's
 # cancel does for those who may change jobs. The experiment admin's actions check the same.
-LAUNCH_PERMISSIONS = ("evalsite.change_experiment", "evalsite.add_job")
-CANCEL_PERMISSIONS = ("evalsite.change_experiment", "evalsite.change_job")
+LAUNCH_PERMISSIONS = ("experiments.change_experiment", "jobs.add_job")
+CANCEL_PERMISSIONS = ("experiments.change_experiment", "jobs.change_job")
 
 
-@permissions_required("evalsite.view_experiment")
+@permissions_required("experiments.view_experiment")
 def detail(request, pk):
     exp = get_object_or_404(Experiment.objects.select_related("task", "dataset", "base_policy", "labeler_config"), pk=pk)
     done, rows = pipeline.progress(exp)
@@ -22,7 +22,7 @@ def detail(request, pk):
     })
 
 
-@permissions_required("evalsite.view_experiment")
+@permissions_required("experiments.view_experiment")
 def detail_json(request, pk):
     exp = get_object_or_404(Experiment, pk=pk)
     done, rows = pipeline.progress(exp)

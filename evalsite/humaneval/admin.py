@@ -10,7 +10,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from evalsite.humaneval import rounds as R
-from evalsite.models import Dataset, EvalRound, Prompt, Ranking
+from evalsite.humaneval.models import EvalRound, Ranking
+from evalsite.models import Dataset, Prompt
 from evalsite.preferencejobs import export_action
 
 
@@ -202,13 +203,13 @@ class EvalRoundAdmin(admin.ModelAdmin):
     def get_urls(self):
         view = self.admin_site.admin_view
         return [
-            path("<int:pk>/open/", view(self.open_view), name="evalsite_evalround_open"),
-            path("<int:pk>/close/", view(self.close_view), name="evalsite_evalround_close"),
-            path("<int:pk>/sample/", view(self.sample_view), name="evalsite_evalround_sample"),
+            path("<int:pk>/open/", view(self.open_view), name="humaneval_evalround_open"),
+            path("<int:pk>/close/", view(self.close_view), name="humaneval_evalround_close"),
+            path("<int:pk>/sample/", view(self.sample_view), name="humaneval_evalround_sample"),
         ] + super().get_urls()
 
     def _back(self, pk):
-        return HttpResponseRedirect(reverse("admin:evalsite_evalround_change", args=[pk]))
+        return HttpResponseRedirect(reverse("admin:humaneval_evalround_change", args=[pk]))
 
     def open_view(self, request, pk):
         obj = get_object_or_404(EvalRound, pk=pk)
@@ -229,7 +230,7 @@ class EvalRoundAdmin(admin.ModelAdmin):
 
     def sample_view(self, request, pk):
         obj = get_object_or_404(EvalRound, pk=pk)
-        if request.method == "POST" and self.has_change_permission(request, obj) and request.user.has_perm("evalsite.add_job"):
+        if request.method == "POST" and self.has_change_permission(request, obj) and request.user.has_perm("jobs.add_job"):
             try:
                 jobs = R.start_sampling(obj, user=request.user)
             except ValidationError as e:
@@ -237,7 +238,7 @@ class EvalRoundAdmin(admin.ModelAdmin):
             else:
                 if jobs:
                     links = format_html_join(", ", '<a href="{}">#{}</a>', (
-                        (reverse("admin:evalsite_job_change", args=[j.pk]), j.pk) for j in jobs))
+                        (reverse("admin:jobs_job_change", args=[j.pk]), j.pk) for j in jobs))
                     messages.success(request, format_html("Started {} sampling job(s): {}. Open the round when they finish.",
                                                           len(jobs), links))
                 else:

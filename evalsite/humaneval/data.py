@@ -7,7 +7,7 @@ from itertools import combinations
 
 import pandas as pd
 
-from evalsite.models import RankedResponse
+from evalsite.humaneval.models import RankedResponse
 
 RANKING_COLUMNS = [
     "round_id", "item_id", "prompt_id", "annotator_id", "ranking_id", "policy_id", "policy_name", "sample_id",

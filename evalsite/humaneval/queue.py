@@ -24,8 +24,8 @@ from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from evalsite import rawsql
-from evalsite.models import Assignment, EvalItem, EvalRound, Prompt, RankedResponse, Ranking, Sample, Task
-from evalsite.models.humaneval import ANNOTATORS_GROUP
+from evalsite.humaneval.models import ANNOTATORS_GROUP, Assignment, EvalItem, EvalRound, RankedResponse, Ranking
+from evalsite.models import Prompt, Sample, Task
 
 SKIP_REASONS = [
     ("cannot_judge", "I can't judge this (unfamiliar topic or language)"),

@@ -8,9 +8,12 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from evalsite import rawsql
-from evalsite.models import Assignment, EvalItem, EvalRound, Job, Ranking, Sample
+from evalsite.humaneval.models import Assignment, EvalItem, EvalRound, Ranking
+from evalsite.models import Sample
+from evalsite.jobs import runtime as jobs
+from rl.kinds import SAMPLE
 
-SAMPLE_KIND = "sample"
+SAMPLE_KIND = SAMPLE
 
 
 def set_prompts(round, prompt_ids, seed=0):
@@ -58,8 +61,6 @@ def describe_missing(round, missing, limit=10):
 
 
 def sampling_available():
-    from evalsite import jobs
-
     try:
         jobs.get_kind(SAMPLE_KIND)
         return True
@@ -85,14 +86,14 @@ def start_sampling(round, user=None, **generation):
         )
     params = {"n": round.sample_index + 1, "temperature": 0.9, "top_p": 1.0, "max_new_tokens": 64, "seed": 0,
               "make_pairs": False, **generation}
-    jobs = []
+    started = []
     with transaction.atomic():
         for policy, prompt_ids in missing.items():
-            jobs.append(Job.submit(
+            started.append(jobs.submit(
                 SAMPLE_KIND, {**params, "policy_id": policy.pk, "prompt_ids": prompt_ids},
                 name=f"Samples of {policy.name} for round “{round.name}”", user=user,
             ))
-    return jobs
+    return started
 
 
 def open_round(round):

@@ -17,7 +17,8 @@ from evalsite.humaneval import queue
 from evalsite.humaneval.display import layout, response_text
 from evalsite.humaneval.forms import SkipForm, answer_fields, clean_answer, ordinal
 from evalsite.humaneval.queue import Refused
-from evalsite.models import Assignment, EvalRound, Ranking, Sample
+from evalsite.humaneval.models import Assignment, EvalRound, Ranking
+from evalsite.models import Sample
 
 
 def _round_summary(round, user):

@@ -2,7 +2,7 @@
 
 import django.db.models.deletion
 import django.utils.timezone
-import evalsite.models.humaneval
+import evalsite.humaneval.models
 from django.conf import settings
 from django.db import migrations, models
 
@@ -59,7 +59,7 @@ class Migration(migrations.Migration):
             name='Assignment',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('token', models.CharField(default=evalsite.models.humaneval.new_token, editable=False, max_length=32, unique=True)),
+                ('token', models.CharField(default=evalsite.humaneval.models.new_token, editable=False, max_length=32, unique=True)),
                 ('order', models.JSONField(default=list)),
                 ('status', models.CharField(choices=[('leased', 'In progress'), ('submitted', 'Submitted'), ('skipped', 'Skipped')], default='leased', max_length=10)),
                 ('leased_at', models.DateTimeField(default=django.utils.timezone.now)),

@@ -116,7 +116,7 @@ class Dataset(models.Model):
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     import_job = models.ForeignKey(
-        "evalsite.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        "jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
 
     class Meta:
@@ -175,7 +175,7 @@ class Policy(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
     )
     job = models.ForeignKey(
-        "evalsite.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="policies",
+        "jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="policies",
         help_text="The job that produced this policy.",
     )
     reward_source = models.CharField(
@@ -208,7 +208,7 @@ class Sample(models.Model):
     policy_format = models.CharField(max_length=10, choices=PolicyFormat.choices, default=PolicyFormat.RAW,
                                      help_text="How the policy was prompted for it.")
     job = models.ForeignKey(
-        "evalsite.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="samples"
+        "jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="samples"
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -270,7 +270,7 @@ class Comparison(models.Model):
     judge_name = models.CharField(max_length=100, blank=True, help_text="e.g. 'GPT-4 (dataset)'.")
     metadata = models.JSONField(default=dict, blank=True)
     job = models.ForeignKey(
-        "evalsite.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="comparisons"
+        "jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="comparisons"
     )
     created_at = models.DateTimeField(auto_now_add=True)
 

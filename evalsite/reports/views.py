@@ -13,7 +13,8 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 
 from evalsite import stats
-from evalsite.models import Job, JobMetric, Policy
+from evalsite.models import Policy
+from evalsite.jobs.models import Job, JobMetric
 from evalsite.permissions import permissions_required
 from evalsite.reports import tables as T
 
@@ -24,9 +25,9 @@ MAX_BOOT = 10000
 
 # A report is for whoever may view what it summarizes (anonymous users go to the login page,
 # others without the permissions get 403): a round's report shows its rankings and annotators.
-ROUND_PERMISSIONS = ("evalsite.view_evalround", "evalsite.view_ranking")
+ROUND_PERMISSIONS = ("humaneval.view_evalround", "humaneval.view_ranking")
 LABELER_PERMISSIONS = ("labeling.view_labelerconfig", "labeling.view_ailabel")
-JOB_PERMISSIONS = ("evalsite.view_job",)
+JOB_PERMISSIONS = ("jobs.view_job",)
 
 
 # --- data sources (lazy: the modules may not exist yet) -----------------------------------------
@@ -68,7 +69,7 @@ def load_usage(config_ids):
 
 def eval_round_model():
     try:
-        from evalsite.models import EvalRound
+        from evalsite.humaneval.models import EvalRound
     except ImportError:
         return None
     return EvalRound
@@ -149,7 +150,7 @@ def index(request):
 
 def round_progress(round):
     """Items, how many rankings the round needs (items x overlap) and how many it has."""
-    from evalsite.models import Assignment, Ranking
+    from evalsite.humaneval.models import Assignment, Ranking
 
     n_items = round.items.count()
     target = n_items * round.overlap

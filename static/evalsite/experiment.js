@@ -47,7 +47,7 @@
           b.textContent = s.status.charAt(0).toUpperCase() + s.status.slice(1);
           row.querySelector(".stage-message").textContent = s.message;
           if (s.job_id && row.querySelector(".stage-job").textContent.trim() === "—") {
-            row.querySelector(".stage-job").innerHTML = '<a href="/admin/evalsite/job/' + s.job_id + '/change/">#' + s.job_id + "</a>";
+            row.querySelector(".stage-job").innerHTML = '<a href="/admin/jobs/job/' + s.job_id + '/change/">#' + s.job_id + "</a>";
           }
         }
         drawRL(d.figures && d.figures.rl);

@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from evalsite import preferences as P
-from evalsite.jobs import JobError
+from evalsite.jobs.runtime import JobError
 from evalsite.management.commands.import_dataset import _messages
 from evalsite.preferencejobs import DEFAULT_TOKEN_VAR, run_export, submit_export, validate_export_params
 
@@ -62,7 +62,7 @@ class Command(BaseCommand):
             if opts["background"]:
                 job = submit_export(params)
                 self.stdout.write(f"Queued job #{job.pk} ({job.name}); a worker will run it. "
-                                  f"Follow it at /admin/evalsite/job/{job.pk}/change/")
+                                  f"Follow it at /admin/jobs/job/{job.pk}/change/")
                 return
             params = validate_export_params(params)
         except ValidationError as e:

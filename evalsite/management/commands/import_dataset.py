@@ -40,7 +40,7 @@ class Command(BaseCommand):
             raise CommandError(" ".join(_messages(e)))
         if opts["background"]:
             self.stdout.write(f"Queued job #{job.pk} ({job.name}); a worker will run it. "
-                              f"Follow it at /admin/evalsite/job/{job.pk}/change/")
+                              f"Follow it at /admin/jobs/job/{job.pk}/change/")
             return
         if job.status != "succeeded":
             raise CommandError(f"Import failed (job #{job.pk}): {job.error or job.status}")

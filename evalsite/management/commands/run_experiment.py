@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from evalsite.experiments import figures, pipeline
 from evalsite.experiments.presets import DEFAULT_ARMS, merged_config
-from evalsite.models import Dataset, Experiment, Policy, Task
+from evalsite.models import Dataset, Policy, Task
+from evalsite.experiments.models import Experiment
 
 EXAMPLE = """\
 name: tldr-demo
@@ -83,8 +84,6 @@ class Command(BaseCommand):
                 pipeline.run_inline(exp)
         except ValidationError as e:
             raise CommandError(" ".join(e.messages))
-        except pipeline.StageFailed:
-            pass
         finally:
             watcher.stop()
         exp.refresh_from_db()

@@ -52,7 +52,8 @@ class Command(BaseCommand):
         from evalsite.defaultmodel import ensure_default_model
         from evalsite.experiments import pipeline
         from evalsite.experiments.presets import DEFAULT_ARMS, merged_config
-        from evalsite.models import Dataset, Experiment, Task
+        from evalsite.models import Dataset, Task
+        from evalsite.experiments.models import Experiment
 
         posts = Dataset.objects.filter(name="demo-summarization").first()
         prefs = Dataset.objects.filter(name="demo-summarization-comparisons").first()

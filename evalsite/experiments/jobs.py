@@ -1,21 +1,9 @@
-"""Celery tasks of the experiment canvas, and the two job kinds only experiments use."""
-from celery import shared_task
+"""The experiment app's job kinds: the experiment itself, and two stages only experiments use."""
 from django.core.exceptions import ValidationError
 
 from evalsite.experiments import pipeline
-from evalsite.jobs import JobError, job_kind
-from evalsite.models import Experiment
-
-
-@shared_task(name="evalsite.experiment_stage", acks_late=True)
-def experiment_stage(exp_id, stage):
-    """One stage of an experiment; raising stops the rest of the chain (the experiment shows why)."""
-    return pipeline.run_stage(exp_id, stage)
-
-
-@shared_task(name="evalsite.experiment_done")
-def experiment_done(exp_id):
-    pipeline.mark_done(exp_id)
+from evalsite.experiments.models import Experiment
+from evalsite.jobs.runtime import JobError, job_kind
 
 
 def _experiment(params):
@@ -30,7 +18,14 @@ def _validate_experiment(params):
     return params
 
 
-@job_kind("experiment_judge_pairs", label="Pairs of experiment arms for the AI judge", validator=_validate_experiment)
+@job_kind(pipeline.EXPERIMENT, label="Experiment", resumable=True, validator=_validate_experiment,
+          reruns_after_children=True, summarize=pipeline.summarize_stages, on_end=pipeline.experiment_ended)
+def experiment_job(ctx):
+    """Runs an experiment's stages level by level, each level's stages as child jobs."""
+    return pipeline.run_next_level(ctx)
+
+
+@job_kind(pipeline.JUDGE_PAIRS, label="Pairs of experiment arms for the AI judge", validator=_validate_experiment)
 def judge_pairs_job(ctx):
     """Comparisons between every two arms' evaluation samples (what the AI judge labels)."""
     ids = pipeline.judge_pairs(_experiment(ctx.params))
@@ -40,7 +35,7 @@ def judge_pairs_job(ctx):
     return {"comparison_ids": ids}
 
 
-@job_kind("experiment_round", label="Evaluation round of an experiment", validator=_validate_experiment)
+@job_kind(pipeline.ROUND, label="Evaluation round of an experiment", validator=_validate_experiment)
 def round_job(ctx):
     """Create and open the human evaluation round over the arms' evaluation samples."""
     round_id = pipeline.make_round(_experiment(ctx.params))

@@ -12,11 +12,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils.text import slugify
 
-from evalsite.jobs import JobCancelled, JobError, job_kind
+from evalsite.jobs.runtime import JobCancelled, JobError, job_kind
 from evalsite.models import Comparison, Policy, Prompt, Sample
 from evalsite.models.core import pair_key
 from evalsite.tasktext import cut_at_turn_markers
-from rl import params as P
+from rl import kinds, params as P
 from rl.data import policy_inputs, preference_pairs, prompt_queryset
 from rl.launch import run_launched
 
@@ -52,7 +52,7 @@ def _start_dir(params):
 
 
 # --- SFT ---------------------------------------------------------------------------------
-@job_kind("sft", label="Supervised fine-tuning", validator=P.validate_sft)
+@job_kind(kinds.SFT, label="Supervised fine-tuning", validator=P.validate_sft)
 def sft_job(ctx):
     """Fine-tune a causal LM on the prompts' reference responses (loss on response tokens only)."""
     from rl.modeling import load_causal_lm, load_tokenizer, save_hf_folder
@@ -105,7 +105,7 @@ def sft_job(ctx):
 
 
 # --- sampling ----------------------------------------------------------------------------
-@job_kind("sample", label="Sample responses", resumable=True, validator=P.validate_sample)
+@job_kind(kinds.SAMPLE, label="Sample responses", resumable=True, validator=P.validate_sample)
 def sample_job(ctx):
     """Generate ``n`` responses per prompt from a policy as Sample rows (existing ones are kept);
     with ``make_pairs``, samples 0 and 1 of each prompt become a Comparison for labeling."""
@@ -176,7 +176,7 @@ def _make_pairs(policy, prompts, job_id):
 
 
 # --- reward model --------------------------------------------------------------------------
-@job_kind("reward_model", label="Train a reward model", validator=P.validate_reward_model)
+@job_kind(kinds.REWARD_MODEL, label="Train a reward model", validator=P.validate_reward_model)
 def reward_model_job(ctx):
     """Train a reward model on human (hard) or AI (soft) preference labels; register it."""
     from rl.cards import reward_model_card_text
@@ -318,7 +318,7 @@ def _launched_rl(ctx, config, sft, prompts, contexts, reward, source, inputs):
                            completed_steps=ReinforceTrainer.checkpoint_step(ctx.work_dir))
 
 
-@job_kind("rl", label="RL (REINFORCE with value baseline)", resumable=True, validator=P.validate_rl)
+@job_kind(kinds.RL, label="RL (REINFORCE with value baseline)", resumable=True, validator=P.validate_rl)
 def rl_job(ctx):
     """REINFORCE with a learned value baseline from an SFT policy (docs/method.md §3)."""
     from rl.modeling import save_hf_folder

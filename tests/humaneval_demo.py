@@ -3,8 +3,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
 from evalsite.humaneval import rounds as R
-from evalsite.models import Dataset, EvalRound, Policy, Prompt, Sample, Task
-from evalsite.models.humaneval import ANNOTATORS_GROUP
+from evalsite.humaneval.models import ANNOTATORS_GROUP, EvalRound
+from evalsite.models import Dataset, Policy, Prompt, Sample, Task
 
 DIALOGUE = (
     "Human: My neighbour's dog barks all night. What can I do?\n\n"

@@ -1,33 +1,20 @@
-"""One model for all background work: imports, labeling, training, sampling, experiments."""
+"""The job tables: one row per piece of background work (imports, labeling, training, sampling,
+experiments), and its per-step metrics.
+
+The rows only hold state. Submitting, running, cancelling and resuming a job is the job runtime's
+work (:mod:`evalsite.jobs.runtime`), which sits one layer above these models.
+"""
 import logging
 from datetime import timedelta
-from functools import partial
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
 LOG_TAIL_CHARS = 20_000
 
 log = logging.getLogger(__name__)
-
-
-def publish(job_id, task_id):
-    """Hand job ``job_id``'s task to the broker; record when it took it, or why it did not."""
-    from kombu.exceptions import OperationalError
-
-    from evalsite.tasks import run_job
-
-    try:
-        run_job.apply_async(args=[job_id], task_id=task_id)
-    except OperationalError as e:  # the broker is unreachable (after Celery's own publish retries)
-        log.warning("job %s: broker unreachable, the workers' sweep will send it later (%s)", job_id, e)
-        Job.objects.filter(pk=job_id, celery_task_id=task_id, status=Job.Status.QUEUED).update(
-            message="waiting for the broker: it will be sent when it can be reached")
-        return False
-    Job.objects.filter(pk=job_id, celery_task_id=task_id).update(sent_at=timezone.now())
-    return True
 
 
 class JobQuerySet(models.QuerySet):
@@ -37,8 +24,7 @@ class JobQuerySet(models.QuerySet):
     def stale(self):
         """Running jobs whose worker stopped writing heartbeats.
 
-        A parent whose children are still queued or running is waiting, not lost (a labeling
-        run's chunks refresh its heartbeat only as they finish).
+        A parent whose children are still queued or running is waiting for them, not lost.
         """
         cutoff = timezone.now() - timedelta(seconds=settings.JOB_STALE_AFTER_SECONDS)
         busy_children = Job.objects.filter(
@@ -112,10 +98,15 @@ class Job(models.Model):
         help_text="When the broker last accepted this job's task; empty while the broker was unreachable "
         "(the workers' sweep sends it again).",
     )
+    awaits_children = models.BooleanField(
+        default=False,
+        help_text="Its own step is done and its child jobs do the work: their ends decide how it ends.",
+    )
 
     objects = JobQuerySet.as_manager()
 
     class Meta:
+        db_table = "evalsite_job"  # the table kept its name when the model moved into this app
         ordering = ["-created_at", "-id"]
         constraints = [
             models.CheckConstraint(condition=Q(progress__gte=0.0, progress__lte=1.0), name="job_progress_0_1"),
@@ -139,63 +130,9 @@ class Job(models.Model):
             return None
         return (self.finished_at or timezone.now()) - self.started_at
 
-    # --- lifecycle --------------------------------------------------------------------
-    @classmethod
-    def submit(cls, kind, params=None, *, name="", user=None, parent=None, send=True):
-        """Create a queued job and send it to the workers once the transaction commits."""
-        from evalsite import jobs  # the registry; validates kind and params
-
-        spec = jobs.get_kind(kind)
-        params = spec.validate(dict(params or {}))
-        job = cls.objects.create(
-            kind=kind, params=params, name=name or spec.label, created_by=user, parent=parent
-        )
-        if send:
-            job.send()
-        return job
-
-    def send(self):
-        """(Re)send to the broker. A fresh task id makes any older message for this job a no-op.
-
-        The message goes once the transaction commits. If the broker cannot be reached the job
-        stays queued with ``sent_at`` empty and the workers' sweep sends it again later.
-        """
-        from celery import uuid
-
-        task_id = uuid()
-        Job.objects.filter(pk=self.pk).update(celery_task_id=task_id, sent_at=None)
-        self.celery_task_id = task_id
-        self.sent_at = None
-        transaction.on_commit(partial(publish, self.pk, task_id))
-
-    def request_cancel(self):
-        """Queued jobs are cancelled at once; running ones stop at their next step."""
-        now = timezone.now()
-        with transaction.atomic():
-            n = Job.objects.filter(pk=self.pk, status=Job.Status.QUEUED).update(
-                status=Job.Status.CANCELLED, cancel_requested=True, finished_at=now, message="cancelled before start"
-            )
-            if not n:
-                Job.objects.filter(pk=self.pk, status=Job.Status.RUNNING).update(cancel_requested=True)
-        for child in self.children.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]):
-            child.request_cancel()
-        self.refresh_from_db()
-        return self.status
-
-    def resume(self):
-        """Queue a failed or cancelled job again; resumable kinds continue from their checkpoint."""
-        n = Job.objects.filter(pk=self.pk, status__in=[Job.Status.FAILED, Job.Status.CANCELLED]).update(
-            status=Job.Status.QUEUED, cancel_requested=False, error="", finished_at=None,
-            message="queued again",
-        )
-        if n:
-            self.refresh_from_db()
-            self.send()
-        return bool(n)
-
     def append_log(self, text):
-        """Append to the log tail: a read, then an UPDATE of the log column alone (the status,
-        progress and cancel flag, written by others meanwhile, are left as they are)."""
+        """Append a line to the log tail: a SELECT of the log, then an UPDATE of that column alone
+        (status, progress and the cancel flag, written by others meanwhile, are left as they are)."""
         line = f"[{timezone.now():%H:%M:%S}] {text}\n"
         job = Job.objects.filter(pk=self.pk)
         current = job.values_list("log", flat=True).first() or ""
@@ -211,6 +148,7 @@ class JobMetric(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        db_table = "evalsite_jobmetric"
         ordering = ["job_id", "step"]
         constraints = [models.UniqueConstraint(fields=["job", "step"], name="jobmetric_unique_step")]
 

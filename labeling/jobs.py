@@ -4,7 +4,7 @@ import time
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from evalsite.jobs import JobError, job_kind
+from evalsite.jobs.runtime import JobError, job_kind
 
 from . import runs
 
@@ -39,7 +39,8 @@ def get_labeler(config):
     return _LABELERS[key]
 
 
-@job_kind(runs.RUN_KIND, label="AI labeling", resumable=True, validator=runs.validate_run_params)
+@job_kind(runs.RUN_KIND, label="AI labeling", resumable=True, validator=runs.validate_run_params,
+          summarize=runs.summarize_run)
 def label_run_job(ctx):
     """Label a set of comparisons with one labeler config, in chunk jobs that workers share."""
     return runs.dispatch(ctx)
@@ -105,8 +106,6 @@ def label_chunk_job(ctx):
         n_done = len(done) + start + len(batch)
         ctx.metric(start // step, seconds_per_pair=ms / 1000,
                    label_mass=sum(r.label_mass for r in results) / max(1, len(results)))
-        if ctx.job.parent_id:
-            runs.touch_run(ctx.job.parent_id)
         ctx.progress(n_done / len(ids), f"{n_done}/{len(ids)} labeled")
     return {"labeled": labeled, "skipped": len(done), "dropped": dropped, "bounded": bounded,
             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}

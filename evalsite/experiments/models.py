@@ -46,6 +46,10 @@ class Experiment(models.Model):
     stages = models.JSONField(default=dict, blank=True, help_text="stage name -> job id")
     artifacts = models.JSONField(default=dict, blank=True, help_text="ids of what the stages produced")
     cancel_requested = models.BooleanField(default=False)
+    job = models.ForeignKey(
+        "jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The job that runs the stages (each stage is one of its child jobs).",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -54,6 +58,7 @@ class Experiment(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        db_table = "evalsite_experiment"  # the table kept its name when the model moved into this app
         ordering = ["-created_at"]
 
     def __str__(self):

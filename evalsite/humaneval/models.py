@@ -5,6 +5,9 @@ one annotator's lease on one item (with the order in which that annotator sees t
 and an opaque token used in URLs instead of any id). A *ranking* is what the annotator
 submitted for an assignment; undo withdraws it (kept for the audit trail) and redo stores a
 new one.
+
+The tables keep the names they had when these models belonged to the ``evalsite`` app
+(``Meta.db_table``): the queue's raw SQL and existing databases use them.
 """
 import secrets
 from datetime import timedelta
@@ -64,6 +67,7 @@ class EvalRound(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
 
     class Meta:
+        db_table = "evalsite_evalround"
         ordering = ["-created_at", "-id"]
         constraints = [
             models.CheckConstraint(condition=Q(overlap__gte=1), name="evalround_overlap_positive"),
@@ -120,6 +124,7 @@ class EvalItem(models.Model):
     complete = models.BooleanField(default=False)
 
     class Meta:
+        db_table = "evalsite_evalitem"
         ordering = ["round_id", "position", "id"]
         constraints = [models.UniqueConstraint(fields=["round", "prompt"], name="evalitem_unique_round_prompt")]
         # The queue walks the items that still need answers in position order. Complete items
@@ -161,6 +166,7 @@ class Assignment(models.Model):
     skip_reason = models.CharField(max_length=500, blank=True)
 
     class Meta:
+        db_table = "evalsite_assignment"
         ordering = ["round_id", "id"]
         constraints = [
             models.UniqueConstraint(fields=["item", "annotator"], name="assignment_unique_item_annotator"),
@@ -210,6 +216,7 @@ class Ranking(models.Model):
     withdrawn_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        db_table = "evalsite_ranking"
         ordering = ["round_id", "id"]
         constraints = [
             # At most one live ranking per assignment: a double submit cannot store two.
@@ -234,6 +241,7 @@ class RankedResponse(models.Model):
     harmless = models.BooleanField(null=True, blank=True)
 
     class Meta:
+        db_table = "evalsite_rankedresponse"
         ordering = ["ranking_id", "position"]
         constraints = [
             models.UniqueConstraint(fields=["ranking", "sample"], name="rankedresponse_unique_sample"),

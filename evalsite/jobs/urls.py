@@ -1,6 +1,6 @@
 from django.urls import path
 
-from evalsite import views
+from evalsite.jobs import views
 
 app_name = "jobs"
 urlpatterns = [

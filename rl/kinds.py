@@ -1,0 +1,5 @@
+"""Names of the training app's job kinds (stored in ``Job.kind``; registered in ``rl/jobs.py``)."""
+SFT = "sft"
+SAMPLE = "sample"
+REWARD_MODEL = "reward_model"
+RL = "rl"
