@@ -1,6 +1,7 @@
 """AI labels as data frames, and per-config alignment and position-bias summaries.
 
-``label_frame`` is the contract other parts (reports, reward-model training) rely on.
+``label_frame`` is the contract other parts (reports, reward-model training) rely on. App layer,
+not a core: it reads the database (the labeling cores are backends, prompts, scoring and direct).
 """
 import numpy as np
 import pandas as pd

@@ -1,54 +1,72 @@
-"""Forms that start the training jobs; the job kind's own validator has the last word."""
+"""Forms that start the training jobs; the job kind's own validator has the last word.
+
+A form's training settings are made from its job's config dataclass (rl/config.py): a field per
+setting, with its type, default, help text, range (min/max) and choices. The form itself declares
+only what the job works on (policy, dataset, name, labels...).
+"""
 from django import forms
 from django.core.exceptions import ValidationError
+from django.forms.forms import DeclarativeFieldsMetaclass
 
 from evalsite.models import Dataset, Policy
 from rl import params as P
-
-OPTIMIZER_CHOICES = [(o, o) for o in P.OPTIMIZERS]
-POLICY_FORMAT_HELP = ("raw: the task's text continued, as a base model does (the paper's); chat: the model's chat "
-                      "template, the response is the assistant turn; auto: chat where the tokenizer has a template. "
-                      "README: Policy formats.")
-POLICY_FORMAT_CHOICES = [(f, f) for f in P.POLICY_FORMATS]
-INHERITED_FORMAT_CHOICES = [("", "the starting policy's")] + POLICY_FORMAT_CHOICES
-
-PROCESSES_HELP = ("Data-parallel training processes (1: in the worker itself; more: accelerate launch, one per GPU "
-                  "or CPU core). README: More than one GPU or machine.")
-ACCELERATE_CONFIG_HELP = "An Accelerate config file, e.g. configs/accelerate/multi_gpu.yaml (empty: Accelerate's defaults)."
+from rl.config import RewardModelConfig, RLConfig, SamplingConfig, SFTConfig, job_settings, setting_help
 
 
 def _policies():
     return Policy.objects.exclude(checkpoint_dir="").order_by("name")
 
 
-def _show_bound(field, bound):
-    """State a numeric parameter's range in its help text and its input's min/max; the kind's
-    validator (see ``clean``) checks it, with the same messages as for any other route."""
-    field.help_text = " ".join(text for text in (field.help_text, bound.describe()) if text)
+def setting_field(setting):
+    """The form field of a config dataclass field made with ``rl.config.setting``. Its range shows
+    in the help text and the input's min/max; the kind's validator (see ``JobForm.clean``) checks
+    it, with the same messages as for any other route."""
+    meta = setting.metadata
+    common = {"initial": setting.default, "help_text": setting_help(setting), "label": meta.get("label")}
+    if "choices" in meta:
+        return forms.ChoiceField(choices=list(meta["choices"].items()), required="" not in meta["choices"], **common)
+    if setting.type is bool:
+        return forms.BooleanField(required=False, **common)
+    if "bounds" not in meta:
+        return forms.CharField(required=False, max_length=1000, **common)
+    bound = meta["bounds"]
+    field = forms.IntegerField(**common) if bound.kind is int else forms.FloatField(**common)
     if not bound.above_low:
         field.widget.attrs["min"] = bound.low
     field.widget.attrs["max"] = bound.high
+    return field
 
 
-class JobForm(forms.Form):
-    """Fields named like the job's params; ``clean`` runs the kind's validator."""
+class _SettingsFormMetaclass(DeclarativeFieldsMetaclass):
+    """A form with a ``config`` dataclass gets a field per setting of it, after its own fields
+    (``field_order`` may place them otherwise)."""
+
+    def __new__(mcs, name, bases, attrs):
+        config = attrs.get("config")
+        if config is not None:
+            for setting in job_settings(config):
+                attrs.setdefault(setting.name, setting_field(setting))
+        return super().__new__(mcs, name, bases, attrs)
+
+
+class JobForm(forms.Form, metaclass=_SettingsFormMetaclass):
+    """Fields named like the job's params: the settings of ``config`` and the form's own;
+    ``clean`` runs the kind's validator."""
 
     kind = ""
     title = ""
     help = ""
-    defaults = {}
+    config = None  # the job's settings (rl/config.py)
+    defaults = {}  # initial values of the form's own fields
     # form field -> param name where they differ
     renames = {"policy": "policy_id", "dataset": "dataset_id", "reward_model": "reward_model_id"}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        bounds = P.NUMBERS.get(self.kind, {})
         for name, field in self.fields.items():
             key = self.renames.get(name, name)
             if key in self.defaults and field.initial is None:
                 field.initial = self.defaults[key]
-            if key in bounds:
-                _show_bound(field, bounds[key])
 
     def to_params(self, cleaned):
         params = {}
@@ -79,22 +97,11 @@ class JobForm(forms.Form):
 class SFTForm(JobForm):
     kind, title = "sft", "Supervised fine-tuning"
     help = "Fine-tunes a policy on the prompts' reference responses (loss on the response tokens only)."
-    defaults = P.SFT_DEFAULTS
+    config = SFTConfig
     name = forms.CharField(max_length=200, help_text="Name of the new SFT policy.")
     policy = forms.ModelChoiceField(queryset=Policy.objects.none(), required=False, help_text="Start from this policy…")
     base_model = forms.CharField(required=False, max_length=1000, help_text="…or from a Hugging Face model folder.")
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.all(), help_text="Prompts with a reference are used.")
-    learning_rate = forms.FloatField()
-    epochs = forms.IntegerField()
-    batch_size = forms.IntegerField()
-    gradient_accumulation_steps = forms.IntegerField()
-    max_prompt_tokens = forms.IntegerField()
-    max_response_tokens = forms.IntegerField()
-    optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES)
-    policy_format = forms.ChoiceField(choices=POLICY_FORMAT_CHOICES, help_text=POLICY_FORMAT_HELP)
-    seed = forms.IntegerField()
-    processes = forms.IntegerField(help_text=PROCESSES_HELP)
-    accelerate_config = forms.CharField(required=False, max_length=1000, help_text=ACCELERATE_CONFIG_HELP)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -105,17 +112,12 @@ class SampleForm(JobForm):
     kind, title = "sample", "Sample responses"
     help = ("Generates n responses per prompt (existing samples are kept). With “make pairs”, samples 0 and 1 of "
             "each prompt become a comparison for AI or human labeling — the paper's reward-model data.")
+    config = SamplingConfig
     defaults = P.SAMPLE_DEFAULTS
+    field_order = ["policy", "dataset", "n", "temperature", "top_p", "max_new_tokens", "seed", "make_pairs"]
     policy = forms.ModelChoiceField(queryset=Policy.objects.none())
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.all())
-    n = forms.IntegerField(label="Samples per prompt")
-    temperature = forms.FloatField()
-    top_p = forms.FloatField()
-    max_new_tokens = forms.IntegerField()
-    seed = forms.IntegerField()
     make_pairs = forms.BooleanField(required=False)
-    batch_size = forms.IntegerField()
-    policy_format = forms.ChoiceField(choices=INHERITED_FORMAT_CHOICES, required=False, help_text=POLICY_FORMAT_HELP)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -126,6 +128,7 @@ class RewardModelForm(JobForm):
     kind, title = "reward_model", "Train a reward model"
     help = ("Cross-entropy between softmax([r(x,a), r(x,b)]) and the label: AI soft labels (distilled RLAIF) or "
             "human labels (RLHF; a tie is 0.5/0.5). Initialise from the SFT policy, as the paper does.")
+    config = RewardModelConfig
     defaults = P.RM_DEFAULTS
     name = forms.CharField(max_length=200)
     policy = forms.ModelChoiceField(queryset=Policy.objects.none(), required=False, label="Initialise from policy")
@@ -134,18 +137,7 @@ class RewardModelForm(JobForm):
     label_config_ids = forms.CharField(required=False, help_text="AI labeler configuration ids, comma-separated.")
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.all(), required=False,
                                      help_text="Only comparisons on this dataset's prompts (default: all).")
-    include_annotator_rankings = forms.BooleanField(required=False, initial=True)
-    eval_fraction = forms.FloatField(help_text="Share of prompts held out.")
-    learning_rate = forms.FloatField()
-    epochs = forms.IntegerField()
-    batch_size = forms.IntegerField()
-    gradient_accumulation_steps = forms.IntegerField()
-    max_length = forms.IntegerField()
-    optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES)
-    policy_format = forms.ChoiceField(choices=INHERITED_FORMAT_CHOICES, required=False, help_text=POLICY_FORMAT_HELP)
-    seed = forms.IntegerField()
-    processes = forms.IntegerField(help_text=PROCESSES_HELP)
-    accelerate_config = forms.CharField(required=False, max_length=1000, help_text=ACCELERATE_CONFIG_HELP)
+    include_annotator_rankings = forms.BooleanField(required=False)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -168,6 +160,7 @@ class RLForm(JobForm):
     kind, title = "rl", "RL: REINFORCE with a value baseline"
     help = ("Policy and value model start from the SFT policy; reward (1 − β)·r − β·KL(π‖π_SFT) at the last token; "
             "checkpoints every N steps; a cancelled or crashed job resumes from its last checkpoint.")
+    config = RLConfig
     defaults = P.RL_DEFAULTS
     name = forms.CharField(max_length=200, help_text="Name of the new policy.")
     policy = forms.ModelChoiceField(queryset=Policy.objects.none(), label="SFT policy")
@@ -176,23 +169,6 @@ class RLForm(JobForm):
     reward_model = forms.ModelChoiceField(queryset=None, required=False)
     labeler_model = forms.CharField(required=False, max_length=1000, help_text="Direct RLAIF: the labeler's model folder.")
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.all())
-    beta = forms.FloatField(label="β (KL weight)")
-    temperature = forms.FloatField()
-    top_p = forms.FloatField()
-    batch_size = forms.IntegerField()
-    learning_rate = forms.FloatField()
-    value_learning_rate = forms.FloatField(help_text="0: same as the policy's.")
-    epochs = forms.IntegerField()
-    max_prompt_tokens = forms.IntegerField()
-    max_response_tokens = forms.IntegerField()
-    gradient_accumulation_steps = forms.IntegerField()
-    generation_batch_size = forms.IntegerField(help_text="0: the whole batch at once.")
-    optimizer = forms.ChoiceField(choices=OPTIMIZER_CHOICES)
-    policy_format = forms.ChoiceField(choices=INHERITED_FORMAT_CHOICES, required=False, help_text=POLICY_FORMAT_HELP)
-    save_every = forms.IntegerField(label="Checkpoint every N steps")
-    seed = forms.IntegerField()
-    processes = forms.IntegerField(help_text=PROCESSES_HELP)
-    accelerate_config = forms.CharField(required=False, max_length=1000, help_text=ACCELERATE_CONFIG_HELP)
 
     def __init__(self, *args, **kwargs):
         from rl.models import RewardModel

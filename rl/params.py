@@ -1,90 +1,26 @@
 """Validation of the training jobs' parameters (used by Job.submit and by the admin forms).
 
-Each ``validate_*`` returns cleaned params (defaults filled in, numbers typed) or raises a
-ValidationError whose message dict names the bad fields, so forms can show them in place.
+App layer, not a core: it checks the training settings against their dataclasses (rl/config.py)
+and what the parameters name against the database (policies, prompts, datasets, reward models,
+labels). Each ``validate_*`` returns cleaned params (defaults filled in, numbers typed) or raises
+a ValidationError whose message dict names the bad fields, so forms can show them in place.
 """
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 from django.core.exceptions import ValidationError
 
 from evalsite.models import Dataset, Policy, Prompt
+from rl.config import RewardModelConfig, RLConfig, SamplingConfig, SFTConfig, check_settings, setting_defaults
 
-SFT_DEFAULTS = {"learning_rate": 2e-5, "epochs": 1, "batch_size": 8, "gradient_accumulation_steps": 1,
-                "max_prompt_tokens": 512, "max_response_tokens": 128, "optimizer": "adamw", "seed": 0,
-                "processes": 1, "accelerate_config": "", "policy_format": "raw"}
-# policy_format "" (sample, reward_model, rl): the format recorded on the policy they start from
-SAMPLE_DEFAULTS = {"n": 1, "temperature": 0.9, "top_p": 1.0, "max_new_tokens": 64, "seed": 0, "make_pairs": False,
-                   "batch_size": 16, "max_prompt_tokens": 1024, "policy_format": ""}
+# A job's params are its training settings (rl/config.py: their defaults come from there) and what
+# it works on (policy, prompts, labels: the defaults written here).
 # human_label_field: "judge_preference" trains the "human" reward model on a dataset's external AI
 # judge (e.g. GPT-4 on TL;DR, which ships no human labels) as a stated stand-in for people.
-RM_DEFAULTS = {"labels": "human", "label_config_ids": [], "include_annotator_rankings": True, "eval_fraction": 0.1,
-               "human_label_field": "human_preference",
-               "learning_rate": 1e-5, "epochs": 2, "batch_size": 32, "gradient_accumulation_steps": 1,
-               "max_length": 1152, "optimizer": "adafactor", "seed": 0, "processes": 1, "accelerate_config": "",
-               "policy_format": ""}
-RL_DEFAULTS = {"reward": "reward_model", "beta": 0.05, "temperature": 0.9, "top_p": 1.0, "batch_size": 16,
-               "learning_rate": 1e-5, "value_learning_rate": 0.0, "epochs": 8, "max_prompt_tokens": 512,
-               "max_response_tokens": 64, "gradient_accumulation_steps": 1, "generation_batch_size": 0,
-               "optimizer": "adafactor", "max_grad_norm": 1.0, "save_every": 25, "seed": 0,
-               "processes": 1, "accelerate_config": "", "policy_format": ""}
-OPTIMIZERS = ("adamw", "adafactor")
-POLICY_FORMATS = ("raw", "chat", "auto")  # rl/formats.py
-
-
-@dataclass(frozen=True)
-class Bound:
-    """The range a numeric parameter must lie in (``low`` excluded when ``above_low``).
-
-    The upper bounds keep every job within what its code can run: a seed must fit the 64-bit
-    integer torch.manual_seed takes, and a run of 10^9 epochs or 10^7 new tokens would fail
-    (or run for years) long after the form accepted it. The forms show the range as help text.
-    """
-
-    kind: type  # int or float
-    low: float
-    high: float
-    above_low: bool = False
-    high_text: str = ""  # how to write ``high`` where its digits would not read well
-
-    def describe(self):
-        high = self.high_text or f"{self.high:g}"
-        if self.above_low:
-            return f"Above {self.low:g}, at most {high}."
-        return f"From {self.low:g} to {high}."
-
-
-MAX_BATCH = 4096
-MAX_PROMPT_TOKENS = 32768
-MAX_NEW_TOKENS = 8192
-SEED = Bound(int, 0, 2**63 - 1, high_text="2^63 − 1")
-LEARNING_RATE = Bound(float, 0, 1, above_low=True)
-EPOCHS = Bound(int, 1, 1000)
-BATCH_SIZE = Bound(int, 1, MAX_BATCH)
-PROMPT_TOKENS = Bound(int, 1, MAX_PROMPT_TOKENS)
-RESPONSE_TOKENS = Bound(int, 1, MAX_NEW_TOKENS)
-TOP_P = Bound(float, 0, 1, above_low=True)
-# data-parallel training processes (in all, over every machine); launch_errors also checks the devices
-PROCESSES = Bound(int, 1, 1024)
-
-# Every numeric parameter of each job kind, with its range (the validators and forms read these).
-SFT_NUMBERS = {"learning_rate": LEARNING_RATE, "epochs": EPOCHS, "batch_size": BATCH_SIZE,
-               "gradient_accumulation_steps": BATCH_SIZE, "max_prompt_tokens": PROMPT_TOKENS,
-               "max_response_tokens": RESPONSE_TOKENS, "seed": SEED, "processes": PROCESSES}
-SAMPLE_NUMBERS = {"n": Bound(int, 1, 64), "temperature": Bound(float, 0, 100), "top_p": TOP_P,
-                  "max_new_tokens": RESPONSE_TOKENS, "batch_size": BATCH_SIZE, "max_prompt_tokens": PROMPT_TOKENS,
-                  "seed": SEED}
-RM_NUMBERS = {"eval_fraction": Bound(float, 0, 0.9), "learning_rate": LEARNING_RATE, "epochs": EPOCHS,
-              "batch_size": BATCH_SIZE, "gradient_accumulation_steps": BATCH_SIZE,
-              "max_length": Bound(int, 1, MAX_PROMPT_TOKENS + MAX_NEW_TOKENS), "seed": SEED, "processes": PROCESSES}
-RL_NUMBERS = {"beta": Bound(float, 0, 1), "temperature": Bound(float, 0, 100, above_low=True), "top_p": TOP_P,
-              "learning_rate": LEARNING_RATE, "value_learning_rate": Bound(float, 0, 1),
-              "max_grad_norm": Bound(float, 0, 1000, above_low=True), "batch_size": BATCH_SIZE, "epochs": EPOCHS,
-              "max_prompt_tokens": PROMPT_TOKENS, "max_response_tokens": RESPONSE_TOKENS,
-              "gradient_accumulation_steps": BATCH_SIZE, "save_every": Bound(int, 1, 100000),
-              "generation_batch_size": Bound(int, 0, MAX_BATCH), "seed": SEED, "processes": PROCESSES}
-NUMBERS = {"sft": SFT_NUMBERS, "sample": SAMPLE_NUMBERS, "reward_model": RM_NUMBERS, "rl": RL_NUMBERS}
+SFT_DEFAULTS = setting_defaults(SFTConfig)
+SAMPLE_DEFAULTS = {**setting_defaults(SamplingConfig), "make_pairs": False}
+RM_DEFAULTS = {"labels": "human", "label_config_ids": [], "include_annotator_rankings": True,
+               "human_label_field": "human_preference", **setting_defaults(RewardModelConfig)}
+RL_DEFAULTS = {"reward": "reward_model", **setting_defaults(RLConfig)}
 
 
 class _Errors(dict):
@@ -96,43 +32,14 @@ class _Errors(dict):
             raise ValidationError(dict(self))
 
 
-def number_errors(values, bounds):
-    """Messages for the numbers among ``values`` (only those given) that are outside ``bounds``."""
-    errors, values = _Errors(), dict(values)
-    for field, bound in bounds.items():
-        if field in values:
-            _number(values, errors, field, bound)
-    return [m for messages in errors.values() for m in messages]
-
-
-def _numbers(params, errors, bounds):
-    for field, bound in bounds.items():
-        _number(params, errors, field, bound)
-
-
-def _number(params, errors, field, bound):
-    """Type ``params[field]`` as ``bound.kind`` and check its range; a message per problem."""
-    raw, name = params.get(field), field.replace("_", " ")
-    try:
-        if isinstance(raw, bool):
-            raise ValueError
-        if bound.kind is int:
-            if isinstance(raw, float) and not raw.is_integer():  # also inf and NaN
-                raise ValueError
-            value = int(raw)
-        else:
-            value = float(raw)
-            if not math.isfinite(value):
-                raise ValueError
-    except (TypeError, ValueError, OverflowError):
-        shown = repr(raw) if len(repr(raw)) <= 40 else repr(raw)[:37] + "..."
-        errors.add(field, f"{name} must be {'a whole number' if bound.kind is int else 'a number'} (got {shown}).")
-        return
-    if value < bound.low or (bound.above_low and value == bound.low):
-        errors.add(field, f"{name} must be {'greater than' if bound.above_low else 'at least'} {bound.low:g}.")
-    elif value > bound.high:
-        errors.add(field, f"{name} must be at most {bound.high_text or f'{bound.high:g}'}.")
-    params[field] = value
+def _settings(params, errors, config):
+    """Type and check the training settings of ``config`` in ``params`` (ranges, choices; empty
+    texts and choices take their defaults)."""
+    checked, messages = check_settings(config, params)
+    params.update(checked)
+    for field, texts in messages.items():
+        for text in texts:
+            errors.add(field, text)
 
 
 def _policy(params, errors, field="policy_id", *, need_checkpoint=True):
@@ -216,21 +123,22 @@ def local_devices():
 
 
 def launch_errors(values):
-    """Messages for a training job's launch section (``processes``, ``accelerate_config``): a config
-    file that is missing or not Accelerate's, an engine the loops do not run, more processes per
-    machine than this machine has devices, fewer rows per step than processes."""
+    """Messages for a training job's launch section (``processes``, ``accelerate_config``), beyond
+    their types and ranges (rl/config.py): a config file that is missing or not Accelerate's, an
+    engine the loops do not run, more processes per machine than this machine has devices, fewer
+    rows per step than processes."""
     from rl.distributed import SHARDED_ENGINES
     from rl.launch import resolve_config
 
     messages = {}
     processes = values.get("processes", 1)
     if not isinstance(processes, int) or isinstance(processes, bool):
-        return messages  # number_errors says what is wrong with it
+        return messages  # check_settings says what is wrong with it
     machines = 1
     name = values.get("accelerate_config") or ""
     if not isinstance(name, str):
-        messages["accelerate_config"] = "accelerate config must be a file path."
-    elif name:
+        return messages  # check_settings says what is wrong with it
+    if name:
         path = resolve_config(name)
         if not Path(path).is_file():
             messages["accelerate_config"] = (f"The Accelerate config file {name!r} does not exist (give a path, e.g. "
@@ -264,24 +172,8 @@ def launch_errors(values):
 
 
 def _launch(params, errors):
-    params["accelerate_config"] = params.get("accelerate_config") or ""
     for field, message in launch_errors(params).items():
         errors.add(field, message)
-
-
-def policy_format_error(value, *, inherit=False):
-    """A message when ``value`` is not a policy format ('' too, where a job takes its policy's)."""
-    if value in POLICY_FORMATS or (inherit and value == ""):
-        return None
-    return (f"policy format must be one of {', '.join(POLICY_FORMATS)}"
-            + (" (or empty: the starting policy's)" if inherit else "") + f"; got {value!r}.")
-
-
-def _policy_format(params, errors, *, inherit=False):
-    params["policy_format"] = params.get("policy_format") or ("" if inherit else "raw")
-    message = policy_format_error(params["policy_format"], inherit=inherit)
-    if message:
-        errors.add("policy_format", message)
 
 
 def resolved_policy_format(fmt, folder):
@@ -293,11 +185,6 @@ def resolved_policy_format(fmt, folder):
     from rl.modeling import load_tokenizer
 
     return resolve_format(fmt, load_tokenizer(folder))
-
-
-def _optimizer(params, errors):
-    if params.get("optimizer") not in OPTIMIZERS:
-        errors.add("optimizer", f"optimizer must be one of {', '.join(OPTIMIZERS)}.")
 
 
 def _batch_vs_data(params, errors, n, what="prompts"):
@@ -321,9 +208,7 @@ def validate_sft(params):
             errors.add("base_model", "Choose a starting policy or give a Hugging Face model folder "
                                      f"(not found: {params.get('base_model')!r}).")
     _new_policy_name(params, errors)
-    _policy_format(params, errors)
-    _numbers(params, errors, SFT_NUMBERS)
-    _optimizer(params, errors)
+    _settings(params, errors, SFTConfig)
     _launch(params, errors)
     ids = _prompt_ids(params, errors, need_reference=True)
     _batch_vs_data(params, errors, len(ids), "prompts with a reference")
@@ -335,8 +220,7 @@ def validate_sample(params):
     params = {**SAMPLE_DEFAULTS, **params}
     errors = _Errors()
     _policy(params, errors)
-    _policy_format(params, errors, inherit=True)
-    _numbers(params, errors, SAMPLE_NUMBERS)
+    _settings(params, errors, SamplingConfig)
     params["make_pairs"] = bool(params.get("make_pairs"))
     if params["make_pairs"] and isinstance(params.get("n"), int) and params["n"] < 2:
         errors.add("n", "Making comparison pairs needs at least 2 samples per prompt (n ≥ 2).")
@@ -362,7 +246,6 @@ def validate_reward_model(params):
         if not params.get("base_model") or not is_hf_folder(params["base_model"]):
             errors.add("policy_id", "Choose the policy to initialise from (the paper uses SFT) or give a model "
                                     f"folder (not found: {params.get('base_model')!r}).")
-    _policy_format(params, errors, inherit=True)
     if params.get("human_label_field") not in ("human_preference", "judge_preference"):
         errors.add("human_label_field", "human_label_field must be 'human_preference' or 'judge_preference'.")
     if params.get("labels") not in ("human", "ai"):
@@ -374,8 +257,7 @@ def validate_reward_model(params):
             errors.add("label_config_ids", "label configuration ids must be whole numbers.")
         if not params.get("label_config_ids"):
             errors.add("label_config_ids", "Choose the AI labeler configuration(s) whose soft labels to train on.")
-    _numbers(params, errors, RM_NUMBERS)
-    _optimizer(params, errors)
+    _settings(params, errors, RewardModelConfig)
     _launch(params, errors)
     if params.get("dataset_id") not in (None, "") or params.get("prompt_ids"):
         _prompt_ids(params, errors)
@@ -416,7 +298,7 @@ def validate_rl(params):
     errors = _Errors()
     sft = _policy(params, errors)
     _new_policy_name(params, errors)
-    _policy_format(params, errors, inherit=True)
+    _settings(params, errors, RLConfig)
     if params.get("reward") == "reward_model" and params.get("reward_model_id") in (None, ""):
         errors.add("reward_model_id", "Choose the reward model that scores the responses.")
     elif params.get("reward") == "reward_model":
@@ -441,8 +323,6 @@ def validate_rl(params):
                                         f"(not found: {params.get('labeler_model')!r}).")
     else:
         errors.add("reward", "reward must be 'reward_model' (RLHF / distilled RLAIF) or 'direct' (direct RLAIF).")
-    _numbers(params, errors, RL_NUMBERS)
-    _optimizer(params, errors)
     _launch(params, errors)
     ids = _prompt_ids(params, errors)
     _batch_vs_data(params, errors, len(ids))

@@ -23,11 +23,12 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from rl.config import RLConfig  # the settings (defaults, ranges, help): rl/config.py
 from rl.distributed import broadcast_parameters, gather_lists, is_main, share_bounds, sum_gradients, sum_numbers
 from rl.modeling import (
     autocast,
@@ -45,34 +46,6 @@ from rl.modeling import (
     token_logprobs,
 )
 from rl.sampling import row_seed, sample_token_ids
-
-
-@dataclass
-class RLConfig:
-    beta: float = 0.05                 # weight of the KL penalty (paper: 0.05)
-    temperature: float = 0.9           # sampling temperature (paper: 0.9)
-    top_p: float = 1.0
-    batch_size: int = 128              # prompts per step (paper: 128)
-    learning_rate: float = 1e-5        # paper: 1e-5
-    value_learning_rate: float = 0.0   # 0: same as learning_rate
-    epochs: int = 8                    # passes over the prompt set (paper: 8)
-    max_prompt_tokens: int = 512       # longer prompts keep their end
-    max_response_tokens: int = 64
-    gradient_accumulation_steps: int = 1   # the step's batch is trained in this many micro-batches
-    generation_batch_size: int = 0     # rows sampled together (0: the whole step's batch)
-    optimizer: str = "adafactor"       # the paper's (PaLM 2 / T5X) optimizer; or "adamw"
-    max_grad_norm: float = 1.0
-    save_every: int = 25               # checkpoint every N steps (and at the end)
-    shuffle: bool = True               # a new prompt order each epoch (False: the order given)
-    seed: int = 0
-    # launch: read by the job that starts the run (rl/launch.py), not by the loop
-    processes: int = 1                 # data-parallel processes (accelerate launch --num_processes)
-    accelerate_config: str = ""        # an Accelerate config file (configs/accelerate/*.yaml)
-
-    @classmethod
-    def from_dict(cls, d):
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def reinforce_returns(logprobs, ref_logprobs, mask, scores, beta):

@@ -20,25 +20,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rl.config import RewardModelConfig  # the settings (defaults, ranges, help): rl/config.py
 from rl.distributed import broadcast_parameters, share, sum_gradients, sum_numbers
 from rl.modeling import autocast, make_optimizer, pad_left, pick_device, scalar_head, seed_everything, trunk
-
-
-@dataclass
-class RewardModelConfig:
-    learning_rate: float = 1e-5            # paper: Adafactor, lr 1e-5
-    epochs: int = 2                        # paper: 2-3
-    batch_size: int = 32                   # pairs per optimizer step (paper: 128 / 32)
-    gradient_accumulation_steps: int = 1
-    max_length: int = 1152                 # paper: max input 1152 tokens (input + response)
-    optimizer: str = "adafactor"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    eval_every: int = 0                    # evaluate held-out pairs every N steps (0: only at the end)
-    seed: int = 0
-    # launch: read by the job that starts the run (rl/launch.py), not by the loop
-    processes: int = 1                     # data-parallel processes (accelerate launch --num_processes)
-    accelerate_config: str = ""            # an Accelerate config file (configs/accelerate/*.yaml)
 
 
 @dataclass

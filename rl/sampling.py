@@ -14,18 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rl.config import SamplingConfig  # the settings (defaults, ranges, help): rl/config.py
 from rl.modeling import autocast, encode_left_truncated, pad_left, stop_token_ids
-
-
-@dataclass
-class SamplingConfig:
-    n: int = 1                       # responses per prompt
-    temperature: float = 0.9         # the paper samples the policy at T = 0.9
-    top_p: float = 1.0
-    max_new_tokens: int = 64
-    max_prompt_tokens: int = 1024    # longer prompts keep their end
-    batch_size: int = 16             # rows (prompt x sample) generated together
-    seed: int = 0
 
 
 @dataclass

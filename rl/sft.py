@@ -6,32 +6,14 @@ positions get label -100), so the model is not trained to write the posts it sum
 import math
 import random
 import time
-from dataclasses import dataclass
 
 import torch
 
+from rl.config import SFTConfig  # the settings (defaults, ranges, help): rl/config.py
 from rl.distributed import broadcast_parameters, share, sum_gradients, sum_numbers
 from rl.modeling import autocast, make_optimizer, seed_everything
 
 IGNORE = -100
-
-
-@dataclass
-class SFTConfig:
-    learning_rate: float = 2e-5
-    epochs: int = 1
-    batch_size: int = 8                    # examples per optimizer step
-    gradient_accumulation_steps: int = 1   # the batch is run in this many micro-batches
-    max_prompt_tokens: int = 512           # longer prompts keep their end
-    max_response_tokens: int = 128
-    optimizer: str = "adamw"
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    # launch: read by the job that starts the run (rl/launch.py), not by the loop
-    processes: int = 1                     # data-parallel processes (accelerate launch --num_processes)
-    accelerate_config: str = ""            # an Accelerate config file (configs/accelerate/*.yaml)
 
 
 def encode_example(tokenizer, prompt, response, config: SFTConfig, end_ids=None):

@@ -333,30 +333,42 @@ def experiment_ended(job):
 
 
 # Numbers of the experiment itself: prompt budgets, the seed (the evaluation stage uses seed + 1)
-# and the round's overlap. The stages' own settings have their job kinds' bounds.
+# and the round's overlap. The stages' sections hold settings of their job kinds (rl/config.py).
 BUDGETS = ("sft_prompts", "pair_prompts", "rl_prompts", "eval_prompts", "alignment_comparisons", "human_pairs")
 STAGE_KINDS = {"sft": rl_kinds.SFT, "pairs": rl_kinds.SAMPLE, "reward_model": rl_kinds.REWARD_MODEL,
                "rl": rl_kinds.RL, "eval": rl_kinds.SAMPLE}
+# the rest of a config: every stage's seed, the SFT policy's format, the RLHF reward model's labels,
+# the labeler's settings (LabelerConfig fields, ensure_labeler) and the evaluation round's
+OTHER_KEYS = ("seed", "policy_format", "human_label_field", "labeler", "round")
 
 
 def config_errors(config):
-    """Messages for the numbers in an experiment's config that its stages could not run with."""
+    """Messages for what in an experiment's config its stages could not run with: unknown keys,
+    numbers out of range, values that are not among a setting's choices."""
     from rl import params as P
+    from rl.config import JOB_CONFIGS, Bound, SFTConfig, number_errors, settings_errors
 
     sections = {
-        "": {**{k: P.Bound(int, 0, 10**7) for k in BUDGETS}, "seed": P.Bound(int, 0, 2**63 - 2, high_text="2^63 − 2")},
-        "round": {"overlap": P.Bound(int, 1, 100)},
-        **{section: P.NUMBERS[kind] for section, kind in STAGE_KINDS.items()},
+        "": {**{k: Bound(int, 0, 10**7) for k in BUDGETS}, "seed": Bound(int, 0, 2**63 - 2, high_text="2^63 − 2")},
+        "round": {"overlap": Bound(int, 1, 100)},
+        **{section: JOB_CONFIGS[kind] for section, kind in STAGE_KINDS.items()},
     }
     messages = []
-    if "policy_format" in config and P.policy_format_error(config["policy_format"]):
-        messages.append(P.policy_format_error(config["policy_format"]))
+    unknown = [repr(k) for k in config if k not in {*BUDGETS, *STAGE_KINDS, *OTHER_KEYS}]
+    if unknown:
+        messages.append(f"Unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; an experiment config "
+                        f"has {', '.join([*BUDGETS, *STAGE_KINDS, *OTHER_KEYS])}.")
+    if "policy_format" in config:  # the SFT policy's, which the later stages take from it
+        messages += settings_errors(SFTConfig, {"policy_format": config["policy_format"]})
     for section, bounds in sections.items():
         values = config.get(section, {}) if section else config
         if not isinstance(values, dict):
             messages.append(f"{section}: expected an object of settings, found {type(values).__name__}.")
             continue
-        messages += [f"{section}: {m}" if section else m for m in P.number_errors(values, bounds)]
+        if isinstance(bounds, dict):
+            messages += [f"{section}: {m}" if section else m for m in number_errors(values, bounds)]
+        else:  # a stage's section: settings of its job kind
+            messages += [f"{section}: {m}" for m in settings_errors(bounds, values)]
         if STAGE_KINDS.get(section) in (rl_kinds.SFT, rl_kinds.REWARD_MODEL, rl_kinds.RL):  # the launch section
             messages += [f"{section}: {m}" for m in P.launch_errors(values).values()]
     return messages

@@ -1,10 +1,17 @@
-"""Experiment presets: budgets and hyperparameters. Plain data; a config overrides any key.
+"""Experiment presets: budgets and the stages' settings. Plain data; a config overrides any key.
+
+A stage's section (sft, pairs, reward_model, rl, eval) holds settings of its job kind and only
+where they depart from the job's defaults (rl/config.py holds each setting's default, range and
+help); the experiment's checks refuse a key that is no setting (pipeline.config_errors).
 
 ``demo`` fits a laptop CPU in about 15 minutes with SmolLM2-135M-Instruct: a few dozen prompts
 per stage and a few RL steps, enough to see every stage work and every figure appear (not to
-see RLAIF beat SFT). ``paper`` is the paper's setup (docs/method.md §3), for GPUs and real datasets.
+see RLAIF beat SFT). ``paper`` is the paper's setup (docs/method.md §3), for GPUs and real
+datasets: its reward model and RL take the values the paper states, from rl/config.py.
 """
 import copy
+
+from rl.config import RewardModelConfig, RLConfig, paper_settings
 
 PRESETS = {
     "demo": {
@@ -14,16 +21,12 @@ PRESETS = {
         "sft_prompts": 24, "pair_prompts": 24, "rl_prompts": 16, "eval_prompts": 12,
         "alignment_comparisons": 64,   # dataset comparisons with human/judge labels to label
         "human_pairs": 48,             # labelled comparisons the RLHF reward model trains on
-        "sft": {"epochs": 1, "batch_size": 4, "learning_rate": 2e-5, "max_prompt_tokens": 384,
-                "max_response_tokens": 48},
-        "pairs": {"n": 2, "temperature": 0.9, "top_p": 1.0, "max_new_tokens": 40, "batch_size": 8,
-                  "max_prompt_tokens": 384},
+        "sft": {"batch_size": 4, "max_prompt_tokens": 384, "max_response_tokens": 48},
+        "pairs": {"n": 2, "max_new_tokens": 40, "batch_size": 8, "max_prompt_tokens": 384},
         "labeler": {"preamble_variant": "base", "batch_size": 4, "max_prompt_tokens": 1024},
-        "reward_model": {"epochs": 1, "batch_size": 4, "learning_rate": 1e-5, "max_length": 384,
-                         "eval_fraction": 0.25, "optimizer": "adamw"},
-        "rl": {"beta": 0.05, "temperature": 0.9, "batch_size": 4, "epochs": 1, "learning_rate": 1e-5,
-               "max_prompt_tokens": 384, "max_response_tokens": 32, "save_every": 2},
-        "eval": {"n": 1, "temperature": 0.7, "max_new_tokens": 40, "batch_size": 8, "max_prompt_tokens": 384},
+        "reward_model": {"epochs": 1, "batch_size": 4, "max_length": 384, "eval_fraction": 0.25, "optimizer": "adamw"},
+        "rl": {"batch_size": 4, "epochs": 1, "max_prompt_tokens": 384, "max_response_tokens": 32, "save_every": 2},
+        "eval": {"temperature": 0.7, "max_new_tokens": 40, "batch_size": 8, "max_prompt_tokens": 384},
         "round": {"overlap": 1, "question": "rank"},
     },
     "paper": {
@@ -33,16 +36,12 @@ PRESETS = {
         "policy_format": "raw",        # the paper's: base models continue the text
         "sft_prompts": 10000, "pair_prompts": 10000, "rl_prompts": 4000, "eval_prompts": 2000,
         "alignment_comparisons": 2000, "human_pairs": 100000,
-        "sft": {"epochs": 1, "batch_size": 32, "learning_rate": 1e-5, "max_prompt_tokens": 1024,
-                "max_response_tokens": 128},
-        "pairs": {"n": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 128, "batch_size": 64,
-                  "max_prompt_tokens": 1024},
+        "sft": {"batch_size": 32, "learning_rate": 1e-5, "max_prompt_tokens": 1024, "max_response_tokens": 128},
+        "pairs": {"n": 2, "temperature": 1.0, "max_new_tokens": 128, "batch_size": 64, "max_prompt_tokens": 1024},
         "labeler": {"preamble_variant": "detailed", "batch_size": 16, "max_prompt_tokens": 4096},
-        "reward_model": {"epochs": 3, "batch_size": 32, "learning_rate": 1e-5, "max_length": 1152,
-                         "eval_fraction": 0.1, "optimizer": "adafactor"},
-        "rl": {"beta": 0.05, "temperature": 0.9, "batch_size": 128, "epochs": 8, "learning_rate": 1e-5,
-               "max_prompt_tokens": 1024, "max_response_tokens": 128, "save_every": 25},
-        "eval": {"n": 1, "temperature": 0.7, "max_new_tokens": 128, "batch_size": 64, "max_prompt_tokens": 1024},
+        "reward_model": paper_settings(RewardModelConfig),
+        "rl": {**paper_settings(RLConfig), "max_prompt_tokens": 1024, "max_response_tokens": 128},
+        "eval": {"temperature": 0.7, "max_new_tokens": 128, "batch_size": 64, "max_prompt_tokens": 1024},
         "round": {"overlap": 3, "question": "rank"},
     },
 }
