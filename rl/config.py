@@ -195,7 +195,7 @@ class SamplingConfig:
     policy_format: str = _policy_format("")  # the job prompts the policy in it (rl/formats.py)
 
 
-# The settings of each training job kind (evalsite/jobs.py kinds, rl/tasks.py).
+# The settings of each training job kind (the job kinds of rl/jobs.py).
 JOB_CONFIGS = {"sft": SFTConfig, "sample": SamplingConfig, "reward_model": RewardModelConfig, "rl": RLConfig}
 
 

@@ -1,6 +1,6 @@
 """Training data from the database: SFT examples, RL prompts and reward-model preference pairs.
 
-App layer, not a core: it reads the database for the jobs (rl/tasks.py) and hands the cores plain
+App layer, not a core: it reads the database for the jobs (rl/jobs.py) and hands the cores plain
 texts and ``Pair`` rows.
 
 Human labels come from ``Comparison.human_preference`` and, where the human-evaluation
