@@ -13,10 +13,8 @@ def _datasets(prompt_ids):
 def _label_config_names(ids):
     if not ids:
         return []
-    try:
-        from labeling.models import LabelerConfig
-    except ImportError:  # the AI-feedback module is optional
-        return [f"#{i}" for i in ids]
+    from labeling.models import LabelerConfig
+
     names = dict(LabelerConfig.objects.filter(pk__in=ids).values_list("pk", "name"))
     return [f"{names.get(i, '?')} (#{i})" for i in ids]
 

@@ -9,7 +9,6 @@ from ``labeling.data.label_frame``. Both optional modules are imported lazily.
 """
 import hashlib
 
-from django.core.exceptions import ValidationError
 
 from evalsite.models import Comparison, Prompt
 from rl import formats
@@ -62,23 +61,18 @@ def _human_pairs(params, prompt_filter):
         p = P_FROM_PREFERENCE[c[field]]
         rows.append((c["prompt_id"], c["response_a"], c["response_b"], p, p))
     if params.get("include_annotator_rankings", True) and field == "human_preference":
-        try:
-            from evalsite.humaneval.data import human_pair_preferences
-        except ImportError:
-            human_pair_preferences = None
-        if human_pair_preferences is not None:
-            frame = human_pair_preferences(prompt_ids=list(prompt_filter) if prompt_filter is not None else None)
-            for r in frame.itertuples(index=False):
-                p = P_FROM_PREFERENCE[r.preference]
-                rows.append((int(r.prompt_id), r.response_a, r.response_b, p, p))
+        from evalsite.humaneval.data import human_pair_preferences
+
+        frame = human_pair_preferences(prompt_ids=list(prompt_filter) if prompt_filter is not None else None)
+        for r in frame.itertuples(index=False):
+            p = P_FROM_PREFERENCE[r.preference]
+            rows.append((int(r.prompt_id), r.response_a, r.response_b, p, p))
     return rows
 
 
 def _ai_pairs(params, prompt_filter):
-    try:
-        from labeling.data import label_frame
-    except ImportError as e:
-        raise ValidationError(f"AI labels are not available in this installation ({e}).")
+    from labeling.data import label_frame
+
     frame = label_frame(config_ids=params["label_config_ids"])
     if frame.empty:
         return []

@@ -258,11 +258,8 @@ def _reward_function(p, prompts, policy_texts, *, load=True):
         # the reward model reads what the policy read, as in its training pairs
         return scorer, list(policy_texts), f"reward model #{rm.pk} “{rm.name}” ({rm.labels} labels)", \
             rm.policy_kind
-    try:
-        from labeling.direct import DirectScorer
-    except ImportError as e:
-        raise JobError(f"Direct RLAIF needs the AI-feedback module (labeling.direct.DirectScorer), "
-                       f"which is not available here: {e}")
+    from labeling.direct import DirectScorer
+
     tasks = {x.dataset.task.slug: x.dataset.task for x in prompts}
     if len(tasks) != 1:
         raise JobError(f"Direct RLAIF scores one task at a time; the prompts mix {', '.join(sorted(tasks))}.")

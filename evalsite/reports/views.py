@@ -13,6 +13,7 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 
 from evalsite import stats
+from evalsite.humaneval.models import EvalRound
 from evalsite.models import Policy
 from evalsite.jobs.models import Job, JobMetric
 from evalsite.permissions import permissions_required
@@ -30,49 +31,33 @@ LABELER_PERMISSIONS = ("labeling.view_labelerconfig", "labeling.view_ailabel")
 JOB_PERMISSIONS = ("jobs.view_job",)
 
 
-# --- data sources (lazy: the modules may not exist yet) -----------------------------------------
+# --- data sources (imported when a page needs them: they load pandas) -----------------------------
 
 def load_rankings(round_ids=None):
-    """``humaneval.data.ranking_frame`` or None where human evaluation is not installed."""
-    try:
-        from evalsite.humaneval.data import ranking_frame
-    except ImportError:
-        return None
+    """Every ranking of the given rounds as a frame (``humaneval.data.ranking_frame``)."""
+    from evalsite.humaneval.data import ranking_frame
+
     return ranking_frame(round_ids)
 
 
 def load_pair_preferences(round_ids=None):
-    try:
-        from evalsite.humaneval.data import human_pair_preferences
-    except ImportError:
-        return None
+    from evalsite.humaneval.data import human_pair_preferences
+
     return human_pair_preferences(round_ids)
 
 
 def load_labels(config_ids=None):
-    """``labeling.data.label_frame`` or None where AI feedback is not installed."""
-    try:
-        from labeling.data import label_frame
-    except ImportError:
-        return None
+    """The AI labels of the given configs as a frame (``labeling.data.label_frame``)."""
+    from labeling.data import label_frame
+
     return label_frame(config_ids)
 
 
 def load_usage(config_ids):
-    """``labeling.data.usage_by_config`` (tokens, cost, bounded labels) or None where AI feedback is not installed."""
-    try:
-        from labeling.data import usage_by_config
-    except ImportError:
-        return None
+    """Tokens, cost and bounded labels per config (``labeling.data.usage_by_config``)."""
+    from labeling.data import usage_by_config
+
     return usage_by_config([int(i) for i in config_ids])
-
-
-def eval_round_model():
-    try:
-        from evalsite.humaneval.models import EvalRound
-    except ImportError:
-        return None
-    return EvalRound
 
 
 def live_seconds(request, default=15):
@@ -132,18 +117,14 @@ def _usernames(ids):
 
 @permissions_required(*ROUND_PERMISSIONS, *JOB_PERMISSIONS)
 def index(request):
-    EvalRound = eval_round_model()
-    rounds = []
-    if EvalRound is not None:
-        from django.db.models import Count, Q
+    from django.db.models import Count, Q
 
-        rounds = EvalRound.objects.annotate(
-            n_items=Count("items", distinct=True),
-            n_rankings=Count("rankings", filter=Q(rankings__withdrawn_at__isnull=True), distinct=True),
-        ).order_by("-created_at")[:100]
+    rounds = EvalRound.objects.annotate(
+        n_items=Count("items", distinct=True),
+        n_rankings=Count("rankings", filter=Q(rankings__withdrawn_at__isnull=True), distinct=True),
+    ).order_by("-created_at")[:100]
     jobs = (Job.objects.filter(metrics__isnull=False).distinct().order_by("-created_at")[:100])
-    return render(request, "reports/index.html", {"rounds": rounds, "jobs": jobs,
-                                                  "human_eval_installed": EvalRound is not None})
+    return render(request, "reports/index.html", {"rounds": rounds, "jobs": jobs})
 
 
 # --- evaluation rounds --------------------------------------------------------------------------
@@ -168,7 +149,7 @@ def round_context(round, n_boot):
     rankings = load_rankings([round.pk])
     names = dict(round.policies.values_list("pk", "name"))
     ctx = {"round": round, "n_boot": n_boot, "progress": round_progress(round), "has_data": False,
-           "human_eval_installed": rankings is not None, "policy_names": sorted(names.values()), "charts": []}
+           "policy_names": sorted(names.values()), "charts": []}
     if rankings is None or len(rankings) == 0:
         return ctx
     report = cached_round_report(rankings, n_boot)
@@ -219,9 +200,6 @@ def _export(frame, name, fmt):
 
 @permissions_required(*ROUND_PERMISSIONS)
 def round_report(request, pk):
-    EvalRound = eval_round_model()
-    if EvalRound is None:
-        raise Http404("Human evaluation is not installed.")
     round = get_object_or_404(EvalRound, pk=pk)
     ctx = round_context(round, n_boot_from(request))
     ctx["live"] = request.GET.get("live") == "1"
@@ -232,9 +210,6 @@ def round_report(request, pk):
 
 @permissions_required(*ROUND_PERMISSIONS)
 def round_export(request, pk, table, fmt):
-    EvalRound = eval_round_model()
-    if EvalRound is None:
-        raise Http404("Human evaluation is not installed.")
     round = get_object_or_404(EvalRound, pk=pk)
     if table == "progress":
         return _export(T.summary_frame(round_progress(round)), f"round-{pk}-progress", fmt)
