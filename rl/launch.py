@@ -243,7 +243,7 @@ def main(spec_path):
     import transformers
     from accelerate import Accelerator
 
-    from rl.distributed import check_engine, is_main
+    from rl.distributed import is_main
 
     transformers.logging.set_verbosity_error()
     # on CPUs Accelerate finds the ranks torch's launcher set only when told it runs on the CPU
@@ -251,7 +251,6 @@ def main(spec_path):
     if accelerator.num_processes != int(os.environ.get("WORLD_SIZE", 1)):
         raise RuntimeError(f"Accelerate sees {accelerator.num_processes} processes, the launcher started "
                            f"{os.environ.get('WORLD_SIZE')}")
-    check_engine(accelerator)
     if accelerator.device.type == "cpu" and "OMP_NUM_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     reporter = _Reporter(spec, accelerator)
@@ -275,38 +274,46 @@ def main(spec_path):
     os._exit(0)
 
 
+def _trained_on(accelerator):
+    """Where a trainable model loads: a sharded engine (FSDP, DeepSpeed) moves its shards to the
+    device itself, so the whole model stays on the CPU until then."""
+    from rl.distributed import is_sharded
+
+    return "cpu" if is_sharded(accelerator) else accelerator.device
+
+
 def _sft(spec, accelerator, reporter, work):
-    from rl.modeling import load_causal_lm, load_tokenizer, save_hf_folder
+    from rl.distributed import save_trained
+    from rl.modeling import load_causal_lm, load_tokenizer
     from rl.sft import SFTConfig, train_sft
 
     config = SFTConfig(**spec["config"])
-    tokenizer, model = load_tokenizer(spec["start"]), load_causal_lm(spec["start"], accelerator.device)
+    tokenizer, model = load_tokenizer(spec["start"]), load_causal_lm(spec["start"], _trained_on(accelerator))
 
     def on_step(step, total, metrics):
         reporter.step(step, total, metrics, f"step {step + 1}/{total}, loss {metrics['loss']:.4f}")
 
     losses = train_sft(model, tokenizer, spec["prompts"], spec["responses"], config, on_step=on_step,
                        accelerator=accelerator, end_ids=spec.get("end_ids"))
-    if accelerator.is_main_process:
-        save_hf_folder(model, tokenizer, work / "trained")
+    save_trained(model, tokenizer, work / "trained", accelerator)
     return {"losses": losses, "trained": str(work / "trained")}
 
 
 def _reward_model(spec, accelerator, reporter, work):
-    from rl.modeling import save_hf_folder, seed_everything
+    from rl.distributed import save_trained
+    from rl.modeling import seed_everything
     from rl.reward_model import Pair, RewardModelConfig, RewardScorer, train_reward_model
 
     config = RewardModelConfig(**spec["config"])
     seed_everything(config.seed)  # the fresh head, as a job in one process draws it (then broadcast)
-    scorer = RewardScorer.from_folder(spec["start"], device=accelerator.device, max_length=config.max_length)
+    scorer = RewardScorer.from_folder(spec["start"], device=_trained_on(accelerator), max_length=config.max_length)
     pairs = [Pair(*row) for row in spec["pairs"]]
 
     def on_step(step, total, metrics):
         reporter.step(step, total, metrics, f"step {step + 1}/{total}, loss {metrics['loss']:.4f}")
 
     train_reward_model(scorer, pairs, config, on_step=on_step, accelerator=accelerator)
-    if accelerator.is_main_process:
-        save_hf_folder(scorer.model, scorer.tokenizer, work / "trained")
+    save_trained(scorer.model, scorer.tokenizer, work / "trained", accelerator)
     return {"trained": str(work / "trained")}
 
 
@@ -344,7 +351,11 @@ def _rl(spec, accelerator, reporter, work):
     try:
         trainer.train(spec["prompts"], spec["contexts"], on_step=on_step, checkpoint_dir=work)
     except Stopped:
-        if accelerator.is_main_process and trainer.completed_steps != ReinforceTrainer.checkpoint_step(work):
+        from rl.distributed import any_process
+
+        # every process takes part in writing a checkpoint (sharded weights are gathered)
+        if any_process(accelerator.is_main_process
+                       and trainer.completed_steps != ReinforceTrainer.checkpoint_step(work), accelerator):
             trainer.save_checkpoint(work)
         reporter.log(f"checkpoint at step {trainer.completed_steps} kept for resuming")
         raise

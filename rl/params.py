@@ -215,11 +215,11 @@ def local_devices():
     return os.cpu_count() or 1, "CPU cores"
 
 
-def launch_errors(values):
+def launch_errors(values, kind=None):
     """Messages for a training job's launch section (``processes``, ``accelerate_config``): a config
-    file that is missing or not Accelerate's, an engine the loops do not run, more processes per
-    machine than this machine has devices, fewer rows per step than processes."""
-    from rl.distributed import SHARDED_ENGINES
+    file that is missing or not Accelerate's, an engine this machine or the loop cannot run, more
+    processes per machine than this machine has devices, fewer rows per step than processes.
+    ``kind`` (sft, reward_model, rl) supplies the job's default optimizer and what only RL refuses."""
     from rl.launch import resolve_config
 
     messages = {}
@@ -244,11 +244,8 @@ def launch_errors(values):
                 messages["accelerate_config"] = f"{name} is not an Accelerate config file: {e}"
             else:
                 machines = max(1, int(getattr(cluster, "num_machines", 1) or 1))
-                engine = str(getattr(cluster, "distributed_type", "")).split(".")[-1].upper()
-                if engine in SHARDED_ENGINES:
-                    messages["accelerate_config"] = (
-                        f"{name} uses {engine}, which shards the models; the training loops run data-parallel "
-                        "(DDP) only so far. Use configs/accelerate/multi_gpu.yaml.")
+                optimizer = values.get("optimizer", KIND_DEFAULTS.get(kind, {}).get("optimizer"))
+                messages.update(engine_errors(name, cluster, kind, optimizer))
     if processes > 1:
         per_machine = -(-processes // machines)
         devices, what = local_devices()
@@ -263,9 +260,55 @@ def launch_errors(values):
     return messages
 
 
-def _launch(params, errors):
+KIND_DEFAULTS = {"sft": SFT_DEFAULTS, "reward_model": RM_DEFAULTS, "rl": RL_DEFAULTS}
+
+
+def engine_errors(name, cluster, kind, optimizer):
+    """Messages (by field) for an Accelerate config's engine that this machine or this job cannot run:
+    FSDP and DeepSpeed need CUDA (Accelerate runs CPU processes as DDP only), DeepSpeed must be
+    installed and cannot train RL, the loops need FSDP 2 and whole frozen models on every process,
+    and Adafactor cannot train sharded weights (rl/distributed.py, configs/accelerate/*.yaml)."""
+    import importlib.util
+
+    import torch
+
+    from rl.distributed import ADAFACTOR_SHARDED
+    from rl.reinforce import DEEPSPEED_RL
+
+    engine = str(getattr(cluster, "distributed_type", "")).split(".")[-1].upper()
+    if engine == "MEGATRON_LM":
+        return {"accelerate_config": f"{name} uses Megatron-LM, which the training loops do not support; use "
+                                     "configs/accelerate/fsdp.yaml to shard the models."}
+    if engine not in ("FSDP", "DEEPSPEED"):
+        return {}
+    label = {"FSDP": "FSDP", "DEEPSPEED": "DeepSpeed"}[engine]
+    missing = []
+    if engine == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        missing.append("DeepSpeed is not installed in this environment (pip install deepspeed)")
+    if not torch.cuda.is_available():
+        missing.append(f"{label} needs CUDA GPUs and this machine has none (Accelerate runs CPU processes as DDP "
+                       "only: use no config, or configs/accelerate/multi_gpu.yaml)")
+    if missing:
+        return {"accelerate_config": f"{name}: " + "; ".join(missing) + "."}
+    if engine == "DEEPSPEED" and kind == "rl":
+        return {"accelerate_config": DEEPSPEED_RL}
+    settings = (cluster.fsdp_config if engine == "FSDP" else cluster.deepspeed_config) or {}
+    if engine == "FSDP" and int(settings.get("fsdp_version", 1)) != 2:
+        return {"accelerate_config": f"{name}: the training loops run FSDP 2 only; set fsdp_version: 2."}
+    if engine == "FSDP" and settings.get("fsdp_cpu_ram_efficient_loading"):
+        return {"accelerate_config": f"{name}: set fsdp_cpu_ram_efficient_loading: false (with it, only the first "
+                                     "process would load the frozen models' weights; the others keep them empty)."}
+    if engine == "DEEPSPEED" and settings.get("zero3_init_flag"):
+        return {"accelerate_config": f"{name}: set zero3_init_flag: false (with it, every model loaded is "
+                                     "partitioned, the frozen ones too, which only a DeepSpeed engine can run)."}
+    if optimizer == "adafactor":
+        return {"optimizer": ADAFACTOR_SHARDED}
+    return {}
+
+
+def _launch(params, errors, kind):
     params["accelerate_config"] = params.get("accelerate_config") or ""
-    for field, message in launch_errors(params).items():
+    for field, message in launch_errors(params, kind).items():
         errors.add(field, message)
 
 
@@ -324,7 +367,7 @@ def validate_sft(params):
     _policy_format(params, errors)
     _numbers(params, errors, SFT_NUMBERS)
     _optimizer(params, errors)
-    _launch(params, errors)
+    _launch(params, errors, "sft")
     ids = _prompt_ids(params, errors, need_reference=True)
     _batch_vs_data(params, errors, len(ids), "prompts with a reference")
     errors.raise_if_any()
@@ -376,7 +419,7 @@ def validate_reward_model(params):
             errors.add("label_config_ids", "Choose the AI labeler configuration(s) whose soft labels to train on.")
     _numbers(params, errors, RM_NUMBERS)
     _optimizer(params, errors)
-    _launch(params, errors)
+    _launch(params, errors, "reward_model")
     if params.get("dataset_id") not in (None, "") or params.get("prompt_ids"):
         _prompt_ids(params, errors)
     params["include_annotator_rankings"] = bool(params.get("include_annotator_rankings"))
@@ -443,7 +486,7 @@ def validate_rl(params):
         errors.add("reward", "reward must be 'reward_model' (RLHF / distilled RLAIF) or 'direct' (direct RLAIF).")
     _numbers(params, errors, RL_NUMBERS)
     _optimizer(params, errors)
-    _launch(params, errors)
+    _launch(params, errors, "rl")
     ids = _prompt_ids(params, errors)
     _batch_vs_data(params, errors, len(ids))
     errors.raise_if_any()

@@ -361,7 +361,7 @@ def config_errors(config):
             continue
         messages += [f"{section}: {m}" if section else m for m in P.number_errors(values, bounds)]
         if STAGE_KINDS.get(section) in ("sft", "reward_model", "rl"):  # the launch section
-            messages += [f"{section}: {m}" for m in P.launch_errors(values).values()]
+            messages += [f"{section}: {m}" for m in P.launch_errors(values, STAGE_KINDS[section]).values()]
     return messages
 
 
