@@ -43,8 +43,9 @@ import threading
 import time
 from pathlib import Path
 
+from evalsite.processes import stop_group
+
 STOP_GRACE_SECONDS = 60       # a cancelled run's time to finish its step and write its checkpoint
-TERM_GRACE_SECONDS = 10       # then SIGTERM, then SIGKILL
 POLL_SECONDS = 0.5
 
 
@@ -78,23 +79,6 @@ def resolve_config(path):
 
 
 # --- the worker's side ------------------------------------------------------------------
-def stop_group(proc, grace=TERM_GRACE_SECONDS):
-    """SIGTERM the launched process group, SIGKILL what is left after ``grace`` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-            # the launcher is gone; ranks that outlive it still share its group
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            pass
-
-
 class _Events:
     """Reads the complete lines the main training process appended since the last read."""
 
