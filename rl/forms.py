@@ -13,7 +13,7 @@ POLICY_FORMAT_CHOICES = [(f, f) for f in P.POLICY_FORMATS]
 INHERITED_FORMAT_CHOICES = [("", "the starting policy's")] + POLICY_FORMAT_CHOICES
 
 PROCESSES_HELP = ("Data-parallel training processes (1: in the worker itself; more: accelerate launch, one per GPU "
-                  "or CPU core). README: More than one GPU or machine.")
+                  "or CPU core). README: Training on several GPUs / machines.")
 ACCELERATE_CONFIG_HELP = "An Accelerate config file, e.g. configs/accelerate/multi_gpu.yaml (empty: Accelerate's defaults)."
 
 

@@ -37,6 +37,7 @@ the worker loads them back and registers them exactly as a single-process job do
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -66,6 +67,19 @@ def launch_command(processes, spec_path, *, config_file="", cpu=None, python=Non
         cmd = [python, "-m", "accelerate.commands.launch", "--num_processes", str(int(processes))]
         cmd += ["--config_file", str(config_file)] if config_file else ["--multi_gpu"]
     return cmd + ["-m", "rl.launch", str(spec_path)]
+
+
+def other_machine_commands(processes, spec_path, config_file, python="python"):
+    """For a config of several machines (``num_machines`` > 1): the command to start on each other
+    machine, rank 1 to n-1 (the job's worker launches machine 0, which the config names as
+    ``main_process_ip``). Empty for one machine."""
+    if not config_file:
+        return []
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    machines = int(load_config_from_file(config_file).num_machines or 1)
+    return [[python, "-m", "accelerate.commands.launch", "--config_file", str(config_file), "--machine_rank", str(rank),
+             "--num_processes", str(int(processes)), "-m", "rl.launch", str(spec_path)] for rank in range(1, machines)]
 
 
 def resolve_config(path):
@@ -109,14 +123,17 @@ def run_launched(ctx, kind, spec):
     for path in (events_path, stop_path):
         path.unlink(missing_ok=True)
     spec = {**spec, "kind": kind, "work_dir": str(work), "events": str(events_path), "stop": str(stop_path),
-            "watch_pid": os.getpid()}
+            "watch_pid": os.getpid(), "watch_host": socket.gethostname()}
     spec_path = work / "spec.json"
     tmp = spec_path.with_suffix(".partial")
     tmp.write_text(json.dumps(spec))
     os.replace(tmp, spec_path)
     config = spec["config"]
-    cmd = launch_command(config["processes"], spec_path, config_file=resolve_config(config.get("accelerate_config")))
+    config_file = resolve_config(config.get("accelerate_config"))
+    cmd = launch_command(config["processes"], spec_path, config_file=config_file)
     ctx.log(f"launching {config['processes']} processes: {' '.join(cmd)}")
+    for other in other_machine_commands(config["processes"], spec_path, config_file, python=sys.executable):
+        ctx.log(f"start on machine {other[other.index('--machine_rank') + 1]} (same paths): {' '.join(other)}")
     out_path = work / f"launch-{attempt}.log"
     root = Path(__file__).resolve().parent.parent
     with open(out_path, "ab") as out:
@@ -170,8 +187,9 @@ class Stopped(Exception):
     """The job was cancelled: every process stops after the same step."""
 
 
-def _die_with(watch_pid):
-    """Exit when the worker (``watch_pid``) or this process's parent (the launcher) is gone."""
+def _die_with(watch_pid, watch_host):
+    """Exit when the worker (``watch_pid`` on ``watch_host``; other machines cannot see it) or this
+    process's parent (the launcher) is gone."""
     try:
         import ctypes
 
@@ -179,6 +197,8 @@ def _die_with(watch_pid):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:  # not Linux: the pid watch below still works
         pass
+    if watch_host != socket.gethostname():
+        return
 
     def watch():
         while True:
@@ -222,7 +242,7 @@ class _Reporter:
 
 def main(spec_path):
     spec = json.loads(Path(spec_path).read_text())
-    _die_with(spec["watch_pid"])
+    _die_with(spec["watch_pid"], spec.get("watch_host", socket.gethostname()))
     import torch
     import transformers
     from accelerate import Accelerator

@@ -246,6 +246,8 @@ def launch_errors(values, kind=None):
                 machines = max(1, int(getattr(cluster, "num_machines", 1) or 1))
                 optimizer = values.get("optimizer", KIND_DEFAULTS.get(kind, {}).get("optimizer"))
                 messages.update(engine_errors(name, cluster, kind, optimizer))
+                if machines > 1 and processes > 1:
+                    messages.update(machines_errors(name, cluster, processes, machines))
     if processes > 1:
         per_machine = -(-processes // machines)
         devices, what = local_devices()
@@ -261,6 +263,26 @@ def launch_errors(values, kind=None):
 
 
 KIND_DEFAULTS = {"sft": SFT_DEFAULTS, "reward_model": RM_DEFAULTS, "rl": RL_DEFAULTS}
+
+
+def machines_errors(name, cluster, processes, machines):
+    """Messages for a config of several machines: the job's worker launches machine 0, the config's
+    ``main_process_ip``, with ``accelerate launch`` on GPUs; the others are started with
+    ``--machine_rank`` (README: Training on several GPUs / machines)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"accelerate_config": f"{name} spans {machines} machines, which needs accelerate launch on CUDA GPUs; "
+                                     "on CPUs a job runs all its processes on this machine."}
+    if not getattr(cluster, "main_process_ip", None) or not getattr(cluster, "main_process_port", None):
+        return {"accelerate_config": f"{name}: set main_process_ip and main_process_port to this machine's address "
+                                     "and a free port (the job's worker launches machine 0 here)."}
+    if int(getattr(cluster, "machine_rank", 0) or 0) != 0:
+        return {"accelerate_config": f"{name}: machine_rank must be 0 (the job's worker launches machine 0; the "
+                                     "others start with --machine_rank, as the job's log says)."}
+    if processes % machines:
+        return {"processes": f"{processes} processes do not divide among the {machines} machines of {name}."}
+    return {}
 
 
 def engine_errors(name, cluster, kind, optimizer):

@@ -360,3 +360,40 @@ def test_distributed_engine_errors_name_what_a_sharded_engine_cannot_run(monkeyp
     message = engine_errors("z.yaml", zero3, "sft", "adamw")["accelerate_config"]
     assert message.startswith("z.yaml: DeepSpeed is not installed") and "DeepSpeed needs CUDA GPUs" in message
     assert "FSDP needs CUDA GPUs" in engine_errors("f.yaml", fsdp, "sft", "adamw")["accelerate_config"]
+
+
+def test_distributed_two_machines_are_configured_in_the_accelerate_config(monkeypatch, tmp_path):
+    """Several machines: the config file names them and machine 0 (the job's worker); the job's log
+    gives each other machine its command; what cannot work is said at submit."""
+    import yaml
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from rl.launch import launch_command, other_machine_commands
+    from rl.params import machines_errors
+
+    def two_machines(**change):
+        data = yaml.safe_load((ROOT / "configs" / "accelerate" / "multi_gpu.yaml").read_text())
+        data.update({"num_machines": 2, "main_process_ip": "10.0.0.1", "main_process_port": 29500, **change})
+        path = tmp_path / f"two-{len(list(tmp_path.iterdir()))}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return str(path)
+
+    good = two_machines()
+    assert launch_command(8, "spec.json", config_file=good, cpu=False, python="py") == [
+        "py", "-m", "accelerate.commands.launch", "--num_processes", "8", "--config_file", good, "-m", "rl.launch",
+        "spec.json"]
+    assert other_machine_commands(8, "/shared/spec.json", good) == [
+        ["python", "-m", "accelerate.commands.launch", "--config_file", good, "--machine_rank", "1", "--num_processes",
+         "8", "-m", "rl.launch", "/shared/spec.json"]]
+    assert other_machine_commands(8, "s.json", str(ROOT / "configs" / "accelerate" / "multi_gpu.yaml")) == []
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert machines_errors("two.yaml", load_config_from_file(good), 8, 2) == {}
+    no_ip = load_config_from_file(two_machines(main_process_ip=None))
+    assert "set main_process_ip" in machines_errors("two.yaml", no_ip, 8, 2)["accelerate_config"]
+    rank1 = load_config_from_file(two_machines(machine_rank=1))
+    assert "machine_rank must be 0" in machines_errors("two.yaml", rank1, 8, 2)["accelerate_config"]
+    assert "do not divide" in machines_errors("two.yaml", load_config_from_file(good), 7, 2)["processes"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "needs accelerate launch on CUDA GPUs" in machines_errors(
+        "two.yaml", load_config_from_file(good), 8, 2)["accelerate_config"]
