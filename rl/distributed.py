@@ -81,14 +81,17 @@ def micro_batches(rows, n_global, steps, accelerator):
 
 
 def broadcast_parameters(model, accelerator):
-    """Every process starts from the main process's weights (as DDP does when it wraps a model): a
-    freshly initialised head would otherwise differ between processes, and FSDP and DeepSpeed
-    shard each process's own copy."""
+    """Every process takes the main process's weights, as DDP does when it wraps a model; FSDP and
+    DeepSpeed shard each process's own copy, so a freshly drawn head must not differ. The model may
+    still be on the CPU (a sharded engine moves it): each tensor travels through the device."""
     if world(accelerator)[1] == 1:
         return
     with torch.no_grad():
         for p in model.parameters():
-            torch.distributed.broadcast(p.data, src=0)
+            there = p.data.to(accelerator.device)
+            torch.distributed.broadcast(there, src=0)
+            if there is not p.data:
+                p.data.copy_(there)
 
 
 ADAFACTOR_SHARDED = ("Adafactor cannot train sharded models: its factored second moments need whole weight "
@@ -126,7 +129,8 @@ class Trainable:
             accelerator.state.deepspeed_plugin.deepspeed_config.update(
                 train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=1,
                 train_batch_size=micro * self.processes, gradient_clipping=float(config.max_grad_norm))
-        broadcast_parameters(model, accelerator)
+        if is_sharded(accelerator):
+            broadcast_parameters(model, accelerator)
         # FSDP 2 needs the model and its optimizer in one call (it swaps the optimizer's parameters)
         self.module, self.optimizer = accelerator.prepare(model, optimizer)
 
