@@ -171,8 +171,9 @@ class ReinforceTrainer:
                                         config.value_learning_rate or config.learning_rate), accelerator, config)
         self.policy_optimizer, self.value_optimizer = self.trained_policy.optimizer, self.trained_value.optimizer
         self.device = next(self.trained_policy.module.parameters()).device
-        if sampler is not policy:  # stored as the reference is (bf16 on a GPU)
+        if sampler is not policy:  # stored as the reference is (bf16 on a GPU); the prepared weights
             sampler.to(self.device, dtype=torch.bfloat16 if use_bf16(self.device) else None)
+            refresh_copy(sampler, policy)
         self.sampler = sampler
         self.completed_steps = 0
 
