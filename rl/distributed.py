@@ -21,6 +21,11 @@ through a sharded model (every forward would gather weights with the other proce
 after other numbers of tokens), so under FSDP the policy samples from a whole copy refreshed after
 each update (``refresh_copy``). Only the main process writes checkpoints and weights; a sharded
 model's weights are gathered whole first (``full_state_dict``, which every process calls).
+
+What a sharded engine cannot do is refused at submit (rl/params.py ``engine_errors``): Adafactor
+(its factored statistics need whole weight matrices) and RL under DeepSpeed (its checkpoints keep
+optimizer states in PyTorch's format). tests/test_distributed.py runs DDP and FSDP 2 on CPU
+processes; the DeepSpeed path needs CUDA and the deepspeed package, which the test machines lack.
 """
 import contextlib
 import math
