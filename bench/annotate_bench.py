@@ -23,7 +23,6 @@ people (real annotators spend tens of seconds per item) and measures latency at 
 import argparse
 import multiprocessing as mp
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -35,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from evalsite.processes import stop_group  # noqa: E402  (after the path)
 
 
 def free_port():
@@ -328,11 +329,7 @@ def measure(args, env, dbname):
         client_cpu = sum(r["cpu"] for r in results)
     finally:
         if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+            stop_group(server, grace=20)
 
     next_t = [x for r in results for x in r["next"]]
     submit_t = [x for r in results for x in r["submit"]]

@@ -10,13 +10,13 @@ real third-party server; handy to serve a GGUF labeler on this machine too:
 ``--logits_all true`` is what makes it return log-probabilities (without it, it refuses any request
 that asks for them). The server runs in its own process group, so ``stop``/``kill`` end all of it.
 """
-import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from evalsite.processes import kill_group, stop_group
 
 
 def free_port(host="127.0.0.1"):
@@ -75,17 +75,13 @@ class LlamaServer:
 
     def kill(self):
         """SIGKILL its whole process group, as a crash would."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        if self.proc:
+            kill_group(self.proc)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        """SIGTERM its process group; SIGKILL what is left after 10 s."""
+        if self.proc:
+            stop_group(self.proc, grace=10)
 
     def __enter__(self):
         return self.start()

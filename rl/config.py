@@ -91,7 +91,7 @@ def _policy_format(default):
 
 def _processes():
     return setting(1, "Data-parallel training processes (1: in the worker itself; more: accelerate launch, one per "
-                      "GPU or CPU core). README: More than one GPU or machine.", PROCESSES)
+                      "GPU or CPU core). README: Training on several GPUs / machines.", PROCESSES)
 
 
 def _accelerate_config():

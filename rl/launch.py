@@ -37,14 +37,16 @@ the worker loads them back and registers them exactly as a single-process job do
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+from evalsite.processes import stop_group
+
 STOP_GRACE_SECONDS = 60       # a cancelled run's time to finish its step and write its checkpoint
-TERM_GRACE_SECONDS = 10       # then SIGTERM, then SIGKILL
 POLL_SECONDS = 0.5
 
 
@@ -67,6 +69,19 @@ def launch_command(processes, spec_path, *, config_file="", cpu=None, python=Non
     return cmd + ["-m", "rl.launch", str(spec_path)]
 
 
+def other_machine_commands(processes, spec_path, config_file, python="python"):
+    """For a config of several machines (``num_machines`` > 1): the command to start on each other
+    machine, rank 1 to n-1 (the job's worker launches machine 0, which the config names as
+    ``main_process_ip``). Empty for one machine."""
+    if not config_file:
+        return []
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    machines = int(load_config_from_file(config_file).num_machines or 1)
+    return [[python, "-m", "accelerate.commands.launch", "--config_file", str(config_file), "--machine_rank", str(rank),
+             "--num_processes", str(int(processes)), "-m", "rl.launch", str(spec_path)] for rank in range(1, machines)]
+
+
 def resolve_config(path):
     """An Accelerate config path made absolute: as given, or else relative to the project root."""
     if not path:
@@ -78,23 +93,6 @@ def resolve_config(path):
 
 
 # --- the worker's side ------------------------------------------------------------------
-def stop_group(proc, grace=TERM_GRACE_SECONDS):
-    """SIGTERM the launched process group, SIGKILL what is left after ``grace`` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-            # the launcher is gone; ranks that outlive it still share its group
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            pass
-
-
 class _Events:
     """Reads the complete lines the main training process appended since the last read."""
 
@@ -125,14 +123,17 @@ def run_launched(ctx, kind, spec):
     for path in (events_path, stop_path):
         path.unlink(missing_ok=True)
     spec = {**spec, "kind": kind, "work_dir": str(work), "events": str(events_path), "stop": str(stop_path),
-            "watch_pid": os.getpid()}
+            "watch_pid": os.getpid(), "watch_host": socket.gethostname()}
     spec_path = work / "spec.json"
     tmp = spec_path.with_suffix(".partial")
     tmp.write_text(json.dumps(spec))
     os.replace(tmp, spec_path)
     config = spec["config"]
-    cmd = launch_command(config["processes"], spec_path, config_file=resolve_config(config.get("accelerate_config")))
+    config_file = resolve_config(config.get("accelerate_config"))
+    cmd = launch_command(config["processes"], spec_path, config_file=config_file)
     ctx.log(f"launching {config['processes']} processes: {' '.join(cmd)}")
+    for other in other_machine_commands(config["processes"], spec_path, config_file, python=sys.executable):
+        ctx.log(f"start on machine {other[other.index('--machine_rank') + 1]} (same paths): {' '.join(other)}")
     out_path = work / f"launch-{attempt}.log"
     root = Path(__file__).resolve().parent.parent
     with open(out_path, "ab") as out:
@@ -186,8 +187,9 @@ class Stopped(Exception):
     """The job was cancelled: every process stops after the same step."""
 
 
-def _die_with(watch_pid):
-    """Exit when the worker (``watch_pid``) or this process's parent (the launcher) is gone."""
+def _die_with(watch_pid, watch_host):
+    """Exit when the worker (``watch_pid`` on ``watch_host``; other machines cannot see it) or this
+    process's parent (the launcher) is gone."""
     try:
         import ctypes
 
@@ -195,6 +197,8 @@ def _die_with(watch_pid):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:  # not Linux: the pid watch below still works
         pass
+    if watch_host != socket.gethostname():
+        return
 
     def watch():
         while True:
@@ -238,12 +242,12 @@ class _Reporter:
 
 def main(spec_path):
     spec = json.loads(Path(spec_path).read_text())
-    _die_with(spec["watch_pid"])
+    _die_with(spec["watch_pid"], spec.get("watch_host", socket.gethostname()))
     import torch
     import transformers
     from accelerate import Accelerator
 
-    from rl.distributed import check_engine, is_main
+    from rl.distributed import is_main
 
     transformers.logging.set_verbosity_error()
     # on CPUs Accelerate finds the ranks torch's launcher set only when told it runs on the CPU
@@ -251,7 +255,6 @@ def main(spec_path):
     if accelerator.num_processes != int(os.environ.get("WORLD_SIZE", 1)):
         raise RuntimeError(f"Accelerate sees {accelerator.num_processes} processes, the launcher started "
                            f"{os.environ.get('WORLD_SIZE')}")
-    check_engine(accelerator)
     if accelerator.device.type == "cpu" and "OMP_NUM_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     reporter = _Reporter(spec, accelerator)
@@ -275,38 +278,46 @@ def main(spec_path):
     os._exit(0)
 
 
+def _trained_on(accelerator):
+    """Where a trainable model loads: a sharded engine (FSDP, DeepSpeed) moves its shards to the
+    device itself, so the whole model stays on the CPU until then."""
+    from rl.distributed import is_sharded
+
+    return "cpu" if is_sharded(accelerator) else accelerator.device
+
+
 def _sft(spec, accelerator, reporter, work):
-    from rl.modeling import load_causal_lm, load_tokenizer, save_hf_folder
+    from rl.distributed import save_trained
+    from rl.modeling import load_causal_lm, load_tokenizer
     from rl.sft import SFTConfig, train_sft
 
     config = SFTConfig(**spec["config"])
-    tokenizer, model = load_tokenizer(spec["start"]), load_causal_lm(spec["start"], accelerator.device)
+    tokenizer, model = load_tokenizer(spec["start"]), load_causal_lm(spec["start"], _trained_on(accelerator))
 
     def on_step(step, total, metrics):
         reporter.step(step, total, metrics, f"step {step + 1}/{total}, loss {metrics['loss']:.4f}")
 
     losses = train_sft(model, tokenizer, spec["prompts"], spec["responses"], config, on_step=on_step,
                        accelerator=accelerator, end_ids=spec.get("end_ids"))
-    if accelerator.is_main_process:
-        save_hf_folder(model, tokenizer, work / "trained")
+    save_trained(model, tokenizer, work / "trained", accelerator)
     return {"losses": losses, "trained": str(work / "trained")}
 
 
 def _reward_model(spec, accelerator, reporter, work):
-    from rl.modeling import save_hf_folder, seed_everything
+    from rl.distributed import save_trained
+    from rl.modeling import seed_everything
     from rl.reward_model import Pair, RewardModelConfig, RewardScorer, train_reward_model
 
     config = RewardModelConfig(**spec["config"])
     seed_everything(config.seed)  # the fresh head, as a job in one process draws it (then broadcast)
-    scorer = RewardScorer.from_folder(spec["start"], device=accelerator.device, max_length=config.max_length)
+    scorer = RewardScorer.from_folder(spec["start"], device=_trained_on(accelerator), max_length=config.max_length)
     pairs = [Pair(*row) for row in spec["pairs"]]
 
     def on_step(step, total, metrics):
         reporter.step(step, total, metrics, f"step {step + 1}/{total}, loss {metrics['loss']:.4f}")
 
     train_reward_model(scorer, pairs, config, on_step=on_step, accelerator=accelerator)
-    if accelerator.is_main_process:
-        save_hf_folder(scorer.model, scorer.tokenizer, work / "trained")
+    save_trained(scorer.model, scorer.tokenizer, work / "trained", accelerator)
     return {"trained": str(work / "trained")}
 
 
@@ -344,7 +355,11 @@ def _rl(spec, accelerator, reporter, work):
     try:
         trainer.train(spec["prompts"], spec["contexts"], on_step=on_step, checkpoint_dir=work)
     except Stopped:
-        if accelerator.is_main_process and trainer.completed_steps != ReinforceTrainer.checkpoint_step(work):
+        from rl.distributed import any_process
+
+        # every process takes part in writing a checkpoint (sharded weights are gathered)
+        if any_process(accelerator.is_main_process
+                       and trainer.completed_steps != ReinforceTrainer.checkpoint_step(work), accelerator):
             trainer.save_checkpoint(work)
         reporter.log(f"checkpoint at step {trainer.completed_steps} kept for resuming")
         raise

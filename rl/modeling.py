@@ -123,13 +123,14 @@ def trunk(model):
     return getattr(model, model.base_model_prefix)
 
 
-def save_hf_folder(model, tokenizer, dest, *, extra_files=None):
-    """Write model + tokenizer to ``dest`` atomically (a half-written folder is never visible)."""
+def save_hf_folder(model, tokenizer, dest, *, extra_files=None, state_dict=None):
+    """Write model + tokenizer to ``dest`` atomically (a half-written folder is never visible).
+    ``state_dict``: the weights to write in place of the model's own (a sharded model's, gathered)."""
     dest = Path(dest)
     tmp = dest.with_name(dest.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     for name, text in (extra_files or {}).items():

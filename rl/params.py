@@ -1,4 +1,4 @@
-"""Validation of the training jobs' parameters (used by Job.submit and by the admin forms).
+"""Validation of the training jobs' parameters (used by the job runtime's submit and by the admin forms).
 
 App layer, not a core: it checks the training settings against their dataclasses (rl/config.py)
 and what the parameters name against the database (policies, prompts, datasets, reward models,
@@ -10,6 +10,7 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 
 from evalsite.models import Dataset, Policy, Prompt
+from rl import kinds
 from rl.config import RewardModelConfig, RLConfig, SamplingConfig, SFTConfig, check_settings, setting_defaults
 
 # A job's params are its training settings (rl/config.py: their defaults come from there) and what
@@ -122,12 +123,12 @@ def local_devices():
     return os.cpu_count() or 1, "CPU cores"
 
 
-def launch_errors(values):
+def launch_errors(values, kind=None):
     """Messages for a training job's launch section (``processes``, ``accelerate_config``), beyond
     their types and ranges (rl/config.py): a config file that is missing or not Accelerate's, an
-    engine the loops do not run, more processes per machine than this machine has devices, fewer
-    rows per step than processes."""
-    from rl.distributed import SHARDED_ENGINES
+    engine this machine or the loop cannot run, more processes per machine than this machine has
+    devices, fewer rows per step than processes.
+    ``kind`` (sft, reward_model, rl) supplies the job's default optimizer and what only RL refuses."""
     from rl.launch import resolve_config
 
     messages = {}
@@ -152,11 +153,10 @@ def launch_errors(values):
                 messages["accelerate_config"] = f"{name} is not an Accelerate config file: {e}"
             else:
                 machines = max(1, int(getattr(cluster, "num_machines", 1) or 1))
-                engine = str(getattr(cluster, "distributed_type", "")).split(".")[-1].upper()
-                if engine in SHARDED_ENGINES:
-                    messages["accelerate_config"] = (
-                        f"{name} uses {engine}, which shards the models; the training loops run data-parallel "
-                        "(DDP) only so far. Use configs/accelerate/multi_gpu.yaml.")
+                optimizer = values.get("optimizer", KIND_DEFAULTS.get(kind, {}).get("optimizer"))
+                messages.update(engine_errors(name, cluster, kind, optimizer))
+                if machines > 1 and processes > 1:
+                    messages.update(machines_errors(name, cluster, processes, machines))
     if processes > 1:
         per_machine = -(-processes // machines)
         devices, what = local_devices()
@@ -171,8 +171,75 @@ def launch_errors(values):
     return messages
 
 
-def _launch(params, errors):
-    for field, message in launch_errors(params).items():
+KIND_DEFAULTS = {kinds.SFT: SFT_DEFAULTS, kinds.REWARD_MODEL: RM_DEFAULTS, kinds.RL: RL_DEFAULTS}
+
+
+def machines_errors(name, cluster, processes, machines):
+    """Messages for a config of several machines: the job's worker launches machine 0, the config's
+    ``main_process_ip``, with ``accelerate launch`` on GPUs; the others are started with
+    ``--machine_rank`` (README: Training on several GPUs / machines)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"accelerate_config": f"{name} spans {machines} machines, which needs accelerate launch on CUDA GPUs; "
+                                     "on CPUs a job runs all its processes on this machine."}
+    if not getattr(cluster, "main_process_ip", None) or not getattr(cluster, "main_process_port", None):
+        return {"accelerate_config": f"{name}: set main_process_ip and main_process_port to this machine's address "
+                                     "and a free port (the job's worker launches machine 0 here)."}
+    if int(getattr(cluster, "machine_rank", 0) or 0) != 0:
+        return {"accelerate_config": f"{name}: machine_rank must be 0 (the job's worker launches machine 0; the "
+                                     "others start with --machine_rank, as the job's log says)."}
+    if processes % machines:
+        return {"processes": f"{processes} processes do not divide among the {machines} machines of {name}."}
+    return {}
+
+
+def engine_errors(name, cluster, kind, optimizer):
+    """Messages (by field) for an Accelerate config's engine that this machine or this job cannot run:
+    FSDP and DeepSpeed need CUDA (Accelerate runs CPU processes as DDP only), DeepSpeed must be
+    installed and cannot train RL, the loops need FSDP 2 and whole frozen models on every process,
+    and Adafactor cannot train sharded weights (rl/distributed.py, configs/accelerate/*.yaml)."""
+    import importlib.util
+
+    import torch
+
+    from rl.distributed import ADAFACTOR_SHARDED
+    from rl.reinforce import DEEPSPEED_RL
+
+    engine = str(getattr(cluster, "distributed_type", "")).split(".")[-1].upper()
+    if engine == "MEGATRON_LM":
+        return {"accelerate_config": f"{name} uses Megatron-LM, which the training loops do not support; use "
+                                     "configs/accelerate/fsdp.yaml to shard the models."}
+    if engine not in ("FSDP", "DEEPSPEED"):
+        return {}
+    label = {"FSDP": "FSDP", "DEEPSPEED": "DeepSpeed"}[engine]
+    missing = []
+    if engine == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        missing.append("DeepSpeed is not installed in this environment (pip install deepspeed)")
+    if not torch.cuda.is_available():
+        missing.append(f"{label} needs CUDA GPUs and this machine has none (Accelerate runs CPU processes as DDP "
+                       "only: use no config, or configs/accelerate/multi_gpu.yaml)")
+    if missing:
+        return {"accelerate_config": f"{name}: " + "; ".join(missing) + "."}
+    if engine == "DEEPSPEED" and kind == kinds.RL:
+        return {"accelerate_config": DEEPSPEED_RL}
+    settings = (cluster.fsdp_config if engine == "FSDP" else cluster.deepspeed_config) or {}
+    if engine == "FSDP" and int(settings.get("fsdp_version", 1)) != 2:
+        return {"accelerate_config": f"{name}: the training loops run FSDP 2 only; set fsdp_version: 2."}
+    if engine == "FSDP" and settings.get("fsdp_cpu_ram_efficient_loading"):
+        return {"accelerate_config": f"{name}: set fsdp_cpu_ram_efficient_loading: false (with it, only the first "
+                                     "process would load the frozen models' weights; the others keep them empty)."}
+    if engine == "DEEPSPEED" and settings.get("zero3_init_flag"):
+        return {"accelerate_config": f"{name}: set zero3_init_flag: false (with it, every model loaded is "
+                                     "partitioned, the frozen ones too, which only a DeepSpeed engine can run)."}
+    if optimizer == "adafactor":
+        return {"optimizer": ADAFACTOR_SHARDED}
+    return {}
+
+
+def _launch(params, errors, kind):
+    params["accelerate_config"] = params.get("accelerate_config") or ""
+    for field, message in launch_errors(params, kind).items():
         errors.add(field, message)
 
 
@@ -209,7 +276,7 @@ def validate_sft(params):
                                      f"(not found: {params.get('base_model')!r}).")
     _new_policy_name(params, errors)
     _settings(params, errors, SFTConfig)
-    _launch(params, errors)
+    _launch(params, errors, kinds.SFT)
     ids = _prompt_ids(params, errors, need_reference=True)
     _batch_vs_data(params, errors, len(ids), "prompts with a reference")
     errors.raise_if_any()
@@ -258,7 +325,7 @@ def validate_reward_model(params):
         if not params.get("label_config_ids"):
             errors.add("label_config_ids", "Choose the AI labeler configuration(s) whose soft labels to train on.")
     _settings(params, errors, RewardModelConfig)
-    _launch(params, errors)
+    _launch(params, errors, kinds.REWARD_MODEL)
     if params.get("dataset_id") not in (None, "") or params.get("prompt_ids"):
         _prompt_ids(params, errors)
     params["include_annotator_rankings"] = bool(params.get("include_annotator_rankings"))
@@ -323,7 +390,7 @@ def validate_rl(params):
                                         f"(not found: {params.get('labeler_model')!r}).")
     else:
         errors.add("reward", "reward must be 'reward_model' (RLHF / distilled RLAIF) or 'direct' (direct RLAIF).")
-    _launch(params, errors)
+    _launch(params, errors, kinds.RL)
     ids = _prompt_ids(params, errors)
     _batch_vs_data(params, errors, len(ids))
     errors.raise_if_any()

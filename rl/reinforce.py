@@ -19,7 +19,7 @@ reaches a stop string (the task's next turn marker, rl/formats.py) ends before i
 from there on are no actions: the sampler drops them, so log-probs, KL and value targets cover
 only the kept tokens.
 """
-import math
+import copy
 import random
 import shutil
 import time
@@ -29,7 +29,19 @@ from pathlib import Path
 import torch
 
 from rl.config import RLConfig  # the settings (defaults, ranges, help): rl/config.py
-from rl.distributed import broadcast_parameters, gather_lists, is_main, share_bounds, sum_gradients, sum_numbers
+from rl.distributed import (
+    Trainable,
+    engine,
+    gather_lists,
+    is_main,
+    is_sharded,
+    micro_batches,
+    refresh_copy,
+    save_trained,
+    share_bounds,
+    sum_numbers,
+    wait_for_everyone,
+)
 from rl.modeling import (
     autocast,
     encode_left_truncated,
@@ -40,12 +52,17 @@ from rl.modeling import (
     make_optimizer,
     pick_device,
     replace_dir,
-    save_hf_folder,
     seed_everything,
     stop_token_ids,
     token_logprobs,
+    use_bf16,
 )
 from rl.sampling import row_seed, sample_token_ids
+
+
+DEEPSPEED_RL = ("RL does not run under DeepSpeed: its checkpoints keep the optimizer states in PyTorch's format "
+                "so a run resumes on any number of processes, and ZeRO keeps them partitioned in its own. Use "
+                "configs/accelerate/fsdp.yaml (FSDP 2 shards policy and value model the same way).")
 
 
 def reinforce_returns(logprobs, ref_logprobs, mask, scores, beta):
@@ -100,25 +117,37 @@ class ReinforceTrainer:
     """Holds policy, value model, frozen reference and their optimizers; ``train`` runs the loop.
 
     With an ``accelerator`` of several processes, each samples, scores and trains on its share
-    of every step's prompts (rl/distributed.py); the reference and the reward source sit on each
-    process's own device.
+    of every step's prompts, policy and value model prepared for the run's engine with their
+    optimizers (rl/distributed.py); the frozen reference and the reward source are not prepared:
+    each process holds them whole on its device. ``policy`` and ``value_model`` stay the Hugging
+    Face models (under FSDP, sharded).
     """
 
     def __init__(self, config: RLConfig, policy, value_model, reference, tokenizer, reward_fn, *, accelerator=None,
                  stop_strings=(), extra_stop_ids=()):
+        if engine(accelerator) == "DEEPSPEED":
+            raise RuntimeError(DEEPSPEED_RL)
         self.config, self.accelerator = config, accelerator
-        for model in (policy, value_model):
-            broadcast_parameters(model, accelerator)
         self.policy, self.value_model, self.reference = policy, value_model, reference
         self.tokenizer, self.reward_fn = tokenizer, reward_fn
-        self.device = next(policy.parameters()).device
         # what ends a response: EOS, the format's end-of-turn token and stop strings (rl/formats.py)
         self.stop_ids = sorted(set(stop_token_ids(tokenizer, getattr(policy, "generation_config", None) or policy.config))
                                | {int(i) for i in extra_stop_ids})
         self.stop_strings = tuple(stop_strings)
-        self.policy_optimizer = make_optimizer(policy.parameters(), config.optimizer, config.learning_rate)
-        self.value_optimizer = make_optimizer(value_model.parameters(), config.optimizer,
-                                              config.value_learning_rate or config.learning_rate)
+        # Sampling goes token by token and rows stop early, so it cannot run through a sharded policy
+        # (rl/distributed.py): under FSDP the policy samples from a whole copy, refreshed each step.
+        sampler = copy.deepcopy(policy).requires_grad_(False) if is_sharded(accelerator) else policy
+        self.trained_policy = Trainable(
+            policy, make_optimizer(policy.parameters(), config.optimizer, config.learning_rate), accelerator, config)
+        self.trained_value = Trainable(
+            value_model, make_optimizer(value_model.parameters(), config.optimizer,
+                                        config.value_learning_rate or config.learning_rate), accelerator, config)
+        self.policy_optimizer, self.value_optimizer = self.trained_policy.optimizer, self.trained_value.optimizer
+        self.device = next(self.trained_policy.module.parameters()).device
+        if sampler is not policy:  # stored as the reference is (bf16 on a GPU); the prepared weights
+            sampler.to(self.device, dtype=torch.bfloat16 if use_bf16(self.device) else None)
+            refresh_copy(sampler, policy)
+        self.sampler = sampler
         self.completed_steps = 0
 
     @classmethod
@@ -131,15 +160,17 @@ class ReinforceTrainer:
         seed_everything(config.seed)
         tokenizer = load_tokenizer(sft_dir)
         start = Path(resume_from) if resume_from else None
-        policy = load_causal_lm(start / "policy" if start else sft_dir, device)
-        value_model = load_value_model(start / "value" if start else sft_dir, device)
+        # a sharded engine moves its shards to the device itself: the whole models stay on the CPU
+        trained_on = torch.device("cpu") if is_sharded(accelerator) else device
+        policy = load_causal_lm(start / "policy" if start else sft_dir, trained_on)
+        value_model = load_value_model(start / "value" if start else sft_dir, trained_on)
         reference = load_causal_lm(sft_dir, device, trainable=False)
         trainer = cls(config, policy, value_model, reference, tokenizer, reward_fn, accelerator=accelerator,
                       stop_strings=stop_strings, extra_stop_ids=extra_stop_ids)
         if start:
             state = torch.load(start / "state.pt", map_location=device, weights_only=False)
-            trainer.policy_optimizer.load_state_dict(state["policy_optimizer"])
-            trainer.value_optimizer.load_state_dict(state["value_optimizer"])
+            trainer.trained_policy.load_optimizer_state(state["policy_optimizer"])
+            trainer.trained_value.load_optimizer_state(state["value_optimizer"])
             trainer.completed_steps = int(state["step"])
         return trainer
 
@@ -156,7 +187,7 @@ class ReinforceTrainer:
         for s in range(0, len(rows), size):
             chunk = rows[s:s + size]
             responses, logprobs, ended = sample_token_ids(
-                self.policy, [prompt_ids[i] for i in chunk], max_new_tokens=cfg.max_response_tokens,
+                self.sampler, [prompt_ids[i] for i in chunk], max_new_tokens=cfg.max_response_tokens,
                 temperature=cfg.temperature, top_p=cfg.top_p, stop_ids=self.stop_ids,
                 pad_id=self.tokenizer.pad_token_id, seeds=[row_seed(cfg.seed, step, first_row + i) for i in chunk],
                 return_logprobs=True, return_ended=True, stop_strings=self.stop_strings,
@@ -191,11 +222,9 @@ class ReinforceTrainer:
 
         mine = len(prompt_ids)
         order = sorted(range(mine), key=lambda i: len(prompt_ids[i]) + len(responses[i]))
-        micro = max(1, math.ceil(mine / cfg.gradient_accumulation_steps))
         batches = []
         kl_all, returns_all = torch.zeros(mine), torch.zeros(mine)
-        for m in range(0, mine, micro):
-            idx = order[m:m + micro]
+        for idx in micro_batches(order, n, cfg.gradient_accumulation_steps, self.accelerator):
             ids, mask, pos, p_w, t_w = _batch_tensors([prompt_ids[i] for i in idx], [responses[i] for i in idx],
                                                       self.tokenizer.pad_token_id, self.device)
             targets, resp_mask = ids[:, p_w:], mask[:, p_w:]
@@ -223,40 +252,42 @@ class ReinforceTrainer:
         # using V(s_t) from before the value update (as when both step together). Only one
         # model's gradients and activations exist at any time.
         sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "tokens": 0, "value": 0.0}
-        self.value_optimizer.zero_grad(set_to_none=True)
-        for b in batches:
-            with autocast(self.device):
-                values = self.value_model(input_ids=b["ids"], attention_mask=b["mask"],
+        value = self.trained_value
+        value.zero_grad()
+        for i, b in enumerate(batches):
+            with value.micro_batch(last=i == len(batches) - 1):
+                with autocast(self.device):
+                    values = value.module(input_ids=b["ids"], attention_mask=b["mask"],
                                           position_ids=b["pos"]).logits[:, b["p_w"] - 1:-1, 0].float()
-            value_loss = value_loss_of(values, b["returns"], b["resp_mask"], n)
-            value_loss.backward()
+                value_loss = value_loss_of(values, b["returns"], b["resp_mask"], n)
+                value.backward(value_loss)
             b["values"] = values.detach()
             sums["value_loss"] += float(value_loss.detach())
             sums["value"] += float((b["values"] * b["resp_mask"]).sum())
             del values, value_loss
-        sum_gradients(self.value_model, self.accelerator)
-        value_grad = torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), cfg.max_grad_norm)
-        self.value_optimizer.step()
-        self.value_optimizer.zero_grad(set_to_none=True)  # free the value gradients before the policy's exist
+        value_grad = value.step()
+        value.zero_grad()  # free the value gradients before the policy's exist
         t_value = time.perf_counter()
 
-        self.policy_optimizer.zero_grad(set_to_none=True)
-        for b in batches:
-            with autocast(self.device):
-                logits = self.policy(input_ids=b["ids"], attention_mask=b["mask"], position_ids=b["pos"],
-                                     logits_to_keep=b["t_w"] + 1).logits[:, :-1]
-            logprobs = token_logprobs(logits, b["targets"])
-            sums["entropy"] += float((entropy_from_logits(logits.detach()) * b["resp_mask"]).sum())
-            del logits
-            policy_loss = policy_loss_of(logprobs, b["returns"], b["values"], b["resp_mask"], n)
-            policy_loss.backward()
+        policy = self.trained_policy
+        policy.zero_grad()
+        for i, b in enumerate(batches):
+            with policy.micro_batch(last=i == len(batches) - 1):
+                with autocast(self.device):
+                    logits = policy.module(input_ids=b["ids"], attention_mask=b["mask"], position_ids=b["pos"],
+                                           logits_to_keep=b["t_w"] + 1).logits[:, :-1]
+                logprobs = token_logprobs(logits, b["targets"])
+                sums["entropy"] += float((entropy_from_logits(logits.detach()) * b["resp_mask"]).sum())
+                del logits
+                policy_loss = policy_loss_of(logprobs, b["returns"], b["values"], b["resp_mask"], n)
+                policy.backward(policy_loss)
             sums["policy_loss"] += float(policy_loss.detach())
             sums["tokens"] += int(b["resp_mask"].sum())
             del logprobs, policy_loss
-        sum_gradients(self.policy, self.accelerator)
-        policy_grad = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-        self.policy_optimizer.step()
-        self.policy_optimizer.zero_grad(set_to_none=True)  # free gradient memory between steps
+        policy_grad = policy.step()
+        policy.zero_grad()  # free gradient memory between steps
+        if self.sampler is not self.policy:
+            refresh_copy(self.sampler, self.policy)
         self.completed_steps = step + 1
         # the metrics are the global batch's: every process's rows, in global order
         acc = self.accelerator
@@ -280,8 +311,8 @@ class ReinforceTrainer:
             "entropy": sums["entropy"] / max(sums["tokens"], 1),
             "response_length": float(lengths.mean()),
             "stopped_share": stopped / n,
-            "policy_grad_norm": float(policy_grad),
-            "value_grad_norm": float(value_grad),
+            "policy_grad_norm": policy_grad,
+            "value_grad_norm": value_grad,
             "generation_seconds": t_gen,
             "reward_seconds": t_reward,
             "reference_seconds": t_ref - t0 - t_gen - t_reward,  # with building the batches and R
@@ -322,28 +353,33 @@ class ReinforceTrainer:
             # metrics first: a crash before the next checkpoint repeats (and rewrites) these steps
             if on_step is not None:
                 on_step(step, total, metrics, texts)
-            # every process holds the same weights: the main one writes them
-            if checkpoint_dir and ((step + 1) % cfg.save_every == 0 or step + 1 == total) and is_main(self.accelerator):
+            if checkpoint_dir and ((step + 1) % cfg.save_every == 0 or step + 1 == total):
                 self.save_checkpoint(checkpoint_dir)
         return self.completed_steps
 
     # --- checkpoints -------------------------------------------------------------------
     def save_checkpoint(self, directory):
-        """``directory/checkpoint`` = policy/, value/ (HF folders) and state.pt, replaced atomically."""
+        """``directory/checkpoint`` = policy/, value/ (HF folders) and state.pt, replaced atomically.
+        Every process calls it (sharded weights and optimizer states are gathered); the main one writes."""
         directory = Path(directory)
         final = directory / "checkpoint"
         tmp = directory / "checkpoint.partial"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        save_hf_folder(self.policy, self.tokenizer, tmp / "policy")
-        save_hf_folder(self.value_model, None, tmp / "value")
-        torch.save({
-            "step": self.completed_steps, "config": asdict(self.config),
-            "policy_optimizer": self.policy_optimizer.state_dict(),
-            "value_optimizer": self.value_optimizer.state_dict(),
-        }, tmp / "state.pt")
-        return replace_dir(tmp, final)
+        main = is_main(self.accelerator)
+        if main:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        wait_for_everyone(self.accelerator)
+        save_trained(self.policy, self.tokenizer, tmp / "policy", self.accelerator)
+        save_trained(self.value_model, None, tmp / "value", self.accelerator)
+        state = {"step": self.completed_steps, "config": asdict(self.config),
+                 "policy_optimizer": self.trained_policy.optimizer_state(),
+                 "value_optimizer": self.trained_value.optimizer_state()}
+        if main:
+            torch.save(state, tmp / "state.pt")
+            replace_dir(tmp, final)
+        wait_for_everyone(self.accelerator)
+        return final
 
     @staticmethod
     def checkpoint_step(directory):

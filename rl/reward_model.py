@@ -12,7 +12,6 @@ RewardTrainer only has p = 1.) The model is a scalar head on a causal LM, read a
 real token (initialised from a policy, as the paper does from SFT), or an encoder's
 sequence-classification head.
 """
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from rl.config import RewardModelConfig  # the settings (defaults, ranges, help): rl/config.py
-from rl.distributed import broadcast_parameters, share, sum_gradients, sum_numbers
+from rl.distributed import Trainable, is_sharded, micro_batches, share, sum_numbers
 from rl.modeling import autocast, make_optimizer, pad_left, pick_device, scalar_head, seed_everything, trunk
 
 
@@ -108,13 +107,53 @@ def load_reward_model(path, device=None):
     return model, tokenizer
 
 
+class RewardNet(torch.nn.Module):
+    """A reward model's forward pass as one module, so that an engine that wraps it (DDP, FSDP;
+    rl/distributed.py) sees every weight used inside its forward.
+
+    ``forward(**batch)``: one reward per row. A causal LM is read at the last real token (found
+    from the attention mask, not the pad id, which may equal EOS); an encoder by its own head.
+    ``forward(input_ids=answers, attention_mask=answer_mask, prompt=(ids, mask, positions))``: a
+    causal LM's right-padded answers, two per left-padded prompt, continuing from the prompt's keys
+    and values (``RewardScorer.forward_pairs``).
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.causal = is_causal_lm(model.config)
+        self._no_split_modules = getattr(model, "_no_split_modules", None)  # the layers FSDP shards one by one
+
+    def forward(self, prompt=None, **batch):
+        if not self.causal:
+            return self.model(**batch).logits.float().squeeze(-1)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        body, device = trunk(self.model), ids.device
+        if prompt is None:
+            hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+        else:
+            p_ids, p_mask, p_pos = prompt
+            cache = body(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True).past_key_values
+            cache.batch_repeat_interleave(2)  # differentiable copies: row 2i and 2i+1 share prompt i
+            hidden = body(
+                input_ids=ids, attention_mask=torch.cat([p_mask.repeat_interleave(2, dim=0), mask], dim=1),
+                position_ids=p_mask.sum(-1).repeat_interleave(2)[:, None] + torch.arange(ids.shape[1], device=device)[None],
+                past_key_values=cache, use_cache=True,
+            ).last_hidden_state
+        last = mask.sum(-1) - 1
+        return scalar_head(self.model)(hidden[torch.arange(hidden.shape[0], device=device), last]).float().squeeze(-1)
+
+
 class RewardScorer:
     """Scores (prompt, response) pairs with a reward model: ``scorer(prompts, responses) -> [float]``."""
 
     def __init__(self, model, tokenizer, *, max_length=1152, batch_size=16):
         self.model, self.tokenizer = model, tokenizer
         self.max_length, self.batch_size = max_length, batch_size
-        self.causal = is_causal_lm(model.config)
+        self.net = RewardNet(model)  # what computes the rewards (in training: as the engine holds it)
+        self.causal = self.net.causal
+        self.share_prompts = True  # forward_pairs: one prompt pass for both answers
 
     @classmethod
     def from_folder(cls, path, device=None, **kw):
@@ -144,18 +183,11 @@ class RewardScorer:
                    padding=True, return_tensors="pt")
 
     def forward(self, batch):
-        """One scalar per row. For causal LMs, the head is read at the last real token (found from
-        the attention mask, not the pad id, which may equal EOS)."""
+        """One scalar per row (``RewardNet``)."""
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(device):
-            if self.causal:
-                hidden = trunk(self.model)(input_ids=batch["input_ids"],
-                                           attention_mask=batch["attention_mask"]).last_hidden_state
-                last = batch["attention_mask"].sum(-1) - 1
-                pooled = hidden[torch.arange(hidden.shape[0], device=device), last]
-                return scalar_head(self.model)(pooled).float().squeeze(-1)
-            return self.model(**batch).logits.float().squeeze(-1)
+            return self.net(**batch)
 
     def forward_pairs(self, prompts, responses_a, responses_b):
         """(r_a, r_b) for pairs sharing their prompt, with gradients when enabled.
@@ -164,11 +196,11 @@ class RewardScorer:
         both responses continue from them in a second, so the prompt (most of the tokens in
         TL;DR or HH pairs) costs one forward and one backward instead of two. Gradients from
         both responses flow back into the one prompt pass, so they are those of two full
-        passes. The prompt is cut from the left to leave room for the longer response. Encoders
-        (and pairs with an empty prompt or response) are scored as two ordinary rows.
+        passes. The prompt is cut from the left to leave room for the longer response. Encoders,
+        pairs with an empty prompt or response, and ``share_prompts = False`` score two ordinary rows.
         """
         n = len(prompts)
-        rows = self._pair_ids(prompts, responses_a, responses_b) if self.causal else None
+        rows = self._pair_ids(prompts, responses_a, responses_b) if self.causal and self.share_prompts else None
         if rows is None:
             rewards = self.forward(self.encode(list(prompts) * 2, list(responses_a) + list(responses_b)))
             return rewards[:n], rewards[n:]
@@ -182,19 +214,8 @@ class RewardScorer:
         for i, x in enumerate(answer_rows):  # right-padded: every answer starts right after its prompt
             a_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
             a_mask[i, : len(x)] = 1
-        a_ids, a_mask = a_ids.to(device), a_mask.to(device)
-        p_len = p_mask.sum(-1)
-        body = trunk(self.model)
         with autocast(device):
-            cache = body(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True).past_key_values
-            cache.batch_repeat_interleave(2)  # differentiable copies: row 2i and 2i+1 share prompt i
-            hidden = body(
-                input_ids=a_ids, attention_mask=torch.cat([p_mask.repeat_interleave(2, dim=0), a_mask], dim=1),
-                position_ids=p_len.repeat_interleave(2)[:, None] + torch.arange(la, device=device)[None],
-                past_key_values=cache, use_cache=True,
-            ).last_hidden_state
-            last = a_mask.sum(-1) - 1
-            rewards = scalar_head(self.model)(hidden[torch.arange(2 * n, device=device), last]).float().squeeze(-1)
+            rewards = self.net(input_ids=a_ids.to(device), attention_mask=a_mask.to(device), prompt=(p_ids, p_mask, p_pos))
         return rewards[0::2], rewards[1::2]
 
     def _pair_ids(self, prompts, responses_a, responses_b):
@@ -242,16 +263,23 @@ def train_reward_model(scorer, pairs, config: RewardModelConfig, *, eval_pairs=N
     """Train ``scorer.model`` in place on ``pairs``; returns the final held-out metrics (or {}).
 
     ``on_step(step, total_steps, metrics)`` after each optimizer step. With an ``accelerator`` of
-    several processes each trains on its share of every global batch (rl/distributed.py);
-    ``on_step`` runs on every process with the global metrics.
+    several processes each trains on its share of every global batch, the model and optimizer
+    prepared for the run's engine (rl/distributed.py; under FSDP or DeepSpeed ``scorer.model`` is
+    left sharded: save it with ``rl.distributed.save_trained``); ``on_step`` runs on every process
+    with the global metrics.
     """
     if config.batch_size > len(pairs):
         raise ValueError(f"batch size {config.batch_size} is larger than the {len(pairs)} training pairs")
     seed_everything(config.seed)
     model = scorer.model
     model.requires_grad_(True)
-    broadcast_parameters(model, accelerator)
     optimizer = make_optimizer(model.parameters(), config.optimizer, config.learning_rate, config.weight_decay)
+    trained = Trainable(scorer.net, optimizer, accelerator, config)
+    plain, scorer.net = scorer.net, trained.module  # forward passes go through the engine
+    # A sharded engine gathers a layer's weights when the layer's output is used in backward; the
+    # shared prompt pass reaches the answers through its keys and values in the cache instead, so
+    # its weights would be gone when their gradients come: read each pair as two whole rows.
+    scorer.share_prompts = not is_sharded(accelerator)
     steps_per_epoch = len(pairs) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
     rng = random.Random(config.seed)
@@ -263,28 +291,27 @@ def train_reward_model(scorer, pairs, config: RewardModelConfig, *, eval_pairs=N
             t0 = time.perf_counter()
             batch = [pairs[i] for i in order[b * config.batch_size:(b + 1) * config.batch_size]]
             mine = share(batch, accelerator)  # the whole batch with one process
-            micro = max(1, math.ceil(len(mine) / config.gradient_accumulation_steps))
-            optimizer.zero_grad(set_to_none=True)
+            parts = micro_batches(mine, len(batch), config.gradient_accumulation_steps, accelerator)
+            trained.zero_grad()
             loss_total, correct = 0.0, 0.0
-            for m in range(0, len(mine), micro):
-                part = mine[m:m + micro]
-                r_a, r_b = scorer.forward_pairs([p.prompt for p in part], [p.response_a for p in part],
-                                                [p.response_b for p in part])
-                target = torch.tensor([p.p_first for p in part], dtype=torch.float32, device=r_a.device)
-                loss = soft_label_loss(r_a, r_b, target)
-                (loss * len(part) / len(batch)).backward()
+            for i, part in enumerate(parts):
+                with trained.micro_batch(last=i == len(parts) - 1):
+                    r_a, r_b = scorer.forward_pairs([p.prompt for p in part], [p.response_a for p in part],
+                                                    [p.response_b for p in part])
+                    target = torch.tensor([p.p_first for p in part], dtype=torch.float32, device=r_a.device)
+                    loss = soft_label_loss(r_a, r_b, target)
+                    trained.backward(loss * len(part) / len(batch))
                 loss_total += loss.item() * len(part)
                 correct += float(((r_a > r_b) == (target > 0.5)).float()[target != 0.5].sum())
-            sum_gradients(model, accelerator)
             loss_total, correct = sum_numbers([loss_total, correct], accelerator)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
+            grad_norm = trained.step()
             metrics = {"loss": loss_total / len(batch), "train_accuracy": correct / max(1, sum(p.p_first != 0.5 for p in batch)),
-                       "grad_norm": float(grad_norm), "epoch": epoch, "seconds_per_step": time.perf_counter() - t0}
+                       "grad_norm": grad_norm, "epoch": epoch, "seconds_per_step": time.perf_counter() - t0}
             if eval_pairs and config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < total_steps:
                 metrics.update({f"eval_{k}": v for k, v in evaluate_pairs(scorer, eval_pairs).items()})
             if on_step is not None:
                 on_step(step, total_steps, metrics)
             step += 1
+    scorer.net, scorer.share_prompts = plain, True
     model.requires_grad_(False)
     return evaluate_pairs(scorer, eval_pairs) if eval_pairs else {}

@@ -3,14 +3,13 @@
 The loss is the mean token cross-entropy over *response* tokens only (prompt and padding
 positions get label -100), so the model is not trained to write the posts it summarizes.
 """
-import math
 import random
 import time
 
 import torch
 
 from rl.config import SFTConfig  # the settings (defaults, ranges, help): rl/config.py
-from rl.distributed import broadcast_parameters, share, sum_gradients, sum_numbers
+from rl.distributed import Trainable, micro_batches, share, sum_numbers
 from rl.modeling import autocast, make_optimizer, seed_everything
 
 IGNORE = -100
@@ -73,8 +72,10 @@ def train_sft(model, tokenizer, prompts, responses, config: SFTConfig, *, on_ste
     """Fine-tune ``model`` in place. ``on_step(step, total_steps, metrics)`` after each step.
     ``end_ids``: the tokens every target ends with (None: EOS; see :func:`encode_example`).
 
-    With an ``accelerator`` of several processes each trains on its share of every global batch
-    (rl/distributed.py); ``on_step`` runs on every process with the global metrics.
+    With an ``accelerator`` of several processes each trains on its share of every global batch,
+    the model and optimizer prepared for the run's engine (rl/distributed.py; under FSDP or
+    DeepSpeed ``model`` is left sharded: save it with ``rl.distributed.save_trained``);
+    ``on_step`` runs on every process with the global metrics.
     Returns the per-step mean training losses.
     """
     if len(prompts) != len(responses):
@@ -82,14 +83,16 @@ def train_sft(model, tokenizer, prompts, responses, config: SFTConfig, *, on_ste
     if config.batch_size > len(prompts):
         raise ValueError(f"batch size {config.batch_size} is larger than the {len(prompts)} examples")
     seed_everything(config.seed)
-    broadcast_parameters(model, accelerator)
     examples = [encode_example(tokenizer, p, r, config, end_ids) for p, r in zip(prompts, responses)]
     steps_per_epoch = len(examples) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
     optimizer = make_optimizer(model.parameters(), config.optimizer, config.learning_rate, config.weight_decay)
+    # The schedule stays outside Accelerate, which would step it once per process (it expects each
+    # process to see 1/N of the steps); here every process takes every step.
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) if config.warmup_steps else 1.0
     )
+    trained = Trainable(model, optimizer, accelerator, config)
     rng = random.Random(config.seed)
     losses, step = [], 0
     for epoch in range(config.epochs):
@@ -100,23 +103,22 @@ def train_sft(model, tokenizer, prompts, responses, config: SFTConfig, *, on_ste
             batch = [examples[i] for i in order[b * config.batch_size:(b + 1) * config.batch_size]]
             n_tokens = sum(len(r) for _, r in batch)
             mine = share(batch, accelerator)  # the whole batch with one process
-            micro = max(1, math.ceil(len(mine) / config.gradient_accumulation_steps))
+            parts = micro_batches(mine, len(batch), config.gradient_accumulation_steps, accelerator)
             total = 0.0
-            optimizer.zero_grad(set_to_none=True)
-            for m in range(0, len(mine), micro):
-                loss_sum, _ = sft_loss_sum(model, collate(mine[m:m + micro], tokenizer.pad_token_id))
-                # Every response token of the whole batch weighs the same, however it is split.
-                (loss_sum / n_tokens).backward()
+            trained.zero_grad()
+            for i, part in enumerate(parts):
+                with trained.micro_batch(last=i == len(parts) - 1):
+                    loss_sum, _ = sft_loss_sum(trained.module, collate(part, tokenizer.pad_token_id))
+                    # Every response token of the whole batch weighs the same, however it is split.
+                    trained.backward(loss_sum / n_tokens)
                 total += loss_sum.item()
-            sum_gradients(model, accelerator)
             total = sum_numbers([total], accelerator)[0]
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
+            grad_norm = trained.step()
             schedule.step()
             losses.append(total / n_tokens)
             if on_step is not None:
                 on_step(step, total_steps, {
-                    "loss": losses[-1], "grad_norm": float(grad_norm), "epoch": epoch,
+                    "loss": losses[-1], "grad_norm": grad_norm, "epoch": epoch,
                     "lr": schedule.get_last_lr()[0], "response_tokens": n_tokens,
                     "seconds_per_step": time.perf_counter() - t0,
                 })

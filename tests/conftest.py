@@ -1,6 +1,5 @@
 """Shared fixtures: real Celery workers, the tiny model, the shared data folder, users."""
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -9,6 +8,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from evalsite.processes import kill_group, stop_group
 
 # Playwright's sync API runs an event loop in the test thread; the ORM calls tests make beside it
 # are still plain synchronous code.
@@ -144,17 +145,13 @@ class WorkerProcess:
 
     def kill(self):
         """SIGKILL the whole worker (main process and pool children), as a crash would."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        if self.proc:
+            kill_group(self.proc)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        """SIGTERM the worker's group (a warm shutdown), SIGKILL what is left after 20 s."""
+        if self.proc:
+            stop_group(self.proc, grace=20)
         if getattr(self, "_log", None):
             self._log.close()
 

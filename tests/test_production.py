@@ -15,6 +15,7 @@ import urllib.request
 
 import pytest
 
+from evalsite.processes import stop_group
 from tests.conftest import ROOT, _database_url_for_worker
 
 pytestmark = pytest.mark.worker  # starts real processes
@@ -106,8 +107,7 @@ def test_collectstatic_and_gunicorn_serve_pages_and_static_files_with_debug_off(
         )
         assert check.returncode == 0, check.stderr
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=20)
+        stop_group(server, grace=20)
         log.close()
 
 

@@ -370,7 +370,7 @@ def config_errors(config):
         else:  # a stage's section: settings of its job kind
             messages += [f"{section}: {m}" for m in settings_errors(bounds, values)]
         if STAGE_KINDS.get(section) in (rl_kinds.SFT, rl_kinds.REWARD_MODEL, rl_kinds.RL):  # the launch section
-            messages += [f"{section}: {m}" for m in P.launch_errors(values).values()]
+            messages += [f"{section}: {m}" for m in P.launch_errors(values, STAGE_KINDS[section]).values()]
     return messages
 
 

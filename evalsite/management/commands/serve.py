@@ -1,12 +1,13 @@
 """Start the web server and a Celery worker together; Ctrl-C stops both."""
 import os
-import signal
 import subprocess
 import sys
 import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+
+from evalsite.processes import stop_groups
 
 
 class Command(BaseCommand):
@@ -38,13 +39,5 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             self.stdout.write("\nstopping...")
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    os.killpg(p.pid, signal.SIGTERM)
-            deadline = time.time() + 15
-            for p in procs:
-                try:
-                    p.wait(timeout=max(0.1, deadline - time.time()))
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
+            stop_groups(procs, grace=15)  # SIGTERM both, SIGKILL what is left after 15 s
         return None
