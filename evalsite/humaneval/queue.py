@@ -77,7 +77,8 @@ def _may_annotate(round, user):
     """The round names the user, or names no one and the user is an annotator (drafts: no one)."""
     if not user.is_authenticated or round.status == EvalRound.Status.DRAFT:
         return False
-    # SQL written out: this runs on every request, and the ORM took 1.6 ms to build it as Exists().
+    # SQL written out: this runs on every request, and building it as an ORM Exists() costs more
+    # than running it (bench/annotate).
     with connection.cursor() as c:
         c.execute(_sql("SELECT " + _MAY_ANNOTATE + " FROM {round} r CROSS JOIN {user} u WHERE r.id = %s AND u.id = %s"),
                   [ANNOTATORS_GROUP, round.pk, user.pk])
@@ -285,7 +286,7 @@ _FREE_ITEM = (
 )
 # OFFSET 0 keeps "not had by me" a per-row check that PostgreSQL runs before the (dearer) slot
 # count; as an anti-join it ran after it, and an annotator far ahead of the others paid for a
-# slot count on every item they had already done (3.6 ms instead of 1.5 ms after 300 items).
+# slot count on every item they had already done.
 # Walking the (round, position) index, PostgreSQL stops at the first row that passes, so the
 # slot count is computed only for the items it passes over (full or leased ones), not for the
 # whole round. SKIP LOCKED passes over items other annotators are being given right now, so
