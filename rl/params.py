@@ -262,18 +262,22 @@ def _batch_vs_data(params, errors, n, what="prompts"):
         errors.add("gradient_accumulation_steps", "gradient accumulation steps cannot exceed the batch size.")
 
 
-def validate_sft(params):
-    params = {**SFT_DEFAULTS, **params}
-    errors = _Errors()
+def _starting_model(params, errors, field, message):
+    """What training starts from: a policy (``policy_id``), or else a Hugging Face folder (``base_model``)."""
     if params.get("policy_id") not in (None, ""):
         _policy(params, errors)
         params.pop("base_model", None)
-    else:
-        from evalsite.modelzoo import is_hf_folder
+        return
+    from evalsite.modelzoo import is_hf_folder
 
-        if not params.get("base_model") or not is_hf_folder(params["base_model"]):
-            errors.add("base_model", "Choose a starting policy or give a Hugging Face model folder "
-                                     f"(not found: {params.get('base_model')!r}).")
+    if not params.get("base_model") or not is_hf_folder(params["base_model"]):
+        errors.add(field, f"{message} (not found: {params.get('base_model')!r}).")
+
+
+def validate_sft(params):
+    params = {**SFT_DEFAULTS, **params}
+    errors = _Errors()
+    _starting_model(params, errors, "base_model", "Choose a starting policy or give a Hugging Face model folder")
     _new_policy_name(params, errors)
     _settings(params, errors, SFTConfig)
     _launch(params, errors, kinds.SFT)
@@ -304,15 +308,8 @@ def validate_reward_model(params):
     name = _name(params, errors, "reward model")
     if name and RewardModel.objects.filter(name=name).exists():
         errors.add("name", f"A reward model named “{name}” already exists.")
-    if params.get("policy_id") not in (None, ""):
-        _policy(params, errors)
-        params.pop("base_model", None)
-    else:
-        from evalsite.modelzoo import is_hf_folder
-
-        if not params.get("base_model") or not is_hf_folder(params["base_model"]):
-            errors.add("policy_id", "Choose the policy to initialise from (the paper uses SFT) or give a model "
-                                    f"folder (not found: {params.get('base_model')!r}).")
+    _starting_model(params, errors, "policy_id",
+                    "Choose the policy to initialise from (the paper uses SFT) or give a model folder")
     if params.get("human_label_field") not in ("human_preference", "judge_preference"):
         errors.add("human_label_field", "human_label_field must be 'human_preference' or 'judge_preference'.")
     if params.get("labels") not in ("human", "ai"):
