@@ -183,6 +183,14 @@ def pad_left(rows, pad_id, device):
     return ids.to(device), mask.to(device), positions.to(device)
 
 
+def cache_argument(model):
+    """The keyword a model's forward takes its KV cache by: ``cache`` since transformers 5.24
+    (``past_key_values`` still works there, with a warning that would also break a compiled graph)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def stop_token_ids(tokenizer, model_config=None):
     """Tokens that end a response: the tokenizer's EOS and the model's generation EOS ids."""
     ids = set()
