@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rl.modeling import autocast, cache_argument, encode_left_truncated, pad_left, stop_token_ids
+from rl.modeling import autocast, cache_argument, encode_left_truncated, pad_left, stop_token_ids, to_device
 
 
 @dataclass
@@ -156,9 +156,9 @@ def sample_token_ids(model, prompt_ids, *, max_new_tokens, temperature, top_p, s
     static = on_cuda if static_cache is None else bool(static_cache)
     compile_decode = static and on_cuda if compile_decode is None else bool(compile_decode)
     n = len(prompt_ids)
-    uniforms = row_uniforms(seeds, max_new_tokens).to(device) if temperature > 0 else None
+    uniforms = to_device(row_uniforms(seeds, max_new_tokens), device) if temperature > 0 else None
     input_ids, mask, positions = pad_left(prompt_ids, pad_id, device)
-    stop = torch.tensor(stop_ids or [-1], device=device)
+    stop = to_device(torch.tensor(stop_ids or [-1]), device)
     # Per prompt, on the device: every token drawn for it (those after its end are never read), its
     # log-probs, how many tokens it keeps, and whether it has ended.
     tokens_out = torch.full((n, max(max_new_tokens, 1)), pad_id, dtype=torch.long, device=device)
