@@ -144,6 +144,12 @@ def _padded_index(spans, device):
     return torch.tensor(index, device=device), torch.tensor(keep, dtype=torch.long, device=device)
 
 
+def _to(tensor, device):
+    """A CPU tensor on ``device`` without waiting for it: a blocking copy to a GPU first waits for all
+    the work queued there, so the host could not prepare the next batch meanwhile."""
+    return tensor.to(device, non_blocking=True)
+
+
 def _flash(query, key, value, causal=False, mask=None, scale=None):
     """torch's fused CPU attention kernel; it also returns each query's log-sum-exp of scores,
     which lets attention over separate key blocks be merged exactly."""
@@ -291,7 +297,11 @@ class LocalBackend:
             raise BackendError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
         self.dtype = getattr(torch, dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        try:  # torch's fused attention kernels; the fast path's own CPU attention replaces it per forward
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, attn_implementation="sdpa")
+        except ValueError:  # an architecture without it: its own attention
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
+        self.model.to(self.device).eval()
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id or 0
@@ -376,7 +386,8 @@ class LocalBackend:
         groups = groups or [[i] for i in range(len(seqs))]
         with self._lock, torch.inference_mode():
             prefix_len, prefix_kv = self._shared_prefix(seqs)
-            out = torch.empty(len(seqs), self._vocab_size())
+            # filled on the device and copied to the CPU once: a copy waits for the device to finish
+            out = torch.empty(len(seqs), self._vocab_size(), device=self.device)
             middles = []
             for g in groups:
                 members = [seqs[i] for i in g]
@@ -391,7 +402,7 @@ class LocalBackend:
                 args = (seqs, [groups[j] for j in batch], [middles[j] for j in batch], prefix_len, prefix_kv, out)
                 if not (self._block_attention and self._run_groups_blocks(*args)):
                     self._run_groups(*args)
-        return out
+        return out.cpu()
 
     def _vocab_size(self):
         return self.model.get_output_embeddings().weight.shape[0]
@@ -409,7 +420,7 @@ class LocalBackend:
         n = min(_common_prefix_len(seqs), limit)
         if n < 8:  # not worth a cache
             return 0, None
-        ids = torch.tensor([seqs[0][:n]], device=self.device)
+        ids = _to(torch.tensor([seqs[0][:n]]), self.device)
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
         self._count(1, n, 0)
         kv = [(k, v) for k, v, *_ in out.past_key_values]
@@ -502,9 +513,7 @@ class LocalBackend:
         softcap = getattr(self.model.config, "final_logit_softcapping", None)
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
-        logprobs = torch.log_softmax(logits, -1).cpu()
-        for r, i in enumerate(indices):
-            out[i] = logprobs[r]
+        out[_to(torch.tensor(indices), out.device)] = torch.log_softmax(logits, -1)
 
     def _run_groups(self, seqs, groups, middles, prefix_len, prefix_kv, out):
         import torch
@@ -524,16 +533,15 @@ class LocalBackend:
                 m = middles[j]
                 ids[j, :m] = torch.tensor(seqs[g[0]][prefix_len:prefix_len + m])
                 mid_mask[j, :m] = 1
-            mid_mask = mid_mask.to(dev)
-            mask = torch.cat([past_mask, mid_mask], 1)
+            mask = torch.cat([past_mask, _to(mid_mask, dev)], 1)
             pos = (prefix_len + torch.arange(mid_max, device=dev)).expand(n_groups, -1)
-            res = base(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos, past_key_values=past,
+            res = base(input_ids=_to(ids, dev), attention_mask=mask, position_ids=pos, past_key_values=past,
                        use_cache=True)
             self._count(n_groups, mid_max, prefix_len)
             past, past_mask = res.past_key_values, mask
         # The suffixes: one row per sequence, the group's cache rows repeated.
         rows = [(j, i) for j, g in enumerate(groups) for i in g]
-        index = torch.tensor([j for j, _ in rows], dtype=torch.long, device=dev)
+        index = _to(torch.tensor([j for j, _ in rows], dtype=torch.long), dev)
         suffixes = [seqs[i][prefix_len + middles[j]:] for j, i in rows]
         suf_max = max(len(s) for s in suffixes)
         ids = torch.full((len(rows), suf_max), self.pad_id, dtype=torch.long)
@@ -541,17 +549,18 @@ class LocalBackend:
         for r, s in enumerate(suffixes):
             ids[r, :len(s)] = torch.tensor(s)
             suf_mask[r, :len(s)] = 1
-        starts = torch.tensor([prefix_len + middles[j] for j, _ in rows], device=dev)
+        starts = _to(torch.tensor([prefix_len + middles[j] for j, _ in rows]), dev)
         pos = starts[:, None] + torch.arange(suf_max, device=dev)[None, :]
         if past is not None:
             cache_layers = [(k, v) for k, v, *_ in past]
             past = self._cache(cache_layers, index)
-            mask = torch.cat([past_mask.index_select(0, index), suf_mask.to(dev)], 1)
+            mask = torch.cat([past_mask.index_select(0, index), _to(suf_mask, dev)], 1)
         else:
-            mask = suf_mask.to(dev)
-        res = base(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=False)
+            mask = _to(suf_mask, dev)
+        res = base(input_ids=_to(ids, dev), attention_mask=mask, position_ids=pos, past_key_values=past,
+                   use_cache=False)
         self._count(len(rows), suf_max, prefix_len + mid_max, head_rows=len(rows))
-        last = torch.tensor([len(s) - 1 for s in suffixes], device=dev)
+        last = _to(torch.tensor([len(s) - 1 for s in suffixes]), dev)
         self._head_into(out, res.last_hidden_state[torch.arange(len(rows), device=dev), last], [i for _, i in rows])
 
     # ---- what the labeler asks --------------------------------------------------------------

@@ -193,6 +193,7 @@ class SamplingConfig:
     batch_size: int = setting(16, "Rows (prompt × sample) generated together.", BATCH_SIZE)
     seed: int = _seed()
     policy_format: str = _policy_format("")  # the job prompts the policy in it (rl/formats.py)
+    static_cache: bool | None = None  # static KV cache + compiled decode step; None: on CUDA only
 
 
 # The settings of each training job kind (the job kinds of rl/jobs.py).

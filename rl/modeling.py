@@ -181,7 +181,21 @@ def pad_left(rows, pad_id, device):
             ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
             mask[i, width - len(r):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), positions.to(device)
+    return to_device(ids, device), to_device(mask, device), to_device(positions, device)
+
+
+def to_device(tensor, device):
+    """A CPU tensor on ``device`` without waiting for the device: a blocking copy to a GPU first waits
+    for all the work queued there. (Safe from ordinary memory: the copy is staged before it returns.)"""
+    return tensor.to(device, non_blocking=True)
+
+
+def cache_argument(model):
+    """The keyword a model's forward takes its KV cache by: ``cache`` since transformers 5.24
+    (``past_key_values`` still works there, with a warning that would also break a compiled graph)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def stop_token_ids(tokenizer, model_config=None):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from rl.config import RewardModelConfig  # the settings (defaults, ranges, help): rl/config.py
 from rl.distributed import Trainable, is_sharded, micro_batches, share, sum_numbers
-from rl.modeling import autocast, make_optimizer, pad_left, pick_device, scalar_head, seed_everything, trunk
+from rl.modeling import autocast, make_optimizer, pad_left, pick_device, scalar_head, seed_everything, to_device, trunk
 
 
 @dataclass
@@ -167,9 +167,10 @@ class RewardScorer:
         tok = self.tokenizer
         if self.causal:
             rows = []
-            for p, r in zip(prompts, responses):
-                r_ids = tok(r, add_special_tokens=False)["input_ids"][: self.max_length]
-                p_ids = tok(p, add_special_tokens=False)["input_ids"]
+            n = len(prompts)
+            ids = tok(list(prompts) + list(responses), add_special_tokens=False)["input_ids"]  # one call for all
+            for p_ids, r_ids in zip(ids[:n], ids[n:]):
+                r_ids = r_ids[: self.max_length]
                 keep = self.max_length - len(r_ids)
                 rows.append((p_ids[-keep:] if keep > 0 else []) + r_ids)
             width = max(len(x) for x in rows)
@@ -185,7 +186,7 @@ class RewardScorer:
     def forward(self, batch):
         """One scalar per row (``RewardNet``)."""
         device = next(self.model.parameters()).device
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: to_device(v, device) for k, v in batch.items()}
         with autocast(device):
             return self.net(**batch)
 
@@ -214,18 +215,19 @@ class RewardScorer:
         for i, x in enumerate(answer_rows):  # right-padded: every answer starts right after its prompt
             a_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
             a_mask[i, : len(x)] = 1
+        a_ids, a_mask = to_device(a_ids, device), to_device(a_mask, device)
         with autocast(device):
-            rewards = self.net(input_ids=a_ids.to(device), attention_mask=a_mask.to(device), prompt=(p_ids, p_mask, p_pos))
+            rewards = self.net(input_ids=a_ids, attention_mask=a_mask, prompt=(p_ids, p_mask, p_pos))
         return rewards[0::2], rewards[1::2]
 
     def _pair_ids(self, prompts, responses_a, responses_b):
         """(prompt ids, interleaved answer ids), or None when some prompt or answer is empty."""
-        tok = self.tokenizer
+        n = len(prompts)
+        ids = self.tokenizer(list(prompts) + list(responses_a) + list(responses_b),
+                             add_special_tokens=False)["input_ids"]  # one call for all
         prompt_rows, answer_rows = [], []
-        for p, a, b in zip(prompts, responses_a, responses_b):
-            a_ids = tok(a, add_special_tokens=False)["input_ids"][: self.max_length - 1]
-            b_ids = tok(b, add_special_tokens=False)["input_ids"][: self.max_length - 1]
-            p_ids = tok(p, add_special_tokens=False)["input_ids"]
+        for p_ids, a_ids, b_ids in zip(ids[:n], ids[n:2 * n], ids[2 * n:]):
+            a_ids, b_ids = a_ids[: self.max_length - 1], b_ids[: self.max_length - 1]
             p_ids = p_ids[-(self.max_length - max(len(a_ids), len(b_ids))):]
             if not (p_ids and a_ids and b_ids):
                 return None
@@ -293,17 +295,18 @@ def train_reward_model(scorer, pairs, config: RewardModelConfig, *, eval_pairs=N
             mine = share(batch, accelerator)  # the whole batch with one process
             parts = micro_batches(mine, len(batch), config.gradient_accumulation_steps, accelerator)
             trained.zero_grad()
-            loss_total, correct = 0.0, 0.0
+            # summed on the device and read once per step: each read waits for the GPU to finish
+            sums = torch.zeros(2, dtype=torch.float64, device=next(scorer.model.parameters()).device)  # loss x pairs, correct
             for i, part in enumerate(parts):
                 with trained.micro_batch(last=i == len(parts) - 1):
                     r_a, r_b = scorer.forward_pairs([p.prompt for p in part], [p.response_a for p in part],
                                                     [p.response_b for p in part])
-                    target = torch.tensor([p.p_first for p in part], dtype=torch.float32, device=r_a.device)
+                    target = to_device(torch.tensor([p.p_first for p in part], dtype=torch.float32), r_a.device)
                     loss = soft_label_loss(r_a, r_b, target)
                     trained.backward(loss * len(part) / len(batch))
-                loss_total += loss.item() * len(part)
-                correct += float(((r_a > r_b) == (target > 0.5)).float()[target != 0.5].sum())
-            loss_total, correct = sum_numbers([loss_total, correct], accelerator)
+                sums[0] += loss.detach() * len(part)
+                sums[1] += (((r_a > r_b) == (target > 0.5)) & (target != 0.5)).sum()  # no boolean index: no sync
+            loss_total, correct = sum_numbers(sums.tolist(), accelerator)
             grad_norm = trained.step()
             metrics = {"loss": loss_total / len(batch), "train_accuracy": correct / max(1, sum(p.p_first != 0.5 for p in batch)),
                        "grad_norm": grad_norm, "epoch": epoch, "seconds_per_step": time.perf_counter() - t0}

@@ -46,13 +46,13 @@ def _max_abs(a, b):
 # --- sampling ----------------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
 def test_draws_follow_the_distribution_on_the_device(device):
-    from rl.sampling import _draw
+    from rl.sampling import _draw, row_uniforms
 
     probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05])
     logits = probs.clamp_min(1e-30).log().to(device).expand(4000, -1)
     for top_p, want in ((1.0, probs), (0.7, torch.tensor([0.625, 0.0, 0.375, 0.0, 0.0]))):
-        generators = [torch.Generator().manual_seed(i) for i in range(4000)]
-        tokens = _draw(logits, 1.0, top_p, generators)
+        uniform = row_uniforms(range(4000), 1)[:, 0]
+        tokens = _draw(logits, 1.0, top_p, uniform)
         assert tokens.device.type == device
         freq = torch.bincount(tokens.cpu(), minlength=5).double() / 4000
         assert (freq - want.double()).abs().max() < 0.03  # 4 standard errors at most
@@ -100,6 +100,27 @@ def test_sampling_in_bf16_returns_the_models_own_logprobs(device, smollm2_dirs):
         with torch.no_grad():
             full = torch.log_softmax(reference(torch.tensor([p + r])).logits[0].float(), -1)
         assert _max_abs(lp, [float(full[len(p) - 1 + t, x]) for t, x in enumerate(r)]) < BF16_LOGPROB
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_compiled_static_decode_on_the_gpu_draws_the_eager_tokens(tiny_model_dir):
+    """CUDA's default decode (static KV cache, torch.compile with CUDA graphs, a look at the host
+    every few tokens) against the eager dynamic-cache decode on the same GPU, in float32."""
+    tok = load_tokenizer(tiny_model_dir)
+    prompts = [tok(t)["input_ids"] for t in PROMPT_TEXTS]
+    kw = dict(max_new_tokens=20, temperature=0.9, top_p=0.95, stop_ids=[tok.eos_token_id], pad_id=tok.pad_token_id,
+              seeds=range(len(prompts)), return_logprobs=True, return_ended=True)
+    with float32_paths():
+        model = load_causal_lm(tiny_model_dir, "cuda", trainable=False)
+        eager = sample_token_ids(model, prompts, static_cache=False, **kw)
+        compiled = sample_token_ids(model, prompts, **kw)
+        again = sample_token_ids(model, prompts, **kw)  # a new cache under the recorded graphs
+    same = [i for i in range(len(prompts)) if compiled[0][i] == eager[0][i]]
+    assert len(same) >= len(prompts) - 1  # a uniform number within rounding of a boundary may part ways
+    for i in same:
+        assert _max_abs(compiled[1][i], eager[1][i]) < FP32_LOGPROB and compiled[2][i] == eager[2][i]
+    assert again == compiled
 
 
 # --- SFT ---------------------------------------------------------------------------------

@@ -317,6 +317,7 @@ def test_packed_fast_path_equals_naive_for_very_different_lengths_and_uneven_gro
     # takes the padded path, checked on CUDA in tests/test_gpu.py).
     backend = LocalBackend(LocalBackendConfig(str(tiny_model_dir), batch_size=4, device="cpu"))
     assert backend._block_attention  # GPT-2 routes its attention through the interface
+    assert backend.model.config._attn_implementation == "sdpa"  # torch's fused kernels outside the packed path
     head = backend.encode("Below is a shared preamble that every prompt starts with, long enough to cache. ")
     seqs, groups = [], []
     for i, (mid, sufs) in enumerate([(1, [2, 40]), (60, [1, 3, 7]), (0, [5]), (25, [30, 30]), (3, [9, 1])]):
@@ -332,3 +333,4 @@ def test_packed_fast_path_equals_naive_for_very_different_lengths_and_uneven_gro
     assert (fast - naive).abs().max().item() < 1e-4
     backend._block_attention = False  # the padded path (models that do not use the interface)
     assert (backend.last_logprobs(seqs, groups) - naive).abs().max().item() < 1e-4
+    assert backend.model.config._attn_implementation == "sdpa"  # the packed path put it back

@@ -106,6 +106,81 @@ def test_sampling_n_per_prompt_seeded_per_row(tiny_model_dir):
     assert [x.token_ids for x in other_seed[0]] != [x.token_ids for x in alone[0]]
 
 
+def test_each_row_draws_its_tokens_from_its_own_seeded_generator(tiny_model_dir):
+    """The reproducibility guarantee (rl/sampling.py): token t of a row is drawn with the t-th number of
+    a CPU generator seeded with the row's seed, whatever else shares the batch."""
+    from rl.sampling import _draw
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_causal_lm(tiny_model_dir, "cpu", trainable=False)
+    prompts = [tok(t)["input_ids"] for t in ("Human: hi\n\nAssistant:", "TL;DR:", "the quick brown fox jumps")]
+    seeds = [7, 8, 9]
+    out = sample_token_ids(model, prompts, max_new_tokens=10, temperature=0.9, top_p=0.95, stop_ids=[],
+                           pad_id=tok.pad_token_id, seeds=seeds)
+    for p, seed, got in zip(prompts, seeds, out):
+        generator, seq = torch.Generator().manual_seed(seed), list(p)
+        for _ in range(10):  # alone, no cache: one full forward and one draw of the generator per token
+            with torch.no_grad():
+                logits = model(torch.tensor([seq])).logits[:, -1]
+            seq.append(int(_draw(logits, 0.9, 0.95, torch.rand(1, generator=generator, dtype=torch.float64))))
+        assert got == seq[len(p):]
+    assert len({tuple(x) for x in out}) == 3
+
+
+def _sampling_with_stops(model, tok, **kw):
+    prompts = [tok(t)["input_ids"] for t in ("Human: hi\n\nAssistant:", "TL;DR:", "the quick brown fox jumps",
+                                              "a", "Human: how do I plant a tree near my house?\n\nAssistant:")]
+    args = dict(max_new_tokens=20, temperature=0.9, top_p=1.0, pad_id=tok.pad_token_id, seeds=[1, 2, 3, 4, 5],
+                return_logprobs=True, return_ended=True, decode=lambda t: tok.decode(t, skip_special_tokens=True))
+    free, _, _ = sample_token_ids(model, prompts, stop_ids=[], **args)
+    # row 0 stops at its 3rd token, row 1 at a stop string that starts in its 10th token (checked at
+    # token 16 on the GPU schedule, at token 8 and 16 on the CPU's)
+    stop_ids, stop_string = [free[0][2]], tok.decode(free[1][9:11])
+    return free, sample_token_ids(model, prompts, stop_ids=stop_ids, stop_strings=(stop_string,), **args, **kw)
+
+
+@pytest.mark.parametrize("static_cache,look_every", [(True, 1), (False, 8), (True, 8)])
+def test_static_cache_and_host_looks_every_k_tokens_give_the_same_responses(tiny_model_dir, monkeypatch,
+                                                                            static_cache, look_every):
+    """The GPU's schedule on the CPU: a static KV cache (finished rows stay in the batch, masked) and/or
+    a look at the finished rows only every k tokens give what the CPU's default path gives."""
+    import rl.sampling
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_causal_lm(tiny_model_dir, "cpu", trainable=False)
+    free, (out, logprobs, ended) = _sampling_with_stops(model, tok)
+    assert len(out[0]) == 3 and out[0][-1] == free[0][2] and ended[0]  # the stop token is kept
+    assert len(out[1]) <= 10 and ended[1] and out[1] == free[1][:len(out[1])]
+    assert any(not e for e in ended)
+    monkeypatch.setattr(rl.sampling, "CPU_CHECK_EVERY", look_every)
+    _, (got, got_logprobs, got_ended) = _sampling_with_stops(model, tok, static_cache=static_cache,
+                                                             compile_decode=False)
+    assert got == out and got_ended == ended
+    for a, b in zip(got_logprobs, logprobs):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_compiled_static_decode_step_traces_as_one_graph(tiny_model_dir, monkeypatch):
+    """The CUDA default (static cache + torch.compile of the decode step), traced on the CPU with
+    dynamo's eager backend: no graph break, and the same responses as the eager path."""
+    import rl.sampling
+    from torch._dynamo.utils import counters
+    from transformers import CompileConfig
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_causal_lm(tiny_model_dir, "cpu", trainable=False)
+    _, eager = _sampling_with_stops(model, tok)
+    monkeypatch.setattr(rl.sampling, "COMPILE_CONFIG", CompileConfig(backend="eager", fullgraph=True, mode=None))
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        _, compiled = _sampling_with_stops(model, tok, static_cache=True, compile_decode=True)
+        assert counters["stats"]["unique_graphs"] == 1  # one graph for all the decode steps
+    finally:
+        torch._dynamo.reset()
+    assert compiled[0] == eager[0] and compiled[2] == eager[2]
+
+
 # --- reward model ------------------------------------------------------------------------
 def test_soft_label_loss_minimum_matches_the_label_distribution():
     # For p = 0.8 the loss -0.8 log s(m) - 0.2 log s(-m) is minimal at sigmoid(m) = 0.8, i.e.
@@ -154,6 +229,7 @@ def _property_pairs(rng, n):
 def test_reward_model_learns_a_visible_property(tiny_model_dir, tmp_path):
     rng = random.Random(0)
     train, held_out = _property_pairs(rng, 64), _property_pairs(rng, 40)
+    torch.manual_seed(0)  # the fresh head's random weights: the same whichever tests ran before
     scorer = RewardScorer.from_folder(tiny_model_dir, "cpu", max_length=64)
     before = pairwise_metrics(*[scorer.score([p.prompt for p in held_out], [getattr(p, f) for p in held_out])
                                 for f in ("response_a", "response_b")], [p.p_first for p in held_out])
