@@ -102,9 +102,17 @@ def instrumented(phases):
     backward, clip = torch.Tensor.backward, torch.nn.utils.clip_grad_norm_
     torch.Tensor.backward = phases.wrap("backward", backward)
     torch.nn.utils.clip_grad_norm_ = phases.wrap("optimizer", clip)
-    opened = []
-    pre = register_optimizer_step_pre_hook(lambda *a: opened.append(phases.start("optimizer")))
-    post = register_optimizer_step_post_hook(lambda *a: opened.pop() and phases.stop())
+    opened = []  # per optimizer step: whether it opened the phase (not when inside another one)
+
+    def before_step(*args):
+        opened.append(phases.start("optimizer"))
+
+    def after_step(*args):
+        if opened.pop():
+            phases.stop()
+
+    pre = register_optimizer_step_pre_hook(before_step)
+    post = register_optimizer_step_post_hook(after_step)
     try:
         yield
     finally:
