@@ -411,18 +411,27 @@ def levels(exp):
     return [by_level[k] for k in sorted(by_level)]
 
 
+def _queued_job(exp, *, send):
+    """Mark the experiment running and queue its job: the earlier one again (finished stages are
+    reused) or a new one; a job already queued or running is left as it is. ``send=False`` leaves
+    it for ``run_here``."""
+    Experiment.objects.filter(pk=exp.pk).update(status=Experiment.Status.RUNNING, cancel_requested=False,
+                                                message="queued", started_at=timezone.now(), finished_at=None)
+    job = exp.job
+    if job is not None and not job.is_finished:
+        return job
+    if job is None or not jobs.resume(job, succeeded_too=True, send=send):
+        job = jobs.submit(EXPERIMENT, {"experiment_id": exp.pk}, name=f"Experiment: {exp.name}",
+                          user=exp.created_by, send=send)
+        Experiment.objects.filter(pk=exp.pk).update(job=job)
+    return job
+
+
 def launch(exp):
     """Queue the experiment's job for the workers (finished stages are reused)."""
     exp = prepare(exp)
     with transaction.atomic():
-        Experiment.objects.filter(pk=exp.pk).update(status=Experiment.Status.RUNNING, cancel_requested=False,
-                                                    message="queued", started_at=timezone.now(), finished_at=None)
-        if exp.job is None or not jobs.resume(exp.job, succeeded_too=True):
-            if exp.job is not None and not exp.job.is_finished:
-                return exp  # already queued or running
-            job = jobs.submit(EXPERIMENT, {"experiment_id": exp.pk}, name=f"Experiment: {exp.name}",
-                              user=exp.created_by)
-            Experiment.objects.filter(pk=exp.pk).update(job=job)
+        _queued_job(exp, send=True)
     exp.refresh_from_db()
     return exp
 
@@ -430,15 +439,7 @@ def launch(exp):
 def run_inline(exp):
     """Run every stage in this process, level by level (the command line's default; no workers needed)."""
     exp = prepare(exp)
-    Experiment.objects.filter(pk=exp.pk).update(status=Experiment.Status.RUNNING, cancel_requested=False,
-                                                started_at=timezone.now(), finished_at=None)
-    job = exp.job
-    if job is None or job.is_finished:
-        if job is None or not jobs.resume(job, succeeded_too=True, send=False):
-            job = jobs.submit(EXPERIMENT, {"experiment_id": exp.pk}, name=f"Experiment: {exp.name}",
-                              user=exp.created_by, send=False)
-            Experiment.objects.filter(pk=exp.pk).update(job=job)
-    jobs.run_here(job.pk)
+    jobs.run_here(_queued_job(exp, send=False).pk)
     exp.refresh_from_db()
     return exp
 
