@@ -150,6 +150,19 @@ def _to(tensor, device):
     return tensor.to(device, non_blocking=True)
 
 
+def _cache_kwargs(model, cache):
+    """``{name: cache}`` for a forward: transformers 5.24 takes it as ``cache`` (``past_key_values``
+    still works there, with a deprecation warning), earlier 5.x versions as ``past_key_values``."""
+    import inspect
+
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+
+
+def _returned_cache(output):
+    """The KV cache a forward returned (``output.cache`` since transformers 5.24)."""
+    return output["cache"] if "cache" in output else output.past_key_values
+
+
 def _flash(query, key, value, causal=False, mask=None, scale=None):
     """torch's fused CPU attention kernel; it also returns each query's log-sum-exp of scores,
     which lets attention over separate key blocks be merged exactly."""
@@ -423,7 +436,7 @@ class LocalBackend:
         ids = _to(torch.tensor([seqs[0][:n]]), self.device)
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
         self._count(1, n, 0)
-        kv = [(k, v) for k, v, *_ in out.past_key_values]
+        kv = [(k, v) for k, v, *_ in _returned_cache(out)]
         self._prefix = (tuple(seqs[0][:n]), kv)
         return n, kv
 
@@ -535,10 +548,10 @@ class LocalBackend:
                 mid_mask[j, :m] = 1
             mask = torch.cat([past_mask, _to(mid_mask, dev)], 1)
             pos = (prefix_len + torch.arange(mid_max, device=dev)).expand(n_groups, -1)
-            res = base(input_ids=_to(ids, dev), attention_mask=mask, position_ids=pos, past_key_values=past,
-                       use_cache=True)
+            res = base(input_ids=_to(ids, dev), attention_mask=mask, position_ids=pos, use_cache=True,
+                       **_cache_kwargs(base, past))
             self._count(n_groups, mid_max, prefix_len)
-            past, past_mask = res.past_key_values, mask
+            past, past_mask = _returned_cache(res), mask
         # The suffixes: one row per sequence, the group's cache rows repeated.
         rows = [(j, i) for j, g in enumerate(groups) for i in g]
         index = _to(torch.tensor([j for j, _ in rows], dtype=torch.long), dev)
@@ -557,8 +570,8 @@ class LocalBackend:
             mask = torch.cat([past_mask.index_select(0, index), _to(suf_mask, dev)], 1)
         else:
             mask = _to(suf_mask, dev)
-        res = base(input_ids=_to(ids, dev), attention_mask=mask, position_ids=pos, past_key_values=past,
-                   use_cache=False)
+        res = base(input_ids=_to(ids, dev), attention_mask=mask, position_ids=pos, use_cache=False,
+                   **_cache_kwargs(base, past))
         self._count(len(rows), suf_max, prefix_len + mid_max, head_rows=len(rows))
         last = _to(torch.tensor([len(s) - 1 for s in suffixes]), dev)
         self._head_into(out, res.last_hidden_state[torch.arange(len(rows), device=dev), last], [i for _, i in rows])

@@ -171,6 +171,7 @@ class RLConfig:
                                   "from the last.", Bound(int, 1, 100000), label="Checkpoint every N steps")
     shuffle: bool = True               # a new prompt order each epoch (False: the order given)
     seed: int = _seed()
+    static_cache: bool | None = None  # rollouts on a static KV cache + compiled decode step; None: on CUDA only
     # launch: read by the job that starts the run (rl/launch.py), not by the loop
     processes: int = _processes()
     accelerate_config: str = _accelerate_config()

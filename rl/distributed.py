@@ -161,16 +161,18 @@ class Trainable:
         else:
             loss.backward()
 
-    def step(self):
-        """Clip, take the optimizer step; the gradient norm before clipping (a float)."""
+    def step(self, read=True):
+        """Clip, take the optimizer step; the gradient norm before clipping (a float). ``read=False``
+        returns it unread (a tensor where it is one: ``as_number`` reads it), so that the host does
+        not wait here for the device to finish the step."""
         if self.engine == "DEEPSPEED":
             self.module.step()  # clips (gradient_clipping), steps and zeroes the gradients
-            return _number(self.module.get_global_grad_norm())
+            return as_number(self.module.get_global_grad_norm())
         # torch's clipping takes DDP's averaged and FSDP's sharded (DTensor) gradients alike; Accelerate's
         # looks the model up by comparing parameter lists, which fails once two FSDP models are prepared
         norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.max_grad_norm)
         self.optimizer.step()
-        return _number(norm)
+        return as_number(norm) if read else norm
 
     def optimizer_state(self):
         """The optimizer's state in PyTorch's format (keyed by parameter index, whole tensors), so a
@@ -204,8 +206,9 @@ class Trainable:
         return [name for name, p in self.model.named_parameters() if p.requires_grad]
 
 
-def _number(value):
-    """A gradient norm as a float, whether a tensor, a sharded DTensor or already a number."""
+def as_number(value):
+    """A gradient norm as a float, whether a tensor, a sharded DTensor or already a number. (A
+    DTensor's is a collective: every process reads it at the same point.)"""
     if hasattr(value, "full_tensor"):
         value = value.full_tensor()
     return float(value)

@@ -198,6 +198,12 @@ def cache_argument(model):
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def returned_cache(output):
+    """The KV cache a forward returned: ``output.cache`` since transformers 5.24 (reading
+    ``past_key_values`` there logs a deprecation), ``output.past_key_values`` before."""
+    return output["cache"] if "cache" in output else output.past_key_values
+
+
 def stop_token_ids(tokenizer, model_config=None):
     """Tokens that end a response: the tokenizer's EOS and the model's generation EOS ids."""
     ids = set()

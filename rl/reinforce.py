@@ -31,6 +31,7 @@ import torch
 from rl.config import RLConfig  # the settings (defaults, ranges, help): rl/config.py
 from rl.distributed import (
     Trainable,
+    as_number,
     engine,
     gather_lists,
     is_main,
@@ -54,6 +55,7 @@ from rl.modeling import (
     replace_dir,
     seed_everything,
     stop_token_ids,
+    to_device,
     token_logprobs,
     use_bf16,
 )
@@ -110,7 +112,7 @@ def _batch_tensors(prompt_ids, response_ids, pad_id, device):
         ids[i, p_width: p_width + len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, p_width - len(p): p_width + len(r)] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), positions.to(device), p_width, t_width
+    return to_device(ids, device), to_device(mask, device), to_device(positions, device), p_width, t_width
 
 
 class ReinforceTrainer:
@@ -190,7 +192,7 @@ class ReinforceTrainer:
                 self.sampler, [prompt_ids[i] for i in chunk], max_new_tokens=cfg.max_response_tokens,
                 temperature=cfg.temperature, top_p=cfg.top_p, stop_ids=self.stop_ids,
                 pad_id=self.tokenizer.pad_token_id, seeds=[row_seed(cfg.seed, step, first_row + i) for i in chunk],
-                return_logprobs=True, return_ended=True, stop_strings=self.stop_strings,
+                return_logprobs=True, return_ended=True, stop_strings=self.stop_strings, static_cache=cfg.static_cache,
                 decode=lambda t: self.tokenizer.decode(t, skip_special_tokens=True),
             )
             for i, r, lp, e in zip(chunk, responses, logprobs, ended):
@@ -223,10 +225,16 @@ class ReinforceTrainer:
         mine = len(prompt_ids)
         order = sorted(range(mine), key=lambda i: len(prompt_ids[i]) + len(responses[i]))
         batches = []
-        kl_all, returns_all = torch.zeros(mine), torch.zeros(mine)
+        # Per-row and per-step figures stay on the device until the step's end, where they are read
+        # at once: each read waits for the device to finish what is queued (on a GPU the host would
+        # stop queueing the next micro-batch's kernels).
+        device_scores = to_device(scores, self.device)
+        kl_all = torch.zeros(mine, device=self.device)
+        returns_all = torch.zeros(mine, device=self.device)
         for idx in micro_batches(order, n, cfg.gradient_accumulation_steps, self.accelerator):
             ids, mask, pos, p_w, t_w = _batch_tensors([prompt_ids[i] for i in idx], [responses[i] for i in idx],
                                                       self.tokenizer.pad_token_id, self.device)
+            at = to_device(torch.tensor(idx, dtype=torch.long), self.device)
             targets, resp_mask = ids[:, p_w:], mask[:, p_w:]
             # the logits at positions P-1 .. P+T-2 predict the response tokens
             with torch.no_grad(), autocast(self.device):
@@ -239,11 +247,10 @@ class ReinforceTrainer:
             gen_logprobs = torch.zeros(ref_logprobs.shape, dtype=ref_logprobs.dtype)
             for row, i in enumerate(idx):
                 gen_logprobs[row, :len(sampled_logprobs[i])] = torch.tensor(sampled_logprobs[i])
-            gen_logprobs = gen_logprobs.to(self.device)
-            kl, returns = reinforce_returns(gen_logprobs, ref_logprobs, resp_mask, scores[idx].to(self.device),
-                                            cfg.beta)
-            kl_all[idx] = kl.float().cpu()
-            returns_all[idx] = returns.float().cpu()
+            kl, returns = reinforce_returns(to_device(gen_logprobs, self.device), ref_logprobs, resp_mask,
+                                            device_scores[at], cfg.beta)
+            kl_all[at] = kl.float()
+            returns_all[at] = returns.float()
             batches.append({"ids": ids, "mask": mask, "pos": pos, "p_w": p_w, "t_w": t_w, "targets": targets,
                             "resp_mask": resp_mask, "returns": returns})
 
@@ -251,7 +258,8 @@ class ReinforceTrainer:
         # The value model trains first, over every micro-batch, and steps; then the policy does,
         # using V(s_t) from before the value update (as when both step together). Only one
         # model's gradients and activations exist at any time.
-        sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "tokens": 0, "value": 0.0}
+        # policy loss, value loss, entropy, value: summed on the device, read once at the end
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
         value = self.trained_value
         value.zero_grad()
         for i, b in enumerate(batches):
@@ -262,10 +270,10 @@ class ReinforceTrainer:
                 value_loss = value_loss_of(values, b["returns"], b["resp_mask"], n)
                 value.backward(value_loss)
             b["values"] = values.detach()
-            sums["value_loss"] += float(value_loss.detach())
-            sums["value"] += float((b["values"] * b["resp_mask"]).sum())
+            sums[1] += value_loss.detach()
+            sums[3] += (b["values"] * b["resp_mask"]).sum()
             del values, value_loss
-        value_grad = value.step()
+        value_grad = value.step(read=False)
         value.zero_grad()  # free the value gradients before the policy's exist
         t_value = time.perf_counter()
 
@@ -277,29 +285,28 @@ class ReinforceTrainer:
                     logits = policy.module(input_ids=b["ids"], attention_mask=b["mask"], position_ids=b["pos"],
                                            logits_to_keep=b["t_w"] + 1).logits[:, :-1]
                 logprobs = token_logprobs(logits, b["targets"])
-                sums["entropy"] += float((entropy_from_logits(logits.detach()) * b["resp_mask"]).sum())
+                sums[2] += (entropy_from_logits(logits.detach()) * b["resp_mask"]).sum()
                 del logits
                 policy_loss = policy_loss_of(logprobs, b["returns"], b["values"], b["resp_mask"], n)
                 policy.backward(policy_loss)
-            sums["policy_loss"] += float(policy_loss.detach())
-            sums["tokens"] += int(b["resp_mask"].sum())
+            sums[0] += policy_loss.detach()
             del logprobs, policy_loss
-        policy_grad = policy.step()
+        policy_grad = policy.step(read=False)
         policy.zero_grad()  # free gradient memory between steps
         if self.sampler is not self.policy:
             refresh_copy(self.sampler, self.policy)
         self.completed_steps = step + 1
         # the metrics are the global batch's: every process's rows, in global order
         acc = self.accelerator
+        policy_grad, value_grad = as_number(policy_grad), as_number(value_grad)  # both wait for the policy's step
+        kl_mine, returns_mine = torch.stack([kl_all, returns_all]).tolist()
+        step_sums = sums.tolist() + [sum(len(r) for r in responses)]  # a response's tokens are its mask's ones
         scores = torch.tensor(gather_lists(scores.tolist(), acc), dtype=torch.float32)
-        kl_all = torch.tensor(gather_lists(kl_all.tolist(), acc), dtype=torch.float32)
-        returns_all = torch.tensor(gather_lists(returns_all.tolist(), acc), dtype=torch.float32)
+        kl_all = torch.tensor(gather_lists(kl_mine, acc), dtype=torch.float32)
+        returns_all = torch.tensor(gather_lists(returns_mine, acc), dtype=torch.float32)
         lengths = torch.tensor(gather_lists([len(r) for r in responses], acc), dtype=torch.float32)
         stopped = sum_numbers([sum(ended)], acc)[0]
-        for key, total in zip(("policy_loss", "value_loss", "entropy", "tokens", "value"),
-                              sum_numbers([sums[k] for k in ("policy_loss", "value_loss", "entropy", "tokens",
-                                                             "value")], acc)):
-            sums[key] = total
+        sums = dict(zip(("policy_loss", "value_loss", "entropy", "value", "tokens"), sum_numbers(step_sums, acc)))
         return {
             "reward_mean": float(scores.mean()),
             "reward_std": float(scores.std()) if n > 1 else 0.0,

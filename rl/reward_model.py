@@ -21,7 +21,18 @@ import torch.nn.functional as F
 
 from rl.config import RewardModelConfig  # the settings (defaults, ranges, help): rl/config.py
 from rl.distributed import Trainable, is_sharded, micro_batches, share, sum_numbers
-from rl.modeling import autocast, make_optimizer, pad_left, pick_device, scalar_head, seed_everything, to_device, trunk
+from rl.modeling import (
+    autocast,
+    cache_argument,
+    make_optimizer,
+    pad_left,
+    pick_device,
+    returned_cache,
+    scalar_head,
+    seed_everything,
+    to_device,
+    trunk,
+)
 
 
 @dataclass
@@ -134,12 +145,12 @@ class RewardNet(torch.nn.Module):
             hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
         else:
             p_ids, p_mask, p_pos = prompt
-            cache = body(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True).past_key_values
+            cache = returned_cache(body(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True))
             cache.batch_repeat_interleave(2)  # differentiable copies: row 2i and 2i+1 share prompt i
             hidden = body(
                 input_ids=ids, attention_mask=torch.cat([p_mask.repeat_interleave(2, dim=0), mask], dim=1),
                 position_ids=p_mask.sum(-1).repeat_interleave(2)[:, None] + torch.arange(ids.shape[1], device=device)[None],
-                past_key_values=cache, use_cache=True,
+                use_cache=True, **{cache_argument(body): cache},
             ).last_hidden_state
         last = mask.sum(-1) - 1
         return scalar_head(self.model)(hidden[torch.arange(hidden.shape[0], device=device), last]).float().squeeze(-1)
