@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 PHASES = {"rl": ("generate", "score", "backward", "optimizer"), "rm": ("score", "backward", "optimizer"),
           "label": ("tokenize", "score")}
 TITLES = {"rl": "RL step (REINFORCE: sample, score, value and policy updates)",
-          "rm": "reward-model step (shared-prompt pair pass, AdamW)", "label": "labeling batch (fast path)"}
+          "rm": "reward-model step (packed pair rows, AdamW)", "label": "labeling batch (fast path)"}
 
 
 class StopRun(Exception):

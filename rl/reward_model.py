@@ -20,14 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from rl.config import RewardModelConfig  # the settings (defaults, ranges, help): rl/config.py
-from rl.distributed import Trainable, is_sharded, micro_batches, share, sum_numbers
+from rl.distributed import Trainable, micro_batches, share, sum_numbers
 from rl.modeling import (
     autocast,
-    cache_argument,
     make_optimizer,
-    pad_left,
     pick_device,
-    returned_cache,
     scalar_head,
     seed_everything,
     to_device,
@@ -118,15 +115,52 @@ def load_reward_model(path, device=None):
     return model, tokenizer
 
 
+# Attention implementations that take a custom 4D mask as it is: sdpa a boolean one (True: attend),
+# eager an additive one (0 or the dtype's lowest value). Others (flash attention, ...) take no
+# custom mask: their pairs are read as two whole rows.
+PACKED_MASK_ATTENTION = ("sdpa", "eager")
+
+
+def packs_pairs(config):
+    """Whether a causal LM of this config can read a pair as one packed row: a custom 4D mask that
+    its attention takes, and no sliding window (the custom mask would replace the window's)."""
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    layer_types = getattr(text, "layer_types", None)
+    full_attention = (all(t == "full_attention" for t in layer_types) if layer_types
+                      else not getattr(text, "sliding_window", None))
+    return getattr(config, "_attn_implementation", None) in PACKED_MASK_ATTENTION and full_attention
+
+
+def pair_attention_mask(segments, dtype=None):
+    """[rows, 1, L, L] attention of packed rows [prompt | answer a | answer b | padding].
+
+    ``segments`` [rows, L]: 0 prompt, 1 answer a, 2 answer b, -1 padding. A token attends to the
+    tokens at or before its column that are its prompt's or its own answer's, so answer b never sees
+    answer a: each answer reads as if it alone followed the prompt. Padding attends to itself only
+    (a row of attention with nothing to attend to would give NaN). Boolean (True: attend), or
+    additive in ``dtype`` (0 or its lowest value) for an eager attention.
+    """
+    width = segments.shape[1]
+    col = torch.arange(width, device=segments.device)
+    query, key = segments[:, :, None], segments[:, None, :]
+    causal = col[None, :, None] >= col[None, None, :]
+    allowed = causal & (query != -1) & (key != -1) & ((key == 0) | (key == query))
+    allowed = (allowed | torch.eye(width, dtype=torch.bool, device=segments.device))[:, None]
+    if dtype is None:
+        return allowed
+    lowest = torch.finfo(dtype).min
+    return torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill_(~allowed, lowest)
+
+
 class RewardNet(torch.nn.Module):
     """A reward model's forward pass as one module, so that an engine that wraps it (DDP, FSDP;
     rl/distributed.py) sees every weight used inside its forward.
 
     ``forward(**batch)``: one reward per row. A causal LM is read at the last real token (found
     from the attention mask, not the pad id, which may equal EOS); an encoder by its own head.
-    ``forward(input_ids=answers, attention_mask=answer_mask, prompt=(ids, mask, positions))``: a
-    causal LM's right-padded answers, two per left-padded prompt, continuing from the prompt's keys
-    and values (``RewardScorer.forward_pairs``).
+    ``forward(input_ids=packed, segments=..., position_ids=..., read_at=...)``: a causal LM's
+    packed pair rows (``RewardScorer.forward_pairs``), read at the columns ``read_at`` [rows, 2]
+    (the last token of answer a and of answer b); rewards interleaved: a0, b0, a1, b1, ...
     """
 
     def __init__(self, model):
@@ -136,24 +170,23 @@ class RewardNet(torch.nn.Module):
         self.causal = is_causal_lm(model.config)
         self._no_split_modules = getattr(model, "_no_split_modules", None)  # the layers FSDP shards one by one
 
-    def forward(self, prompt=None, **batch):
+    def forward(self, segments=None, read_at=None, **batch):
         if not self.causal:
             return self.model(**batch).logits.float().squeeze(-1)
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        body, device = trunk(self.model), ids.device
-        if prompt is None:
+        ids, device = batch["input_ids"], batch["input_ids"].device
+        body = trunk(self.model)
+        if segments is None:
+            mask = batch["attention_mask"]
             hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
-        else:
-            p_ids, p_mask, p_pos = prompt
-            cache = returned_cache(body(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True))
-            cache.batch_repeat_interleave(2)  # differentiable copies: row 2i and 2i+1 share prompt i
-            hidden = body(
-                input_ids=ids, attention_mask=torch.cat([p_mask.repeat_interleave(2, dim=0), mask], dim=1),
-                position_ids=p_mask.sum(-1).repeat_interleave(2)[:, None] + torch.arange(ids.shape[1], device=device)[None],
-                use_cache=True, **{cache_argument(body): cache},
-            ).last_hidden_state
-        last = mask.sum(-1) - 1
-        return scalar_head(self.model)(hidden[torch.arange(hidden.shape[0], device=device), last]).float().squeeze(-1)
+            return self._head(hidden[torch.arange(hidden.shape[0], device=device), mask.sum(-1) - 1])
+        eager = self.config._attn_implementation == "eager"
+        mask = pair_attention_mask(segments, next(self.model.parameters()).dtype if eager else None)
+        hidden = body(input_ids=ids, attention_mask=mask, position_ids=batch["position_ids"]).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=device)[:, None].expand_as(read_at)
+        return self._head(hidden[rows, read_at].flatten(0, 1))
+
+    def _head(self, hidden):
+        return scalar_head(self.model)(hidden).float().squeeze(-1)
 
 
 class RewardScorer:
@@ -164,7 +197,7 @@ class RewardScorer:
         self.max_length, self.batch_size = max_length, batch_size
         self.net = RewardNet(model)  # what computes the rewards (in training: as the engine holds it)
         self.causal = self.net.causal
-        self.share_prompts = True  # forward_pairs: one prompt pass for both answers
+        self.share_prompts = self.causal and packs_pairs(model.config)  # forward_pairs: one packed row per pair
 
     @classmethod
     def from_folder(cls, path, device=None, **kw):
@@ -204,31 +237,37 @@ class RewardScorer:
     def forward_pairs(self, prompts, responses_a, responses_b):
         """(r_a, r_b) for pairs sharing their prompt, with gradients when enabled.
 
-        A causal LM reads each prompt once: its keys and values are computed in one pass and
-        both responses continue from them in a second, so the prompt (most of the tokens in
-        TL;DR or HH pairs) costs one forward and one backward instead of two. Gradients from
-        both responses flow back into the one prompt pass, so they are those of two full
-        passes. The prompt is cut from the left to leave room for the longer response. Encoders,
-        pairs with an empty prompt or response, and ``share_prompts = False`` score two ordinary rows.
+        A causal LM reads each pair as one packed row, [prompt | answer a | answer b], in one
+        forward pass: answer b is masked from answer a and its positions restart where the prompt
+        ends, so each answer reads as if it alone followed the prompt, and the prompt (most of the
+        tokens in TL;DR or HH pairs) costs one forward and one backward instead of two, in one pass
+        over the layers (as many kernel launches as one batch of rows). Rewards and gradients are
+        those of two whole rows. The prompt is cut from the left to leave room for the longer
+        answer. Encoders, attention without custom masks (``packs_pairs``), pairs with an empty
+        prompt or answer, and ``share_prompts = False`` score two ordinary rows.
         """
         n = len(prompts)
-        rows = self._pair_ids(prompts, responses_a, responses_b) if self.causal and self.share_prompts else None
+        rows = self._pair_ids(prompts, responses_a, responses_b) if self.share_prompts else None
         if rows is None:
             rewards = self.forward(self.encode(list(prompts) * 2, list(responses_a) + list(responses_b)))
             return rewards[:n], rewards[n:]
         prompt_rows, answer_rows = rows  # answers interleaved: a0, b0, a1, b1, ...
-        device = next(self.model.parameters()).device
-        pad = self.tokenizer.pad_token_id
-        p_ids, p_mask, p_pos = pad_left(prompt_rows, pad, device)  # every prompt ends at the same column
-        la = max(map(len, answer_rows))
-        a_ids = torch.full((2 * n, la), pad, dtype=torch.long)
-        a_mask = torch.zeros((2 * n, la), dtype=torch.long)
-        for i, x in enumerate(answer_rows):  # right-padded: every answer starts right after its prompt
-            a_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
-            a_mask[i, : len(x)] = 1
-        a_ids, a_mask = to_device(a_ids, device), to_device(a_mask, device)
-        with autocast(device):
-            rewards = self.net(input_ids=a_ids, attention_mask=a_mask, prompt=(p_ids, p_mask, p_pos))
+        width = max(len(p) + len(answer_rows[2 * i]) + len(answer_rows[2 * i + 1]) for i, p in enumerate(prompt_rows))
+        ids = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long)
+        segments = torch.full((n, width), -1, dtype=torch.long)
+        positions = torch.zeros((n, width), dtype=torch.long)
+        read_at = torch.zeros((n, 2), dtype=torch.long)
+        for i, p in enumerate(prompt_rows):
+            a, b = answer_rows[2 * i], answer_rows[2 * i + 1]
+            pa, pab = len(p) + len(a), len(p) + len(a) + len(b)
+            ids[i, :pab] = torch.tensor(p + a + b, dtype=torch.long)
+            segments[i, :len(p)] = 0
+            segments[i, len(p):pa] = 1
+            segments[i, pa:pab] = 2
+            positions[i, :pa] = torch.arange(pa)
+            positions[i, pa:pab] = torch.arange(len(p), len(p) + len(b))  # b continues the prompt, not a
+            read_at[i] = torch.tensor([pa - 1, pab - 1])
+        rewards = self.forward({"input_ids": ids, "segments": segments, "position_ids": positions, "read_at": read_at})
         return rewards[0::2], rewards[1::2]
 
     def _pair_ids(self, prompts, responses_a, responses_b):
@@ -289,10 +328,6 @@ def train_reward_model(scorer, pairs, config: RewardModelConfig, *, eval_pairs=N
     optimizer = make_optimizer(model.parameters(), config.optimizer, config.learning_rate, config.weight_decay)
     trained = Trainable(scorer.net, optimizer, accelerator, config)
     plain, scorer.net = scorer.net, trained.module  # forward passes go through the engine
-    # A sharded engine gathers a layer's weights when the layer's output is used in backward; the
-    # shared prompt pass reaches the answers through its keys and values in the cache instead, so
-    # its weights would be gone when their gradients come: read each pair as two whole rows.
-    scorer.share_prompts = not is_sharded(accelerator)
     steps_per_epoch = len(pairs) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
     rng = random.Random(config.seed)
@@ -326,6 +361,6 @@ def train_reward_model(scorer, pairs, config: RewardModelConfig, *, eval_pairs=N
             if on_step is not None:
                 on_step(step, total_steps, metrics)
             step += 1
-    scorer.net, scorer.share_prompts = plain, True
+    scorer.net = plain
     model.requires_grad_(False)
     return evaluate_pairs(scorer, eval_pairs) if eval_pairs else {}

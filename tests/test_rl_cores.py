@@ -246,30 +246,64 @@ def test_reward_model_learns_a_visible_property(tiny_model_dir, tmp_path):
     assert torch.allclose(again.score(["TL;DR:"] * 5, texts), scorer.score(["TL;DR:"] * 5, texts), atol=1e-5)
 
 
-def test_shared_prompt_pair_pass_equals_two_full_passes(tiny_model_dir):
-    """Training reads each prompt once for both responses; rewards, loss and gradients must be
-    those of scoring prompt+a and prompt+b as two ordinary rows."""
-    scorer = RewardScorer.from_folder(tiny_model_dir, "cpu", max_length=64)
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory):
+    """SmolLM2's architecture (Llama: rotary positions, grouped-query attention) at a tiny size."""
+    from bench.shapes import build_random_smollm2
+
+    return build_random_smollm2(tmp_path_factory.mktemp("tiny-llama"), "tiny")
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_packed_pair_pass_equals_two_full_passes(arch, attention, tiny_model_dir, tiny_llama_dir):
+    """Training reads each pair as one packed row [prompt | a | b]; rewards, loss and gradients must
+    be those of scoring prompt+a and prompt+b as two ordinary rows: for absolute (GPT-2) and rotary
+    (Llama) positions, both attention implementations that take the packed mask, prompts and answers
+    of different lengths (padding inside the batch)."""
+    scorer = RewardScorer.from_folder(tiny_model_dir if arch == "gpt2" else tiny_llama_dir, "cpu", max_length=64)
+    scorer.model.set_attn_implementation(attention)
+    assert scorer.share_prompts  # the packed path is the one under test
     torch.manual_seed(0)
     with torch.no_grad():
         scalar_head(scorer.model).weight.normal_(0, 0.5)  # a fresh head is zero: make rewards differ
     scorer.model.requires_grad_(True)
-    prompts = ["TL;DR: a short post", "SUBREDDIT: r/cats TITLE: my cat sleeps all day and all night TL;DR:"]
-    a, b = [" cats sleep", " it is a long and winding answer"], [" nothing at all here", " no"]
-    target = torch.tensor([1.0, 0.3])
+    prompts = ["TL;DR: a short post", "SUBREDDIT: r/cats TITLE: my cat sleeps all day and all night TL;DR:",
+               "Human: hi\n\nAssistant:"]
+    a = [" cats sleep", " it is a long and winding answer", " hello there, how can I help you today?"]
+    b = [" nothing at all here", " no", " hi"]
+    target = torch.tensor([1.0, 0.3, 0.0])
+    calls = []
+    scorer.net.register_forward_pre_hook(lambda module, args, kwargs: calls.append(sorted(kwargs)), with_kwargs=True)
 
     r_a, r_b = scorer.forward_pairs(prompts, a, b)
     soft_label_loss(r_a, r_b, target).backward()
-    shared = {k: p.grad.clone() for k, p in scorer.model.named_parameters()}
+    packed = {k: p.grad.clone() for k, p in scorer.model.named_parameters()}
     scorer.model.zero_grad(set_to_none=True)
     full = scorer.forward(scorer.encode(prompts * 2, a + b))
-    soft_label_loss(full[:2], full[2:], target).backward()
+    soft_label_loss(full[:3], full[3:], target).backward()
 
+    assert "segments" in calls[0] and "segments" not in calls[1]  # one packed pass, then two whole rows
     assert torch.allclose(torch.cat([r_a, r_b]), full, atol=1e-5)
     assert r_a[0].item() != pytest.approx(r_b[0].item(), abs=1e-3)  # the comparison means something
     for name, p in scorer.model.named_parameters():
-        assert torch.allclose(shared[name], p.grad, atol=1e-5, rtol=1e-4), name
+        assert torch.allclose(packed[name], p.grad, atol=1e-5, rtol=1e-4), name
     assert any(float(p.grad.abs().max()) > 0 for p in scorer.model.parameters())
+
+
+def test_pair_attention_mask_keeps_the_answers_apart():
+    from rl.reward_model import pair_attention_mask
+
+    # prompt of 2, answer a of 2, answer b of 1, one pad column
+    mask = pair_attention_mask(torch.tensor([[0, 0, 1, 1, 2, -1]]))[0, 0].int().tolist()
+    assert mask == [[1, 0, 0, 0, 0, 0],
+                    [1, 1, 0, 0, 0, 0],
+                    [1, 1, 1, 0, 0, 0],
+                    [1, 1, 1, 1, 0, 0],
+                    [1, 1, 0, 0, 1, 0],   # b sees the prompt and itself, never a
+                    [0, 0, 0, 0, 0, 1]]   # padding: itself only
+    additive = pair_attention_mask(torch.tensor([[0, 1, 2]]), torch.float32)[0, 0]
+    assert additive[2, 1] == torch.finfo(torch.float32).min and additive[2, 0] == 0
 
 
 # --- REINFORCE -----------------------------------------------------------------------------
