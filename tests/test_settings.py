@@ -131,6 +131,26 @@ def test_experiment_config_keys_that_are_no_setting_are_refused():
         "policy format must be one of raw, chat, auto; got 'markdown'."]
 
 
+def test_experiment_labeler_and_round_sections_are_checked_as_their_models_check_them():
+    from evalsite.experiments.pipeline import config_errors
+    from evalsite.experiments.presets import merged_config
+
+    messages = config_errors(merged_config("demo", {
+        "labeler": {"batch_size": 0, "dtype": "fp8", "chain_of_thougth": True, "threads": 4},
+        "round": {"overlap": 3, "questions": "rank"}}))
+    assert "labeler: unknown key 'chain_of_thougth'; it takes preamble_variant, batch_size, max_prompt_tokens, " \
+           "chain_of_thought, dtype, threads." in messages, messages
+    assert "round: unknown key 'questions'; it takes overlap, question." in messages
+    assert any(m.startswith("labeler: batch size: ") and "greater than or equal to 1" in m for m in messages), messages
+    assert any(m.startswith("labeler: dtype: ") and "'fp8' is not a valid choice" in m for m in messages), messages
+    assert len(messages) == 4
+    assert config_errors(merged_config("demo", {"round": {"question": "best"}, "labeler": [1]})) == [
+        "labeler: expected an object of settings, found list.",
+        "round: question must be one of rank, harmless, both; got 'best'."]
+    assert config_errors(merged_config("demo", {"labeler": {"batch_size": 4, "dtype": "float32"},
+                                                "round": {"question": "both"}})) == []
+
+
 def test_the_paper_preset_takes_the_papers_values_from_the_dataclasses():
     from evalsite.experiments.presets import PRESETS
 

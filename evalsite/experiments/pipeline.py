@@ -91,6 +91,12 @@ def make_splits(exp):
     return {"sft": sorted(sft), "pairs": sorted(pairs), "rl": sorted(rl), "eval": sorted(ev)}
 
 
+# The labeler's settings an experiment config may give (LabelerConfig fields; the labeler is the base
+# model, run locally) and the evaluation round's.
+LABELER_KEYS = ("preamble_variant", "batch_size", "max_prompt_tokens", "chain_of_thought", "dtype", "threads")
+ROUND_KEYS = ("overlap", "question")
+
+
 def ensure_labeler(exp, same_size=False):
     """The experiment's labeler config; made from the preset (labeler = the base model) when unset."""
     from labeling.models import LabelerConfig
@@ -99,10 +105,9 @@ def ensure_labeler(exp, same_size=False):
         return exp.labeler_config
     c = exp.config.get("labeler", {})
     name = f"{exp.name} · {'same-size ' if same_size else ''}labeler"
-    fields = {"preamble_variant", "batch_size", "max_prompt_tokens", "chain_of_thought", "dtype", "threads"}
     config, _ = LabelerConfig.objects.get_or_create(name=name, defaults=dict(
         task=exp.task, backend="local", model_path=exp.base_policy.checkpoint_dir,
-        **{k: v for k, v in c.items() if k in fields},
+        **{k: v for k, v in c.items() if k in LABELER_KEYS},
     ))
     if not same_size and not exp.labeler_config_id:
         Experiment.objects.filter(pk=exp.pk).update(labeler_config=config)
@@ -371,6 +376,36 @@ def config_errors(config):
             messages += [f"{section}: {m}" for m in settings_errors(bounds, values)]
         if STAGE_KINDS.get(section) in (rl_kinds.SFT, rl_kinds.REWARD_MODEL, rl_kinds.RL):  # the launch section
             messages += [f"{section}: {m}" for m in P.launch_errors(values, STAGE_KINDS[section]).values()]
+    return messages + _labeler_and_round_errors(config)
+
+
+def _labeler_and_round_errors(config):
+    """Unknown keys and invalid values in the ``labeler`` and ``round`` sections, checked as the
+    models they become (a LabelerConfig, an EvalRound) check them."""
+    from evalsite.humaneval.models import EvalRound
+    from labeling.models import LabelerConfig
+
+    messages = []
+    for section, keys in (("labeler", LABELER_KEYS), ("round", ROUND_KEYS)):
+        values = config.get(section, {})
+        if not isinstance(values, dict):
+            if section == "labeler":  # the round's is reported with its numbers above
+                messages.append(f"{section}: expected an object of settings, found {type(values).__name__}.")
+            continue
+        unknown = [repr(k) for k in values if k not in keys]
+        if unknown:
+            messages.append(f"{section}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                            f"it takes {', '.join(keys)}.")
+    labeler = config.get("labeler", {})
+    if isinstance(labeler, dict):
+        given = {k: v for k, v in labeler.items() if k in LABELER_KEYS}
+        try:
+            LabelerConfig(**given).clean_fields(exclude=[f.name for f in LabelerConfig._meta.fields if f.name not in given])
+        except ValidationError as e:
+            messages += [f"labeler: {field.replace('_', ' ')}: {' '.join(errs)}" for field, errs in e.message_dict.items()]
+    question = config.get("round", {}).get("question") if isinstance(config.get("round"), dict) else None
+    if question is not None and question not in EvalRound.Question.values:
+        messages.append(f"round: question must be one of {', '.join(EvalRound.Question.values)}; got {question!r}.")
     return messages
 
 
