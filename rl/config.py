@@ -89,6 +89,17 @@ def _policy_format(default):
                             "a template. README: Policy formats.", choices=choices)
 
 
+# How responses are decoded (rl/sampling.py): the choice, and what sample_token_ids takes for it.
+DECODE_CACHES = {"": None, "static": True, "dynamic": False}
+
+
+def _decode_cache():
+    return setting("", "static: a fixed-size KV cache, the decode step compiled (on a GPU, CUDA graphs: one launch "
+                       "per token); dynamic: a cache that grows, finished rows leave the batch. Empty: static on a "
+                       "GPU, dynamic on a CPU.",
+                   choices={"": "static on a GPU, dynamic on a CPU", "static": "static", "dynamic": "dynamic"})
+
+
 def _processes():
     return setting(1, "Data-parallel training processes (1: in the worker itself; more: accelerate launch, one per "
                       "GPU or CPU core). README: Training on several GPUs / machines.", PROCESSES)
@@ -171,7 +182,7 @@ class RLConfig:
                                   "from the last.", Bound(int, 1, 100000), label="Checkpoint every N steps")
     shuffle: bool = True               # a new prompt order each epoch (False: the order given)
     seed: int = _seed()
-    static_cache: bool | None = None  # rollouts on a static KV cache + compiled decode step; None: on CUDA only
+    decode_cache: str = _decode_cache()
     # launch: read by the job that starts the run (rl/launch.py), not by the loop
     processes: int = _processes()
     accelerate_config: str = _accelerate_config()
@@ -194,7 +205,7 @@ class SamplingConfig:
     batch_size: int = setting(16, "Rows (prompt × sample) generated together.", BATCH_SIZE)
     seed: int = _seed()
     policy_format: str = _policy_format("")  # the job prompts the policy in it (rl/formats.py)
-    static_cache: bool | None = None  # static KV cache + compiled decode step; None: on CUDA only
+    decode_cache: str = _decode_cache()
 
 
 # The settings of each training job kind (the job kinds of rl/jobs.py).

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from rl.config import RLConfig  # the settings (defaults, ranges, help): rl/config.py
+from rl.config import DECODE_CACHES, RLConfig  # the settings (defaults, ranges, help): rl/config.py
 from rl.distributed import (
     Trainable,
     as_number,
@@ -192,7 +192,8 @@ class ReinforceTrainer:
                 self.sampler, [prompt_ids[i] for i in chunk], max_new_tokens=cfg.max_response_tokens,
                 temperature=cfg.temperature, top_p=cfg.top_p, stop_ids=self.stop_ids,
                 pad_id=self.tokenizer.pad_token_id, seeds=[row_seed(cfg.seed, step, first_row + i) for i in chunk],
-                return_logprobs=True, return_ended=True, stop_strings=self.stop_strings, static_cache=cfg.static_cache,
+                return_logprobs=True, return_ended=True, stop_strings=self.stop_strings,
+                static_cache=DECODE_CACHES[cfg.decode_cache],
                 decode=lambda t: self.tokenizer.decode(t, skip_special_tokens=True),
             )
             for i, r, lp, e in zip(chunk, responses, logprobs, ended):

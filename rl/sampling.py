@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rl.config import SamplingConfig  # the settings (defaults, ranges, help): rl/config.py
+from rl.config import DECODE_CACHES, SamplingConfig  # the settings (defaults, ranges, help): rl/config.py
 from rl.modeling import autocast, cache_argument, encode_left_truncated, pad_left, stop_token_ids, to_device
 
 
@@ -267,7 +267,7 @@ def generate(model, tokenizer, prompts, config: SamplingConfig, *, prompt_keys=N
             temperature=config.temperature, top_p=config.top_p, stop_ids=stop_ids, pad_id=pad_id,
             seeds=[row_seed(config.seed, keys[p], k) for p, k in chunk], return_ended=True,
             stop_strings=tuple(stop_strings), decode=lambda t: tokenizer.decode(t, skip_special_tokens=True),
-            static_cache=config.static_cache,
+            static_cache=DECODE_CACHES[config.decode_cache],
         )
         for (p, k), resp, finished in zip(chunk, responses, ended):
             text = tokenizer.decode(resp[:-1] if resp and resp[-1] in stop_ids else resp, skip_special_tokens=True)

@@ -151,6 +151,18 @@ def test_experiment_labeler_and_round_sections_are_checked_as_their_models_check
                                                 "round": {"question": "both"}})) == []
 
 
+
+def test_the_decode_cache_is_a_choice_of_the_sampling_and_rl_settings():
+    from evalsite.experiments.pipeline import config_errors
+    from evalsite.experiments.presets import merged_config
+
+    assert RLConfig().decode_cache == SamplingConfig().decode_cache == ""  # static on a GPU, dynamic on a CPU
+    assert config_errors(merged_config("demo", {"rl": {"decode_cache": "dynamic"},
+                                                "eval": {"decode_cache": "static"}})) == []
+    assert config_errors(merged_config("demo", {"pairs": {"decode_cache": "fast"}})) == [
+        "pairs: decode cache must be one of static, dynamic (or empty: static on a GPU, dynamic on a CPU); got 'fast'."]
+
+
 def test_the_paper_preset_takes_the_papers_values_from_the_dataclasses():
     from evalsite.experiments.presets import PRESETS
 
