@@ -122,7 +122,7 @@ class Trainable:
         if self.processes == 1:
             self.module, self.optimizer = model, optimizer
             return
-        if is_sharded(accelerator) and type(optimizer).__name__ == "Adafactor":
+        if is_sharded(accelerator) and _is_adafactor(optimizer):
             raise RuntimeError(ADAFACTOR_SHARDED)
         if self.engine == "FSDP" and accelerator.state.fsdp_plugin.fsdp_version != 2:
             raise RuntimeError("the training loops run FSDP 2 only: set fsdp_version: 2 in the Accelerate config")
@@ -204,6 +204,12 @@ class Trainable:
     def _trained_names(self):
         # the optimizer's parameters, in order: make_optimizer took the trainable ones of the model
         return [name for name, p in self.model.named_parameters() if p.requires_grad]
+
+
+def _is_adafactor(optimizer):
+    from transformers.optimization import Adafactor
+
+    return isinstance(optimizer, Adafactor)
 
 
 def as_number(value):

@@ -6,6 +6,7 @@ learning rates are not lost to bf16 rounding); frozen models are stored in bf16.
 everything is float32 and the same code runs.
 """
 import contextlib
+import math
 import os
 import random
 import shutil
@@ -225,8 +226,125 @@ def make_optimizer(params, name, lr, weight_decay=0.0):
         # the fused kernel (CPU and GPU) does the update in one pass over each tensor
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     if name == "adafactor":
-        from transformers.optimization import Adafactor
-
-        return Adafactor(params, lr=lr, weight_decay=weight_decay, scale_parameter=False, relative_step=False,
-                         warmup_init=False)
+        return batched_adafactor()(params, lr=lr, weight_decay=weight_decay, scale_parameter=False,
+                                   relative_step=False, warmup_init=False)
     raise ValueError(f"unknown optimizer {name!r}; use 'adamw' or 'adafactor'")
+
+
+# Devices whose Adafactor steps are batched: on a GPU each small operation is a kernel launch; a
+# CPU runs them without that cost, and one tensor at a time its temporaries stay in its caches.
+BATCHED_ADAFACTOR_DEVICES = ("cuda",)
+# Elements of the tensors one batched Adafactor update works on at once (a tensor larger than this
+# is a batch by itself): each batch holds two temporary float32 copies of its tensors, so this
+# bounds what the step needs beyond the weights, gradients and factored moments.
+ADAFACTOR_BATCH_ELEMENTS = 1 << 26
+
+
+def batched_adafactor():
+    """transformers' ``Adafactor``, whose step does the same arithmetic for many tensors at once.
+
+    Its own step runs about twenty small operations per weight tensor, one after another (a
+    kernel launch each on a GPU: thousands per step for a model of a few hundred tensors). Here,
+    with the settings the trainers use (a fixed learning rate: ``scale_parameter``,
+    ``relative_step`` and ``warmup_init`` off, no first moment) and float32 weights on one GPU
+    (``BATCHED_ADAFACTOR_DEVICES``), the elementwise work runs as torch's ``_foreach`` operations
+    over batches of tensors; only the row and column means of the factored moments and the
+    clipping divisor stay per tensor. The state (``step``, ``exp_avg_sq_row``/``_col`` or
+    ``exp_avg_sq``) is transformers', so a checkpoint of either loads into the other. Other
+    settings, weights or devices take its own step.
+    """
+    from transformers.optimization import Adafactor
+
+    class BatchedAdafactor(Adafactor):
+        @torch.no_grad()
+        def step(self, closure=None):
+            groups = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
+            if not all(self._batches(group, params) for group, params in groups):
+                return super().step(closure)
+            loss = closure() if closure is not None else None
+            for group, params in groups:
+                for batch in _element_batches(params, ADAFACTOR_BATCH_ELEMENTS):
+                    by_step = {}
+                    for p in batch:
+                        state = self.state[p]
+                        if not state:
+                            self._init_state(p, state)
+                        state["step"] += 1
+                        by_step.setdefault(state["step"], []).append(p)
+                    for step, same in by_step.items():
+                        self._update(group, same, step)
+            return loss
+
+        def _batches(self, group, params):
+            """Whether the batched step does what transformers' would for these settings and weights."""
+            plain = all(type(p) in (torch.nn.Parameter, torch.Tensor) for p in params)  # no DTensor, ...
+            return (plain and group["beta1"] is None and not group["scale_parameter"] and not group["relative_step"]
+                    and not group["warmup_init"] and group["lr"] is not None
+                    and all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 and not p.grad.is_sparse
+                            for p in params)
+                    and len({p.device for p in params}) <= 1
+                    and all(p.device.type in BATCHED_ADAFACTOR_DEVICES for p in params))
+
+        def _init_state(self, p, state):
+            state["step"] = 0
+            if p.dim() >= 2:
+                state["exp_avg_sq_row"] = torch.zeros(p.shape[:-1], dtype=p.dtype, device=p.device)
+                state["exp_avg_sq_col"] = torch.zeros(p.shape[:-2] + p.shape[-1:], dtype=p.dtype, device=p.device)
+            else:
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            state["RMS"] = 0  # transformers' key; it only reads it with scale_parameter
+
+        def _update(self, group, params, step):
+            """One Adafactor step for ``params`` (all at step ``step``), as transformers' does it."""
+            lr, beta2t = group["lr"], 1.0 - math.pow(step, group["decay_rate"])
+            grads = [p.grad for p in params]
+            squares = torch._foreach_mul(grads, grads)
+            torch._foreach_add_(squares, group["eps"][0])
+            factored = [i for i, p in enumerate(params) if p.dim() >= 2]
+            single = [i for i, p in enumerate(params) if p.dim() < 2]
+            updates = [None] * len(params)
+            if factored:
+                rows = [self.state[params[i]]["exp_avg_sq_row"] for i in factored]
+                cols = [self.state[params[i]]["exp_avg_sq_col"] for i in factored]
+                torch._foreach_mul_(rows, beta2t)
+                torch._foreach_add_(rows, [squares[i].mean(dim=-1) for i in factored], alpha=1.0 - beta2t)
+                torch._foreach_mul_(cols, beta2t)
+                torch._foreach_add_(cols, [squares[i].mean(dim=-2) for i in factored], alpha=1.0 - beta2t)
+                # the approximate second moment: rsqrt(row / mean(row)) x rsqrt(col), an outer product
+                row_factors = torch._foreach_div(rows, [r.mean(dim=-1, keepdim=True) for r in rows])
+                torch._foreach_rsqrt_(row_factors)
+                col_factors = torch._foreach_rsqrt(cols)
+                for i, r, c in zip(factored, row_factors, col_factors):
+                    updates[i] = r.unsqueeze(-1) * c.unsqueeze(-2)
+            if single:
+                moments = [self.state[params[i]]["exp_avg_sq"] for i in single]
+                torch._foreach_mul_(moments, beta2t)
+                torch._foreach_add_(moments, [squares[i] for i in single], alpha=1.0 - beta2t)
+                for i, u in zip(single, torch._foreach_rsqrt(moments)):
+                    updates[i] = u
+            del squares
+            torch._foreach_mul_(updates, grads)
+            # clipping: each update divided by max(1, RMS(update) / clip_threshold)
+            norms = torch.stack(torch._foreach_norm(updates))
+            sizes = to_device(torch.tensor([u.numel() ** 0.5 for u in updates], dtype=norms.dtype), norms.device)
+            divisors = (norms / sizes / group["clip_threshold"]).clamp_(min=1.0)
+            torch._foreach_div_(updates, list(divisors.unbind()))
+            torch._foreach_mul_(updates, lr)
+            if group["weight_decay"] != 0:
+                torch._foreach_add_(params, params, alpha=-group["weight_decay"] * lr)
+            torch._foreach_sub_(params, updates)
+
+    return BatchedAdafactor
+
+
+def _element_batches(tensors, limit):
+    """``tensors`` in order, in runs of at most ``limit`` elements (a larger tensor alone)."""
+    batch, size = [], 0
+    for t in tensors:
+        if batch and size + t.numel() > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(t)
+        size += t.numel()
+    if batch:
+        yield batch

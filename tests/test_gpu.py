@@ -123,6 +123,33 @@ def test_compiled_static_decode_on_the_gpu_draws_the_eager_tokens(tiny_model_dir
     assert again == compiled
 
 
+@pytest.mark.gpu
+@needs_cuda
+def test_batched_adafactor_on_the_gpu_steps_as_transformers_adafactor(smollm2_dirs):
+    """The default optimizer's batched step (rl.modeling: torch's _foreach kernels on CUDA) against
+    transformers' Adafactor on the same GPU, from the same weights and gradients, at SmolLM2's shape:
+    the weights after three steps agree to float32 rounding (the norms are summed in another order)."""
+    from transformers.optimization import Adafactor
+
+    from rl.modeling import make_optimizer
+
+    path = smollm2_dirs(SHAPE_ON["cuda"])
+    ours_model, theirs_model = load_causal_lm(path, "cuda"), load_causal_lm(path, "cuda")
+    ours = make_optimizer(ours_model.parameters(), "adafactor", 1e-3)
+    theirs = Adafactor(theirs_model.parameters(), lr=1e-3, scale_parameter=False, relative_step=False,
+                       warmup_init=False)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for _ in range(3):
+        for a, b in zip(ours_model.parameters(), theirs_model.parameters()):
+            a.grad = torch.randn(a.shape, generator=gen, device="cuda")
+            b.grad = a.grad.clone()
+        ours.step()
+        theirs.step()
+    for a, b in zip(ours_model.parameters(), theirs_model.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert "RMS" in theirs.state[b] and not torch.is_tensor(ours.state[a]["RMS"])  # ours took the batched step
+
+
 # --- SFT ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
 def test_sft_loss_on_the_device_and_training(device, smollm2_dirs, tiny_model_dir):

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from rl.modeling import load_causal_lm, load_tokenizer, save_hf_folder, scalar_head
+from rl.modeling import load_causal_lm, load_tokenizer, make_optimizer, save_hf_folder, scalar_head
 from rl.reinforce import ReinforceTrainer, RLConfig, reinforce_losses
 from rl.reward_model import (
     Pair,
@@ -420,3 +420,59 @@ def test_rl_resume_with_adafactor_repeats_the_step_losses(tiny_model_dir, tmp_pa
     assert len(after) == 2
     for got, expected in zip(after, straight[2:]):
         assert got == pytest.approx(expected, rel=1e-4)
+
+
+# --- the optimizer -------------------------------------------------------------------------
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_batched_adafactor_steps_as_transformers_adafactor(tiny_model_dir, monkeypatch, weight_decay):
+    """The batched step (rl.modeling.make_optimizer; on a GPU) against transformers' own, from the same weights
+    and gradients: weights and state agree to float rounding over several steps, with 1-D and 2-D
+    weights, a weight without a gradient, tensors split over several batches, and checkpoints load
+    into either."""
+    import rl.modeling
+    from transformers.optimization import Adafactor
+
+    monkeypatch.setattr(rl.modeling, "BATCHED_ADAFACTOR_DEVICES", ("cpu", "cuda"))  # batched here too
+    monkeypatch.setattr(rl.modeling, "ADAFACTOR_BATCH_ELEMENTS", 5000)  # several batches, one tensor alone
+    ours_model, theirs_model = load_causal_lm(tiny_model_dir, "cpu"), load_causal_lm(tiny_model_dir, "cpu")
+    ours = make_optimizer(ours_model.parameters(), "adafactor", 1e-3, weight_decay)
+    theirs = Adafactor(theirs_model.parameters(), lr=1e-3, weight_decay=weight_decay, scale_parameter=False,
+                       relative_step=False, warmup_init=False)
+    assert type(ours) is not Adafactor and isinstance(ours, Adafactor)
+    skipped = "transformer.h.0.ln_1.bias"
+    gen = torch.Generator().manual_seed(0)
+    for step in range(4):
+        for (name, a), b in zip(ours_model.named_parameters(), theirs_model.parameters()):
+            g = None if name == skipped and step % 2 else torch.randn(a.shape, generator=gen) * 10 ** -(step % 3)
+            a.grad, b.grad = g, None if g is None else g.clone()
+        ours.step()
+        theirs.step()
+        for (name, a), b in zip(ours_model.named_parameters(), theirs_model.parameters()):
+            assert torch.allclose(a, b, rtol=1e-6, atol=1e-7), (step, name)
+    assert any(not torch.equal(a, b) for a, b in zip(ours_model.parameters(), load_causal_lm(tiny_model_dir, "cpu")
+                                                     .parameters()))  # they moved
+    mine, hf = ours.state_dict()["state"], theirs.state_dict()["state"]
+    assert mine.keys() == hf.keys()
+    for index in mine:
+        assert mine[index]["step"] == hf[index]["step"]
+        for key in ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq"):
+            assert (key in mine[index]) == (key in hf[index])
+            if key in mine[index]:
+                assert torch.allclose(mine[index][key], hf[index][key], rtol=1e-6, atol=1e-12), (index, key)
+    # a checkpoint of transformers' optimizer resumes in ours
+    again = make_optimizer(ours_model.parameters(), "adafactor", 1e-3, weight_decay)
+    again.load_state_dict(theirs.state_dict())
+    assert again.state_dict()["state"][0]["step"] == 4
+
+
+def test_batched_adafactor_takes_transformers_step_for_other_settings(tiny_model_dir):
+    import rl.modeling
+
+    model = load_causal_lm(tiny_model_dir, "cpu")
+    opt = rl.modeling.batched_adafactor()(model.parameters(), lr=None, relative_step=True, warmup_init=True)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    before = [p.clone() for p in model.parameters()]
+    opt.step()  # relative steps: transformers' own arithmetic
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), before))
+    assert "RMS" in opt.state[next(model.parameters())] and torch.is_tensor(opt.state[next(model.parameters())]["RMS"])
