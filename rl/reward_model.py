@@ -197,7 +197,7 @@ class RewardScorer:
         self.max_length, self.batch_size = max_length, batch_size
         self.net = RewardNet(model)  # what computes the rewards (in training: as the engine holds it)
         self.causal = self.net.causal
-        self.share_prompts = self.causal and packs_pairs(model.config)  # forward_pairs: one packed row per pair
+        self.share_prompts = True  # forward_pairs: one packed row per pair where the model can read one
 
     @classmethod
     def from_folder(cls, path, device=None, **kw):
@@ -247,7 +247,8 @@ class RewardScorer:
         prompt or answer, and ``share_prompts = False`` score two ordinary rows.
         """
         n = len(prompts)
-        rows = self._pair_ids(prompts, responses_a, responses_b) if self.share_prompts else None
+        packed = self.share_prompts and self.causal and packs_pairs(self.model.config)
+        rows = self._pair_ids(prompts, responses_a, responses_b) if packed else None
         if rows is None:
             rewards = self.forward(self.encode(list(prompts) * 2, list(responses_a) + list(responses_b)))
             return rewards[:n], rewards[n:]

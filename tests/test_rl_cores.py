@@ -263,7 +263,6 @@ def test_packed_pair_pass_equals_two_full_passes(arch, attention, tiny_model_dir
     of different lengths (padding inside the batch)."""
     scorer = RewardScorer.from_folder(tiny_model_dir if arch == "gpt2" else tiny_llama_dir, "cpu", max_length=64)
     scorer.model.set_attn_implementation(attention)
-    assert scorer.share_prompts  # the packed path is the one under test
     torch.manual_seed(0)
     with torch.no_grad():
         scalar_head(scorer.model).weight.normal_(0, 0.5)  # a fresh head is zero: make rewards differ
@@ -289,6 +288,28 @@ def test_packed_pair_pass_equals_two_full_passes(arch, attention, tiny_model_dir
     for name, p in scorer.model.named_parameters():
         assert torch.allclose(packed[name], p.grad, atol=1e-5, rtol=1e-4), name
     assert any(float(p.grad.abs().max()) > 0 for p in scorer.model.parameters())
+
+
+def test_pairs_are_packed_only_where_the_attention_takes_the_mask(tiny_llama_dir):
+    import copy
+
+    from transformers import AutoConfig
+
+    from rl.reward_model import packs_pairs
+
+    config = AutoConfig.from_pretrained(tiny_llama_dir)
+    for implementation, packs in (("sdpa", True), ("eager", True), ("flash_attention_2", False)):
+        other = copy.deepcopy(config)
+        other._attn_implementation = implementation
+        assert packs_pairs(other) is packs, implementation
+    config._attn_implementation = "sdpa"
+    windowed = copy.deepcopy(config)
+    windowed.sliding_window = 8  # the packed mask would replace the window's
+    assert not packs_pairs(windowed)
+    windowed.layer_types = ["full_attention"] * config.num_hidden_layers  # a window that no layer uses
+    assert packs_pairs(windowed)
+    windowed.layer_types = ["sliding_attention"] + ["full_attention"] * (config.num_hidden_layers - 1)
+    assert not packs_pairs(windowed)
 
 
 def test_pair_attention_mask_keeps_the_answers_apart():
