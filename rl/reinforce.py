@@ -321,6 +321,8 @@ class ReinforceTrainer:
             "stopped_share": stopped / n,
             "policy_grad_norm": policy_grad,
             "value_grad_norm": value_grad,
+            # host seconds per phase: on a GPU the host queues a phase's work and goes on, so a phase's
+            # device time can fall into a later one (bench/profile_step measures device seconds)
             "generation_seconds": t_gen,
             "reward_seconds": t_reward,
             "reference_seconds": t_ref - t0 - t_gen - t_reward,  # with building the batches and R
