@@ -45,10 +45,11 @@ def is_main(accelerator):
 
 
 def engine(accelerator):
-    """What holds the trainable models: NO (one process), MULTI_CPU / MULTI_GPU (DDP), FSDP, DEEPSPEED."""
+    """What holds the trainable models: NO (one process), MULTI_CPU / MULTI_GPU (DDP), FSDP, DEEPSPEED,
+    ... -- of an Accelerator, or of an Accelerate config file's settings (its ``distributed_type``)."""
     if accelerator is None:
         return "NO"
-    return str(accelerator.distributed_type).split(".")[-1].upper()
+    return str(getattr(accelerator, "distributed_type", "")).split(".")[-1].upper()
 
 
 def is_sharded(accelerator):

@@ -6,6 +6,7 @@ learning rates are not lost to bf16 rounding); frozen models are stored in bf16.
 everything is float32 and the same code runs.
 """
 import contextlib
+import functools
 import math
 import os
 import random
@@ -240,6 +241,7 @@ BATCHED_ADAFACTOR_DEVICES = ("cuda",)
 ADAFACTOR_BATCH_ELEMENTS = 1 << 26
 
 
+@functools.cache  # one class: its optimizers are instances of the same type
 def batched_adafactor():
     """transformers' ``Adafactor``, whose step does the same arithmetic for many tensors at once.
 

@@ -203,10 +203,10 @@ def engine_errors(name, cluster, kind, optimizer):
 
     import torch
 
-    from rl.distributed import ADAFACTOR_SHARDED
+    from rl.distributed import ADAFACTOR_SHARDED, engine as engine_of
     from rl.reinforce import DEEPSPEED_RL
 
-    engine = str(getattr(cluster, "distributed_type", "")).split(".")[-1].upper()
+    engine = engine_of(cluster)
     if engine == "MEGATRON_LM":
         return {"accelerate_config": f"{name} uses Megatron-LM, which the training loops do not support; use "
                                      "configs/accelerate/fsdp.yaml to shard the models."}
