@@ -385,25 +385,24 @@ def _labeler_and_round_errors(config):
     from evalsite.humaneval.models import EvalRound
     from labeling.models import LabelerConfig
 
+    labeler, round_ = config.get("labeler", {}), config.get("round", {})
     messages = []
-    for section, keys in (("labeler", LABELER_KEYS), ("round", ROUND_KEYS)):
-        values = config.get(section, {})
-        if not isinstance(values, dict):
-            if section == "labeler":  # the round's is reported with its numbers above
-                messages.append(f"{section}: expected an object of settings, found {type(values).__name__}.")
-            continue
+    if not isinstance(labeler, dict):
+        messages.append(f"labeler: expected an object of settings, found {type(labeler).__name__}.")
+        labeler = {}
+    if not isinstance(round_, dict):  # reported with the round's numbers (config_errors)
+        round_ = {}
+    for section, values, keys in (("labeler", labeler, LABELER_KEYS), ("round", round_, ROUND_KEYS)):
         unknown = [repr(k) for k in values if k not in keys]
         if unknown:
             messages.append(f"{section}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
                             f"it takes {', '.join(keys)}.")
-    labeler = config.get("labeler", {})
-    if isinstance(labeler, dict):
-        given = {k: v for k, v in labeler.items() if k in LABELER_KEYS}
-        try:
-            LabelerConfig(**given).clean_fields(exclude=[f.name for f in LabelerConfig._meta.fields if f.name not in given])
-        except ValidationError as e:
-            messages += [f"labeler: {field.replace('_', ' ')}: {' '.join(errs)}" for field, errs in e.message_dict.items()]
-    question = config.get("round", {}).get("question") if isinstance(config.get("round"), dict) else None
+    given = {k: v for k, v in labeler.items() if k in LABELER_KEYS}
+    try:
+        LabelerConfig(**given).clean_fields(exclude=[f.name for f in LabelerConfig._meta.fields if f.name not in given])
+    except ValidationError as e:
+        messages += [f"labeler: {field.replace('_', ' ')}: {' '.join(errs)}" for field, errs in e.message_dict.items()]
+    question = round_.get("question")
     if question is not None and question not in EvalRound.Question.values:
         messages.append(f"round: question must be one of {', '.join(EvalRound.Question.values)}; got {question!r}.")
     return messages

@@ -150,7 +150,7 @@ def round_context(round, n_boot):
     names = dict(round.policies.values_list("pk", "name"))
     ctx = {"round": round, "n_boot": n_boot, "progress": round_progress(round), "has_data": False,
            "policy_names": sorted(names.values()), "charts": []}
-    if rankings is None or len(rankings) == 0:
+    if len(rankings) == 0:
         return ctx
     report = cached_round_report(rankings, n_boot)
     report = dict(report)
@@ -234,10 +234,9 @@ def labeler_context(n_boot):
         result = T.labeler_report(labels, pairs, n_boot=n_boot, policy_names=names)
         cache.set(key, result, 600)
     alignment, usage = result["alignment"], load_usage(labels["config_id"].unique())
-    if usage is not None:
-        alignment = alignment.merge(usage[["config_id", "n_bounded"]], on="config_id", how="left")
+    alignment = alignment.merge(usage[["config_id", "n_bounded"]], on="config_id", how="left")
     tables = {"alignment": T.alignment_table(alignment), "ai_judge": T.ai_judge_table(result["ai_judge"])}
-    if usage is not None and len(usage):
+    if len(usage):
         tables["usage"] = T.usage_table(usage)
     attach_exports(tables, "reports:labelers_export", query=f"?boot={n_boot}" if n_boot != DEFAULT_BOOT else "")
     charts = [c for c in [T.alignment_chart(result["alignment"])] if c]
@@ -245,7 +244,7 @@ def labeler_context(n_boot):
     for (cid, cname), sub in result["ai_judge"].groupby(["config_id", "config_name"], sort=True):
         judge_heatmaps.append({"config": cname, "heatmap": T.heatmap(sub)})
     ctx.update(has_data=True, tables=tables, charts=charts, judge_heatmaps=judge_heatmaps, n_labels=len(labels),
-               n_human_pairs=0 if pairs is None else len(pairs))
+               n_human_pairs=len(pairs))
     return ctx
 
 
