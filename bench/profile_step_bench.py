@@ -173,12 +173,10 @@ def rl_part(a, model, device, phases):
 
 
 def rm_part(a, model, device, phases):
-    from bench.rl_bench import prompts_for
+    from bench.rl_bench import RM_BAD, RM_GOOD, prompts_for
     from rl.reward_model import Pair, RewardModelConfig, RewardScorer, train_reward_model
 
-    good = " I can help with that safely: here is a clear and careful answer."
-    bad = " no. no. no!!! 123 ???"
-    pairs = [Pair(p, good, bad, 1.0) for p in prompts_for(2 * a.batch, a.prompt_words)]
+    pairs = [Pair(p, RM_GOOD, RM_BAD, 1.0) for p in prompts_for(2 * a.batch, a.prompt_words)]
     scorer = RewardScorer.from_folder(model, device, max_length=512 + 32)
     scorer.forward_pairs = phases.wrap("score", scorer.forward_pairs)
     cfg = RewardModelConfig(learning_rate=1e-5, epochs=1, batch_size=a.batch, max_length=512 + 32, optimizer="adamw")

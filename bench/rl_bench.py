@@ -135,11 +135,13 @@ def run_trl_rl(a):
             **peak_mb(a.device)}
 
 
+# The reward-model pairs' answers: the same good and bad one after every prompt.
+RM_GOOD = " I can help with that safely: here is a clear and careful answer."
+RM_BAD = " no. no. no!!! 123 ???"
+
+
 def _rm_pairs(a):
-    prompts = prompts_for(a.batch * (a.steps + 1), a.prompt_words)
-    good = " I can help with that safely: here is a clear and careful answer."
-    bad = " no. no. no!!! 123 ???"
-    return prompts, good, bad
+    return prompts_for(a.batch * (a.steps + 1), a.prompt_words), RM_GOOD, RM_BAD
 
 
 def run_ours_rm(a):
