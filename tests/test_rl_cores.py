@@ -17,6 +17,7 @@ from rl.reward_model import (
 )
 from rl.sampling import SamplingConfig, generate, sample_token_ids
 from rl.sft import IGNORE, SFTConfig, collate, encode_example, sft_loss_sum, train_sft
+from tests.gpu_helpers import smollm2_dirs  # noqa: F401 (a fixture: random-weight SmolLM2 folders)
 
 
 @pytest.fixture(autouse=True)
@@ -246,12 +247,10 @@ def test_reward_model_learns_a_visible_property(tiny_model_dir, tmp_path):
     assert torch.allclose(again.score(["TL;DR:"] * 5, texts), scorer.score(["TL;DR:"] * 5, texts), atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory):
+@pytest.fixture
+def tiny_llama_dir(smollm2_dirs):
     """SmolLM2's architecture (Llama: rotary positions, grouped-query attention) at a tiny size."""
-    from bench.shapes import build_random_smollm2
-
-    return build_random_smollm2(tmp_path_factory.mktemp("tiny-llama"), "tiny")
+    return smollm2_dirs("tiny")
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
