@@ -187,7 +187,7 @@ def reward_model_job(ctx):
     _quiet_transformers()
     p = ctx.params
     parent, start = _start_dir(p)
-    from rl.modeling import load_tokenizer
+    from rl.modeling import load_tokenizer, seed_everything
 
     fmt = _resolve_format(p.get("policy_format") or (parent.policy_format if parent else "raw"), start)
     # the pairs' prompts as the policy reads them in that format: RL's reward model will read them so
@@ -197,6 +197,7 @@ def reward_model_job(ctx):
     ctx.log(f"{len(train)} training pairs, {len(held_out)} held out; {p['labels']} labels; from {start}")
     config = _config(RewardModelConfig, p)
     if config.processes == 1:
+        seed_everything(config.seed)  # the fresh head is drawn from the run's seed, as rl/launch.py draws it
         scorer = RewardScorer.from_folder(start, max_length=config.max_length)
 
     def on_step(step, total, metrics):

@@ -106,6 +106,31 @@ def _wait_done(job, worker, timeout=180):
     return job
 
 
+def test_a_reward_model_job_is_a_function_of_its_seed(toy):
+    """Two runs of the same reward-model job give the same weights, whatever random numbers the worker
+    drew before (the fresh head is drawn from the job's seed, as the launched processes draw it)."""
+    from rl.reward_model import RewardScorer
+
+    for i, pr in enumerate(toy["prompts"]):
+        Comparison.objects.create(prompt=pr, response_a=" yes" * (1 + i % 3), response_b=" no",
+                                  human_preference="first" if i % 3 else "second", human_source="dataset")
+    heads = []
+    for run, disturbance in enumerate((1, 2)):
+        torch.manual_seed(disturbance)  # what the worker's earlier jobs left in the global generator
+        torch.rand(100)
+        job = jobs.submit("reward_model", {"policy_id": toy["base"].pk, "name": f"RM {run}", "labels": "human",
+                                           "eval_fraction": 0.0, "batch_size": 4, "epochs": 1, "learning_rate": 1e-3,
+                                           "optimizer": "adamw"}, send=False)
+        jobs.run_here(job.pk)
+        job.refresh_from_db()
+        assert job.status == "succeeded", (job.error, job.log[-2000:])
+        folder = RewardModel.objects.get(pk=job.result["reward_model_id"]).checkpoint_dir
+        heads.append({k: v.clone() for k, v in RewardScorer.from_folder(folder, "cpu").model.state_dict().items()})
+    assert heads[0].keys() == heads[1].keys()
+    for name in heads[0]:
+        assert torch.equal(heads[0][name], heads[1][name]), name
+
+
 @pytest.mark.worker
 def test_sft_sample_reward_model_rl_chain_on_a_real_worker(toy, start_worker, django_capture_on_commit_callbacks):
     worker = start_worker(extra_env={"OMP_NUM_THREADS": "1"})
